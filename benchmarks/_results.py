@@ -1,0 +1,39 @@
+"""Shared by the benchmark scripts: record a figure in benchmarks/RESULTS.md and print RESULT."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def record(benchmark: str, figures: dict[str, object], notes: str = "") -> None:
+    """Append one row to RESULTS.md and print the RESULT line (the script's last line)."""
+    command = " ".join([".venv/bin/python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    values = " ".join(f"{k}={v}" for k, v in figures.items())
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Measured figures\n\nEvery row was appended by the script named in its command.\n\n"
+            "| date (UTC) | benchmark | figures | machine | command | notes |\n"
+            "|---|---|---|---|---|---|\n"
+        )
+    with RESULTS.open("a") as handle:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+        handle.write(f"| {stamp} | {benchmark} | {values} | {machine()} | `{command}` | {notes} |\n")
+    print(f"RESULT {values}", flush=True)

@@ -1,0 +1,312 @@
+"""The ``recstack`` command line. Every command reads the same settings (``--config``, default
+``./recstack.toml`` when present, else the embedded defaults; ``RECSTACK_*`` overrides apply)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from recstack import data as datasets
+from recstack.config import Settings, annotated_default, default_config_path, load_settings
+from recstack.errors import RecstackError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(
+    help="recstack: a complete multi-stage recommender system.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Data sets: list, summarize, fetch.", no_args_is_help=True)
+events_app = typer.Typer(help="The event log: ingest, replay, join, compact.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Configuration: show, check, print the annotated default.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(events_app, name="events")
+app.add_typer(config_app, name="config")
+console = Console(soft_wrap=True)
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="recstack.toml to read.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config or default_config_path())
+    except RecstackError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(str(exc))}")
+    return typer.Exit(1)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="MovieLens-100k folder to use instead of synthetic data.")
+    ] = None,
+) -> None:
+    """Run the spine end to end on embedded defaults: events, join, training, evaluation."""
+    from recstack.demo import run_demo
+
+    settings = _settings(config)
+    try:
+        run_demo(settings, data, console)
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    dataset: Annotated[str, typer.Option(help="movielens-100k or movielens1m_m1.")] = "movielens-100k",
+    split: Annotated[
+        str,
+        typer.Option(
+            help="random (RecBole 8:1:1), temporal or leave-last-out "
+            "(movielens-100k); movielens1m_m1 uses its given split."
+        ),
+    ] = "random",
+) -> None:
+    """Train MF with BPR on a data set through the training loop and report test metrics."""
+    from recstack.data.interactions import Interactions
+    from recstack.data.readers import read_bars_ml1m, read_movielens_100k
+    from recstack.data.splits import Split, leave_last_out, random_ratio_split, temporal_split
+    from recstack.train.recipes import encode_split, train_mf_bpr
+
+    settings = _settings(config)
+    try:
+        if dataset == "movielens1m_m1":
+            bars = read_bars_ml1m(settings.paths.data_dir / "movielens1m_m1")
+            parts = [
+                Interactions.from_indices(p, bars.n_users, bars.n_items)
+                for p in (bars.train, bars.validation, bars.test)
+            ]
+            tr, va, te = parts
+        elif dataset == "movielens-100k":
+            ratings = read_movielens_100k(settings.paths.data_dir / "movielens-100k").ratings
+            splitters: dict[str, Callable[[pd.DataFrame], Split]] = {
+                "random": random_ratio_split,
+                "temporal": temporal_split,
+                "leave-last-out": leave_last_out,
+            }
+            if split not in splitters:
+                raise RecstackError(f"unknown split '{split}'; choose one of {', '.join(splitters)}")
+            tr, va, te = encode_split(*splitters[split](ratings))
+        else:
+            raise RecstackError(f"train supports movielens-100k and movielens1m_m1, not '{dataset}'")
+        run = train_mf_bpr(tr, va, te, settings, run_name=f"mf_bpr_{dataset}")
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    table = Table("metric", "test")
+    for key, value in run.test_metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    console.print(
+        f"best epoch {run.fit.best_epoch} of {run.fit.epochs_run}; checkpoint {run.fit.checkpoint}; "
+        f"MLflow run {run.fit.run_id}"
+    )
+
+
+@data_app.command("list")
+def data_list(config: ConfigOpt = None) -> None:
+    """The known data sets, whether each is present, and its licence."""
+    settings = _settings(config)
+    table = Table("name", "present", "licence", "note")
+    for info in datasets.DATASETS.values():
+        present = (settings.paths.data_dir / info.folder).exists()
+        table.add_row(info.name, "yes" if present else "no", info.licence, info.note)
+    console.print(table)
+
+
+@data_app.command("summary")
+def data_summary(
+    name: Annotated[str, typer.Argument(help="Data set name (see `recstack data list`), or 'all'.")],
+    path: Annotated[
+        Path | None, typer.Option(help="Folder of the data set (default: data_dir/name).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Load a data set and print its summary."""
+    settings = _settings(config)
+    names = list(datasets.DATASETS) if name == "all" else [name]
+    try:
+        for item in names:
+            info = datasets.dataset(item)
+            loaded: Any = info.load(path or settings.paths.data_dir / info.folder)
+            console.print(f"[bold]{item}[/bold]")
+            console.print_json(json.dumps(loaded.summary()))
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Data set name.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Download a data set from its publisher into data_dir (needs the internet)."""
+    settings = _settings(config)
+    try:
+        target = datasets.fetch(name, settings.paths.data_dir)
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(f"downloaded {name} to {target}")
+
+
+def _log(settings: Settings) -> Any:
+    from recstack.events import open_event_log
+
+    return open_event_log(settings)
+
+
+@events_app.command("ingest")
+def events_ingest(
+    path: Annotated[Path, typer.Argument(help="JSON-lines file of events.")],
+    config: ConfigOpt = None,
+    batch: Annotated[int, typer.Option(help="Events per append.")] = 10_000,
+) -> None:
+    """Append events from a JSON-lines file; bad lines are reported with their line number."""
+    from rich.progress import track
+
+    from recstack.events.base import AppendResult, chunked
+
+    settings = _settings(config)
+    log = _log(settings)
+    total = AppendResult()
+    try:
+        raws: list[Any] = []
+        bad_json: list[str] = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        raws.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        bad_json.append(f"line {number}: invalid JSON ({exc.msg})")
+                        raws.append(None)
+        for offset, chunk in track(
+            list(enumerate(chunked(raws, batch))), description="ingesting", disable=len(raws) <= batch
+        ):
+            result = log.append(chunk)
+            for rejected in result.rejected:
+                rejected_index = offset * batch + rejected.index
+                total.rejected.append(type(rejected)(rejected_index, rejected.error))
+            total.accepted += result.accepted
+            total.duplicates += result.duplicates
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        log.close()
+    console.print(f"accepted {total.accepted}, duplicates {total.duplicates}, rejected {len(total.rejected)}")
+    for message in bad_json[:20]:
+        console.print(f"  {message}")
+    for rejected in total.rejected[:20]:
+        console.print(f"  #{rejected.index}: {rejected.error}")
+    if total.rejected:
+        raise typer.Exit(1)
+
+
+@events_app.command("replay")
+def events_replay(
+    config: ConfigOpt = None,
+    since: Annotated[datetime | None, typer.Option(help="Inclusive start (ISO-8601, UTC if naive).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Exclusive end.")] = None,
+    kind: Annotated[list[str] | None, typer.Option(help="Kinds to replay (repeatable).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many events.")] = 100,
+) -> None:
+    """Print events from the log as JSON lines, in append order."""
+    from datetime import UTC
+
+    settings = _settings(config)
+    log = _log(settings)
+    start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+    end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+    try:
+        for n, event in enumerate(log.replay(start, end, kind)):
+            if n >= limit:
+                break
+            typer.echo(event.model_dump_json())
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    finally:
+        log.close()
+
+
+@events_app.command("join")
+def events_join(
+    out: Annotated[Path, typer.Argument(help="Parquet file for the labelled impressions.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Join engagements to impressions; write one labelled row per impression."""
+    import pyarrow.parquet as pq
+
+    from recstack.events.join import join_engagements
+
+    settings = _settings(config)
+    log = _log(settings)
+    try:
+        result = join_engagements(log.table(), settings.event_log.attribution_window_s)
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    finally:
+        log.close()
+    pq.write_table(result.table, out)
+    console.print(
+        f"wrote {result.table.num_rows} impressions to {out}; unattributed engagements: {result.unattributed}"
+    )
+
+
+@events_app.command("compact")
+def events_compact(config: ConfigOpt = None) -> None:
+    """Merge each day's small Parquet files (embedded log only)."""
+    from recstack.events.parquet import ParquetEventLog
+
+    settings = _settings(config)
+    log = _log(settings)
+    if not isinstance(log, ParquetEventLog):
+        raise _fail(RecstackError("compact applies to the parquet backend only"))
+    console.print(f"removed {log.compact()} files")
+
+
+@config_app.command("default")
+def config_default() -> None:
+    """Print the annotated default recstack.toml."""
+    typer.echo(annotated_default())
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the resolved settings (file + environment) as JSON."""
+    console.print_json(_settings(config).model_dump_json())
+
+
+@config_app.command("check")
+def config_check(path: Annotated[Path, typer.Argument(help="recstack.toml to validate.")]) -> None:
+    """Validate a config file; exit 2 with the reason when it is invalid."""
+    _settings(path)
+    console.print(f"{path}: ok")

@@ -1,0 +1,222 @@
+"""Typed settings. One TOML file (``recstack.toml``) validated at load; unknown keys are an error.
+
+Precedence, lowest first: the defaults below, the TOML file, then environment overrides
+``RECSTACK_<SECTION>__<KEY>=value`` (double underscore between section and key), plus the two
+conventional service URLs ``REDIS_URL`` and ``DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recstack.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, and unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Section):
+    state_dir: Path = Field(
+        Path(".recstack"), description="Where the event log, checkpoints and MLflow live."
+    )
+    data_dir: Path = Field(Path("../shared/data"), description="Folder holding the real data sets.")
+
+
+class EventLogBackend(StrEnum):
+    parquet = "parquet"
+    redis = "redis"
+
+
+class EventLogConfig(Section):
+    backend: EventLogBackend = Field(EventLogBackend.parquet, description="parquet (embedded) or redis.")
+    path: Path | None = Field(None, description="Parquet log folder; default <state_dir>/events.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend = redis.")
+    stream: str = Field("recstack:events", description="Redis stream key (the live bus).")
+    dedupe_days_cached: int = Field(
+        8, ge=1, description="Day partitions whose event ids stay in memory for idempotent ingest."
+    )
+    attribution_window_s: float = Field(
+        3600.0, gt=0, description="An engagement joins an impression shown at most this long before it."
+    )
+
+
+class Optimizer(StrEnum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+    adagrad = "adagrad"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+    linear_warmup = "linear_warmup"
+
+
+class TrainConfig(Section):
+    seed: int = Field(2026, description="Seeds Python, NumPy and PyTorch.")
+    epochs: int = Field(20, ge=1, description="Maximum epochs.")
+    batch_size: int = Field(2048, ge=1, description="Rows per training batch.")
+    optimizer: Optimizer = Field(Optimizer.adam, description="adam, adamw, sgd or adagrad.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty applied by the optimizer.")
+    schedule: Schedule = Field(Schedule.constant, description="constant, cosine or linear_warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up (linear_warmup only).")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this; none = off.")
+    patience: int = Field(3, ge=1, description="Stop after this many validations without improvement.")
+    validate_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    num_threads: int = Field(2, ge=1, description="torch intra-op threads.")
+    backend: str = Field("gloo", description="torch.distributed backend (gloo on CPU).")
+    checkpoint_dir: Path | None = Field(None, description="Default <state_dir>/checkpoints/<run name>.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class TrackingConfig(Section):
+    enabled: bool = Field(True, description="Log params and metrics to MLflow.")
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<state_dir>/mlflow.db.")
+    experiment: str = Field("recstack", description="MLflow experiment name.")
+
+
+class MFConfig(Section):
+    dim: int = Field(64, ge=1, description="Embedding size of the matrix-factorization model.")
+    l2: float = Field(1e-5, ge=0, description="L2 penalty on the embeddings used in a batch (BPR).")
+
+
+class EvalConfig(Section):
+    ks: list[int] = Field([10, 20], description="Cut-offs for Recall/NDCG/MRR/Hit@K.")
+    monitor: str = Field("ndcg@10", description="Validation metric for early stopping (higher is better).")
+
+
+class Settings(Section):
+    """All of recstack's settings; ``recstack.toml`` mirrors this structure key for key."""
+
+    paths: PathsConfig = PathsConfig()
+    event_log: EventLogConfig = EventLogConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    mf: MFConfig = MFConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def event_log_path(self) -> Path:
+        return self.event_log.path or self.paths.state_dir / "events"
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{(self.paths.state_dir / 'mlflow.db').resolve()}"
+
+
+ENV_PREFIX = "RECSTACK_"
+
+
+def _check_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> None:
+    """Reject unknown keys, naming the valid ones (pydantic's own message does not list them)."""
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            place = f"[{where}]" if where else "the top level"
+            raise ConfigError(f"unknown key '{key}' in {place}; valid keys: {valid}")
+        annotation = fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{key}' must be a table ([{key}]), got {value!r}")
+            _check_keys(value, annotation, key if not where else f"{where}.{key}")
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are JSON where they parse as JSON (numbers, booleans, lists), else strings."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Collect ``RECSTACK_SECTION__KEY`` overrides and the conventional ``REDIS_URL``."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        out.setdefault(section, {})[key] = _parse_env_value(raw)
+    if "REDIS_URL" in environ:
+        out.setdefault("event_log", {}).setdefault("redis_url", environ["REDIS_URL"])
+    return out
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (if given and present) and the environment.
+
+    Raises ConfigError with the key and reason for unknown keys, wrong types or bad TOML.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    for section, values in env_overrides(dict(os.environ if environ is None else environ)).items():
+        current = data.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"'{section}' must be a table, got {current!r}")
+        current.update(values)
+    _check_keys(data, Settings, "")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def default_config_path() -> Path | None:
+    """``./recstack.toml`` if present, else None (embedded defaults)."""
+    candidate = Path("recstack.toml")
+    return candidate if candidate.exists() else None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def annotated_default() -> str:
+    """The default ``recstack.toml``: every key with its comment and default; unset keys commented."""
+    lines = [
+        "# recstack.toml: every setting with its default. Unknown keys are an error.",
+        "# Environment overrides: RECSTACK_<SECTION>__<KEY>=value (e.g. RECSTACK_TRAIN__EPOCHS=5);",
+        "# REDIS_URL sets [event_log] redis_url.",
+        "",
+    ]
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, Section)
+        lines.append(f"[{section}]")
+        defaults = model()
+        for key, sub in model.model_fields.items():
+            value = getattr(defaults, key)
+            lines.append(f"# {sub.description}")
+            if value is None:
+                lines.append(f"# {key} =  (unset by default)")
+            else:
+                lines.append(f"{key} = {_toml_value(value.value if isinstance(value, StrEnum) else value)}")
+        lines.append("")
+    return "\n".join(lines)

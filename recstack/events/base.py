@@ -1,0 +1,183 @@
+"""The event-log interface: append (idempotent by event id), replay, and consumer groups.
+
+Two implementations share one contract suite (``tests/events/test_contract.py``):
+:class:`~recstack.events.parquet.ParquetEventLog` (the embedded default; append-only Parquet
+partitioned by day, read through DuckDB) and :class:`~recstack.events.redis_stream.RedisStreamLog`
+(the live bus on Redis Streams).
+
+Consumer groups give at-least-once delivery: a delivery that is not acknowledged is delivered again
+to the next reader of the group that starts after a restart. Consumers make their effects idempotent
+with :class:`IdempotentConsumer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from recstack.errors import EventValidationError
+from recstack.schema import Event, parse_event
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An event that failed validation: its index in the submitted batch and why."""
+
+    index: int
+    error: str
+
+
+@dataclass
+class AppendResult:
+    """What happened to each event of a batch: accepted, duplicate (already in the log) or rejected."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def merge(self, other: AppendResult) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event handed to a consumer of a group; acknowledge it by ``delivery_id``."""
+
+    delivery_id: str
+    event: Event
+
+
+class EventLog(Protocol):
+    """Append-only log of events; see the module docstring for the guarantees."""
+
+    def append(self, events: Sequence[Any]) -> AppendResult:
+        """Validate and append; a bad event is rejected with its index, the good ones are kept."""
+        ...
+
+    def replay(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> Iterator[Event]:
+        """Events with ``start <= timestamp < end`` of the given kinds, in append order."""
+        ...
+
+    def table(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """The same selection as :meth:`replay`, column-wise in :data:`recstack.schema.EVENT_SCHEMA`."""
+        ...
+
+    def count(self) -> int:
+        """Number of events in the log."""
+        ...
+
+    def consume(self, group: str, consumer: str, count: int = 100, block_ms: int = 0) -> list[Delivery]:
+        """Up to ``count`` undelivered events for ``group`` (unacknowledged ones first after a restart)."""
+        ...
+
+    def ack(self, group: str, delivery_ids: Sequence[str]) -> int:
+        """Acknowledge deliveries; returns how many were pending."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def validate_batch(raw_events: Sequence[Any]) -> tuple[list[tuple[int, Event]], AppendResult]:
+    """Parse each raw event; returns the valid ones with their index, and a result holding rejections.
+
+    An id repeated within the batch counts as a duplicate of its first occurrence.
+    """
+    result = AppendResult()
+    valid: list[tuple[int, Event]] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_events):
+        try:
+            event = parse_event(raw, index)
+        except EventValidationError as exc:
+            result.rejected.append(Rejected(index, str(exc)))
+            continue
+        if event.event_id in seen:
+            result.duplicates += 1
+            continue
+        seen.add(event.event_id)
+        valid.append((index, event))
+    return valid, result
+
+
+def in_selection(
+    event_time: datetime, kind: str, start: datetime | None, end: datetime | None, kinds: Sequence[str] | None
+) -> bool:
+    """True when an event falls in ``[start, end)`` and among ``kinds`` (None means all)."""
+    if start is not None and event_time < start:
+        return False
+    if end is not None and event_time >= end:
+        return False
+    return kinds is None or kind in kinds
+
+
+class IdempotentConsumer:
+    """Applies a handler at most once per event id, so at-least-once delivery counts each event once.
+
+    ``seen`` is any set-like store of processed ids; pass a persistent one (the online store's) to
+    survive restarts. Acknowledges after the handler returns, so a crash in between redelivers.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        group: str,
+        consumer: str,
+        handler: Callable[[Event], None],
+        seen: set[str] | None = None,
+    ) -> None:
+        self.log = log
+        self.group = group
+        self.consumer = consumer
+        self.handler = handler
+        self.seen: set[str] = seen if seen is not None else set()
+        self.applied = 0
+        self.skipped = 0
+
+    def poll(self, count: int = 500, block_ms: int = 0) -> int:
+        """Process one batch; returns the number of deliveries read."""
+        deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
+        for delivery in deliveries:
+            if delivery.event.event_id in self.seen:
+                self.skipped += 1
+                continue
+            self.handler(delivery.event)
+            self.seen.add(delivery.event.event_id)
+            self.applied += 1
+        if deliveries:
+            self.log.ack(self.group, [d.delivery_id for d in deliveries])
+        return len(deliveries)
+
+    def drain(self, count: int = 500) -> int:
+        """Poll until nothing is left; returns the total number of deliveries read."""
+        total = 0
+        while n := self.poll(count):
+            total += n
+        return total
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Split an iterable into lists of at most ``size`` items."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

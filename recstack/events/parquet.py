@@ -1,0 +1,272 @@
+"""The embedded event log: append-only Parquet files partitioned by day, read through DuckDB.
+
+Layout::
+
+    <root>/day=2026-11-23/part-000000000042.parquet   # one file per append call and day
+    <root>/_groups/<group>.json                        # committed offset of each consumer group
+
+Each append writes its files to a temporary name and renames them, so a crash never leaves a
+half-written file. ``compact()`` merges a day's small files. Event ids are deduplicated within the
+day partition of their timestamp (a retried event carries the same timestamp); the id sets of the
+most recent ``dedupe_days_cached`` days stay in memory, older ones are read back on demand.
+
+One process writes a given log (the API or the worker); consumer groups of the embedded log serve
+consumers in that same process. Use the Redis backend for several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recstack.errors import DataFormatError
+from recstack.events.base import AppendResult, Delivery, validate_batch
+from recstack.schema import EVENT_SCHEMA, Event, events_to_table, row_to_event
+
+_PART = re.compile(r"part-(\d{12})\.parquet$")
+
+
+class _GroupState:
+    """Read position and unacknowledged deliveries of one consumer group."""
+
+    def __init__(self, committed: tuple[int, int]) -> None:
+        self.next_pos = committed  # (file sequence, row) of the next event to deliver
+        self.committed = committed
+        self.outstanding: deque[tuple[int, int]] = deque()
+        self.acked: set[tuple[int, int]] = set()
+
+
+class ParquetEventLog:
+    """Event log over day-partitioned Parquet files. See the module docstring."""
+
+    def __init__(self, root: Path, dedupe_days_cached: int = 8) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "_groups").mkdir(exist_ok=True)
+        self._lock = threading.RLock()
+        self._files: dict[int, Path] = {}
+        for path in self.root.glob("day=*/part-*.parquet"):
+            match = _PART.search(path.name)
+            if match:
+                self._files[int(match.group(1))] = path
+        self._next_seq = max(self._files, default=-1) + 1
+        self._ids: OrderedDict[str, set[str]] = OrderedDict()  # day -> event ids (LRU)
+        self._days_cached = dedupe_days_cached
+        self._groups: dict[str, _GroupState] = {}
+        self._file_cache: tuple[int, pa.Table] | None = None
+        self._count: int | None = None
+
+    # ------------------------------------------------------------------ writing
+    def _day_ids(self, day: str) -> set[str]:
+        ids = self._ids.get(day)
+        if ids is None:
+            ids = set()
+            for path in sorted((self.root / f"day={day}").glob("part-*.parquet")):
+                ids.update(self._read_file(path, ["event_id"]).column("event_id").to_pylist())
+            self._ids[day] = ids
+        self._ids.move_to_end(day)
+        while len(self._ids) > self._days_cached:
+            self._ids.popitem(last=False)
+        return ids
+
+    def append(self, events: Sequence[Any]) -> AppendResult:
+        valid, result = validate_batch(events)
+        with self._lock:
+            by_day: dict[str, list[Event]] = {}
+            for _, event in valid:
+                day = event.timestamp.strftime("%Y-%m-%d")
+                ids = self._day_ids(day)
+                if event.event_id in ids:
+                    result.duplicates += 1
+                    continue
+                by_day.setdefault(day, []).append(event)
+            for day, day_events in sorted(by_day.items()):
+                self._write(day, events_to_table(day_events))
+                self._day_ids(day).update(e.event_id for e in day_events)
+                result.accepted += len(day_events)
+            if self._count is not None:
+                self._count += result.accepted
+        return result
+
+    def _write(self, day: str, table: pa.Table) -> None:
+        folder = self.root / f"day={day}"
+        folder.mkdir(exist_ok=True)
+        seq = self._next_seq
+        self._next_seq += 1
+        final = folder / f"part-{seq:012d}.parquet"
+        tmp = folder / f".part-{seq:012d}.parquet.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)
+        self._files[seq] = final
+
+    def compact(self) -> int:
+        """Merge each day's files into one (keeps append order). Returns the number of files removed.
+
+        Consumer-group offsets point at file sequences, so compaction only runs when no group has
+        unconsumed events in the files it would merge.
+        """
+        removed = 0
+        with self._lock:
+            lowest_open = min((g.committed[0] for g in self._groups.values()), default=None)
+            for group_file in (self.root / "_groups").glob("*.json"):
+                seq = json.loads(group_file.read_text())["committed"][0]
+                lowest_open = seq if lowest_open is None else min(lowest_open, seq)
+            by_day: dict[Path, list[int]] = {}
+            for seq, path in sorted(self._files.items()):
+                by_day.setdefault(path.parent, []).append(seq)
+            for folder, seqs in by_day.items():
+                if len(seqs) < 2 or (lowest_open is not None and seqs[-1] >= lowest_open):
+                    continue
+                merged = pa.concat_tables([self._read_file(self._files[s]) for s in seqs])
+                keep = seqs[-1]
+                tmp = folder / f".part-{keep:012d}.parquet.tmp"
+                pq.write_table(merged, tmp, compression="zstd")
+                os.replace(tmp, self._files[keep])
+                for seq in seqs[:-1]:
+                    self._files.pop(seq).unlink()
+                    removed += 1
+            self._file_cache = None
+        return removed
+
+    # ------------------------------------------------------------------ reading
+    def _read_file(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        try:
+            return pq.read_table(path, columns=columns, schema=EVENT_SCHEMA)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataFormatError(path, None, f"unreadable Parquet file in the event log: {exc}") from exc
+
+    def _glob(self) -> str:
+        return str(self.root / "day=*" / "part-*.parquet")
+
+    def table(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> pa.Table:
+        with self._lock:
+            if not self._files:
+                return EVENT_SCHEMA.empty_table()
+            where, params = _where(start, end, kinds)
+            con = duckdb.connect()
+            try:
+                sql = (
+                    f"SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet(?, "
+                    f"filename=true, file_row_number=true, hive_partitioning=false, union_by_name=true) "
+                    f"{where} ORDER BY filename, file_row_number"
+                )
+                table = con.sql(sql, params=[self._glob(), *params]).to_arrow_table()
+            except duckdb.Error as exc:
+                raise DataFormatError(self.root, None, f"cannot read the event log: {exc}") from exc
+            finally:
+                con.close()
+        return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+
+    def replay(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> Iterator[Event]:
+        for batch in self.table(start, end, kinds).to_batches(max_chunksize=4096):
+            for row in batch.to_pylist():
+                yield row_to_event(row)
+
+    def count(self) -> int:
+        with self._lock:
+            if self._count is None:
+                self._count = sum(pq.ParquetFile(p).metadata.num_rows for p in self._files.values())
+            return self._count
+
+    # ------------------------------------------------------------------ consumer groups
+    def _group(self, group: str) -> _GroupState:
+        state = self._groups.get(group)
+        if state is None:
+            path = self.root / "_groups" / f"{_safe(group)}.json"
+            committed = (0, 0)
+            if path.exists():
+                seq, row = json.loads(path.read_text())["committed"]
+                committed = (int(seq), int(row))
+            state = self._groups[group] = _GroupState(committed)
+        return state
+
+    def _file_rows(self, seq: int) -> pa.Table:
+        if self._file_cache is None or self._file_cache[0] != seq:
+            self._file_cache = (seq, self._read_file(self._files[seq]))
+        return self._file_cache[1]
+
+    def consume(self, group: str, consumer: str, count: int = 100, block_ms: int = 0) -> list[Delivery]:
+        del consumer, block_ms  # one process: consumers of a group share its position; no blocking
+        out: list[Delivery] = []
+        with self._lock:
+            state = self._group(group)
+            seq, row = state.next_pos
+            for file_seq in sorted(s for s in self._files if s >= seq):
+                if len(out) >= count:
+                    break
+                table = self._file_rows(file_seq)
+                start = row if file_seq == seq else 0
+                stop = min(table.num_rows, start + count - len(out))
+                for offset, record in enumerate(table.slice(start, stop - start).to_pylist()):
+                    pos = (file_seq, start + offset)
+                    state.outstanding.append(pos)
+                    out.append(Delivery(f"{pos[0]}-{pos[1]}", row_to_event(record)))
+                state.next_pos = (file_seq, stop) if stop < table.num_rows else (file_seq + 1, 0)
+        return out
+
+    def ack(self, group: str, delivery_ids: Sequence[str]) -> int:
+        with self._lock:
+            state = self._group(group)
+            pending = set(state.outstanding) - state.acked
+            newly = 0
+            for delivery_id in delivery_ids:
+                seq, _, row = delivery_id.partition("-")
+                pos = (int(seq), int(row))
+                if pos in pending:
+                    state.acked.add(pos)
+                    pending.discard(pos)
+                    newly += 1
+            while state.outstanding and state.outstanding[0] in state.acked:
+                pos = state.outstanding.popleft()
+                state.acked.discard(pos)
+                state.committed = (pos[0], pos[1] + 1)
+            path = self.root / "_groups" / f"{_safe(group)}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"committed": list(state.committed)}))
+            os.replace(tmp, path)
+        return newly
+
+    def close(self) -> None:
+        self._file_cache = None
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _where(
+    start: datetime | None, end: datetime | None, kinds: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if start is not None:
+        clauses.append("timestamp >= ?")
+        params.append(start)
+    if end is not None:
+        clauses.append("timestamp < ?")
+        params.append(end)
+    if kinds is not None:
+        clauses.append("list_contains(?, kind)")
+        params.append(list(kinds))
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params

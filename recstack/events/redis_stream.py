@@ -1,0 +1,193 @@
+"""The live bus: an event log on Redis Streams with consumer groups.
+
+Append runs one Lua script per batch, so a batch is recorded atomically: each event id is added to
+the id set of its day (``<stream>:ids:<YYYY-MM-DD>``, expiring after ``dedupe_days`` days) and, if it
+was new, the event is added to the stream. A dead Redis raises BackendUnavailableError before
+anything is recorded, so the caller knows none of the batch was accepted.
+
+Consumer groups are Redis consumer groups: XREADGROUP, XACK; a consumer that restarts first reads its
+own pending (delivered, unacknowledged) entries, and entries left pending by a consumer that died are
+claimed after ``claim_idle_ms``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import redis
+
+from recstack.errors import BackendUnavailableError, DataFormatError, EventValidationError
+from recstack.events.base import AppendResult, Delivery, in_selection, validate_batch
+from recstack.schema import EVENT_SCHEMA, Event, events_to_table, parse_event
+
+_APPEND = """
+local added = {}
+for i = 1, #ARGV, 3 do
+  local ids_key = ARGV[i]
+  if redis.call('SADD', ids_key, ARGV[i + 1]) == 1 then
+    redis.call('EXPIRE', ids_key, tonumber(KEYS[2]))
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2])
+    added[#added + 1] = 1
+  else
+    added[#added + 1] = 0
+  end
+end
+return added
+"""
+
+
+class RedisStreamLog:
+    """Event log and live bus on one Redis stream. See the module docstring."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        stream: str = "recstack:events",
+        dedupe_days: int = 8,
+        claim_idle_ms: int = 60_000,
+        socket_timeout_s: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.dedupe_days = dedupe_days
+        self.claim_idle_ms = claim_idle_ms
+        self.client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        )
+        self._append_script = self.client.register_script(_APPEND)
+        self._recovered: set[tuple[str, str]] = set()
+        self._pending_cursor: dict[tuple[str, str], str] = {}
+        self._groups_made: set[str] = set()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailableError(f"Redis at {self.url} is unreachable during {what}: {exc}") from exc
+
+    def ping(self) -> bool:
+        return bool(self._call("ping", self.client.ping))
+
+    def append(self, events: Sequence[Any]) -> AppendResult:
+        valid, result = validate_batch(events)
+        if not valid:
+            return result
+        argv: list[str] = []
+        for _, event in valid:
+            day = event.timestamp.strftime("%Y-%m-%d")
+            argv += [f"{self.stream}:ids:{day}", event.event_id, event.model_dump_json()]
+        ttl = str(self.dedupe_days * 86_400)
+        flags = self._call("append", self._append_script, keys=[self.stream, ttl], args=argv)
+        added = sum(int(f) for f in flags)
+        result.accepted += added
+        result.duplicates += len(flags) - added
+        return result
+
+    def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+        try:
+            return parse_event(json.loads(fields[b"e"]))
+        except (KeyError, json.JSONDecodeError, EventValidationError) as exc:
+            raise DataFormatError(
+                f"redis stream {self.stream}", None, f"entry {entry_id!r} is not a recstack event: {exc}"
+            ) from exc
+
+    def replay(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> Iterator[Event]:
+        last = "-"
+        while True:
+            entries = self._call("replay", self.client.xrange, self.stream, min=last, max="+", count=2000)
+            if last != "-":
+                entries = entries[1:]  # XRANGE is inclusive of the last id already seen
+            if not entries:
+                return
+            for entry_id, fields in entries:
+                event = self._decode(entry_id, fields)
+                if in_selection(event.timestamp, event.kind, start, end, kinds):
+                    yield event
+            last = entries[-1][0].decode()
+
+    def table(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> pa.Table:
+        events = list(self.replay(start, end, kinds))
+        return events_to_table(events) if events else EVENT_SCHEMA.empty_table()
+
+    def count(self) -> int:
+        return int(self._call("count", self.client.xlen, self.stream))
+
+    def _ensure_group(self, group: str) -> None:
+        if group in self._groups_made:
+            return
+        try:
+            self._call("create group", self.client.xgroup_create, self.stream, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_made.add(group)
+
+    def consume(self, group: str, consumer: str, count: int = 100, block_ms: int = 0) -> list[Delivery]:
+        self._ensure_group(group)
+        key = (group, consumer)
+        entries: list[Any] = []
+        if key not in self._recovered:
+            # First reads after (re)start: page through this consumer's own pending entries, then
+            # claim entries that other (dead) consumers left pending for longer than claim_idle_ms.
+            cursor = self._pending_cursor.get(key, "0")
+            own = self._call(
+                "consume", self.client.xreadgroup, group, consumer, {self.stream: cursor}, count=count
+            )
+            entries = own[0][1] if own else []
+            if entries:
+                self._pending_cursor[key] = entries[-1][0].decode()
+            else:
+                claimed = self._call(
+                    "claim",
+                    self.client.xautoclaim,
+                    self.stream,
+                    group,
+                    consumer,
+                    min_idle_time=self.claim_idle_ms,
+                    start_id="0-0",
+                    count=count,
+                )
+                entries = claimed[1]
+                if entries:
+                    self._pending_cursor[key] = entries[-1][0].decode()
+                else:
+                    self._recovered.add(key)
+        if not entries:
+            fresh = self._call(
+                "consume",
+                self.client.xreadgroup,
+                group,
+                consumer,
+                {self.stream: ">"},
+                count=count,
+                block=block_ms or None,
+            )
+            entries = fresh[0][1] if fresh else []
+        return [Delivery(eid.decode(), self._decode(eid, fields)) for eid, fields in entries if fields]
+
+    def ack(self, group: str, delivery_ids: Sequence[str]) -> int:
+        if not delivery_ids:
+            return 0
+        return int(self._call("ack", self.client.xack, self.stream, group, *delivery_ids))
+
+    def drop(self) -> None:
+        """Delete the stream and its id sets (tests and resets)."""
+        keys = list(self._call("drop", self.client.scan_iter, match=f"{self.stream}:ids:*"))
+        self._call("drop", self.client.delete, self.stream, *keys)
+
+    def close(self) -> None:
+        self.client.close()

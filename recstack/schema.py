@@ -1,0 +1,240 @@
+"""Records that flow through recstack, and the one typed feature contract.
+
+Every event has an ``event_id`` (ingest is idempotent by it), a ``kind`` and a timezone-aware
+``timestamp``. Kinds:
+
+- ``item`` / ``user``: upserts of catalog items and users (attributes, text, creator, created_at);
+- ``impression``: one item shown to a user in one served list (request id, position, surface, the
+  model versions and experiment arm that served it);
+- ``click``, ``like``, ``share``, ``comment``, ``hide``, ``report``, ``dwell``: engagements, joined back
+  to the impression that caused them by (request_id, item_id);
+- ``query``: a search query typed by a user.
+
+All kinds share one flat Arrow schema (:data:`EVENT_SCHEMA`), columns a kind does not use are null.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from recstack.errors import EventValidationError
+
+ENGAGEMENT_KINDS: tuple[str, ...] = ("click", "like", "share", "comment", "hide", "report", "dwell")
+EVENT_KINDS: tuple[str, ...] = ("item", "user", "impression", *ENGAGEMENT_KINDS, "query")
+
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+AttrValue = str | int | float | bool | list[str] | None
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: Id
+    timestamp: datetime
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _epoch_or_iso(cls, value: Any) -> Any:
+        # Epoch seconds are accepted as numbers; bools are not numbers here.
+        if isinstance(value, bool):
+            raise ValueError("timestamp must be an ISO-8601 string or epoch seconds")
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, tz=UTC)
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (e.g. '2026-11-23T10:00:00Z')")
+        return value.astimezone(UTC)
+
+
+class ItemUpsert(_Event):
+    kind: Literal["item"] = "item"
+    item_id: Id
+    attributes: dict[str, AttrValue] = Field(default_factory=dict)
+    text: str | None = None
+    creator_id: Id | None = None
+    created_at: datetime | None = None
+
+
+class UserUpsert(_Event):
+    kind: Literal["user"] = "user"
+    user_id: Id
+    attributes: dict[str, AttrValue] = Field(default_factory=dict)
+
+
+class Impression(_Event):
+    kind: Literal["impression"] = "impression"
+    request_id: Id
+    user_id: Id
+    item_id: Id
+    position: int = Field(ge=0, le=100_000)
+    surface: str = "feed"
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    experiment_arm: str | None = None
+    features: dict[str, float] = Field(default_factory=dict)
+
+
+class Engagement(_Event):
+    kind: Literal["click", "like", "share", "comment", "hide", "report", "dwell"]
+    user_id: Id
+    item_id: Id
+    request_id: Id | None = None
+    surface: str | None = None
+    dwell_seconds: float | None = Field(None, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _dwell_has_seconds(self) -> Engagement:
+        if self.kind == "dwell" and self.dwell_seconds is None:
+            raise ValueError("a dwell event needs dwell_seconds")
+        return self
+
+
+class SearchQuery(_Event):
+    kind: Literal["query"] = "query"
+    query: str = Field(min_length=1, max_length=1024)
+    user_id: Id | None = None
+    request_id: Id | None = None
+    surface: str | None = "search"
+
+
+Event = Annotated[
+    ItemUpsert | UserUpsert | Impression | Engagement | SearchQuery, Field(discriminator="kind")
+]
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(raw: Any, index: int | None = None) -> Event:
+    """Validate one raw mapping into an event.
+
+    Raises EventValidationError naming the field and the offending value.
+    """
+    if isinstance(raw, ItemUpsert | UserUpsert | Impression | Engagement | SearchQuery):
+        return raw
+    if not isinstance(raw, dict):
+        raise EventValidationError(index, "<event>", raw, "an event must be a JSON object")
+    kind = raw.get("kind")
+    if kind not in EVENT_KINDS:
+        raise EventValidationError(index, "kind", kind, f"must be one of {', '.join(EVENT_KINDS)}")
+    try:
+        return _EVENT_ADAPTER.validate_python(raw)
+    except Exception as exc:  # pydantic.ValidationError, or ValueError from post-init checks
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            first = errors()[0]
+            loc = [str(p) for p in first["loc"] if str(p) != kind]
+            field = ".".join(loc) or "<event>"
+            value = raw.get(loc[0]) if loc else raw
+            raise EventValidationError(index, field, value, first["msg"]) from exc
+        raise EventValidationError(index, "<event>", raw, str(exc)) from exc
+
+
+# One flat schema for every kind; JSON-typed columns hold the free-form maps.
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("user_id", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("request_id", pa.string()),
+        pa.field("position", pa.int32()),
+        pa.field("surface", pa.string()),
+        pa.field("dwell_seconds", pa.float64()),
+        pa.field("query", pa.string()),
+        pa.field("creator_id", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("text", pa.string()),
+        pa.field("experiment_arm", pa.string()),
+        pa.field("attributes", pa.string()),  # JSON object
+        pa.field("model_versions", pa.string()),  # JSON object
+        pa.field("features", pa.string()),  # JSON object: feature values the ranker used
+    ]
+)
+_JSON_COLUMNS = ("attributes", "model_versions", "features")
+
+
+def event_to_row(event: Event) -> dict[str, Any]:
+    """Flatten an event into a row of :data:`EVENT_SCHEMA` (JSON maps serialized)."""
+    row: dict[str, Any] = dict.fromkeys(EVENT_SCHEMA.names)
+    for key, value in event.model_dump().items():
+        if key in _JSON_COLUMNS:
+            row[key] = json.dumps(value, sort_keys=True) if value else None
+        else:
+            row[key] = value
+    return row
+
+
+def events_to_table(events: list[Event]) -> pa.Table:
+    """Column-wise Arrow table of events in :data:`EVENT_SCHEMA`."""
+    columns: dict[str, list[Any]] = {name: [] for name in EVENT_SCHEMA.names}
+    for event in events:
+        for key, value in event_to_row(event).items():
+            columns[key].append(value)
+    return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA)
+
+
+def row_to_event(row: dict[str, Any]) -> Event:
+    """Inverse of :func:`event_to_row`: rebuild and re-validate an event from a stored row."""
+    raw = {k: v for k, v in row.items() if v is not None}
+    for key in _JSON_COLUMNS:
+        if key in raw:
+            raw[key] = json.loads(raw[key])
+    return parse_event(raw)
+
+
+class FeatureKind(StrEnum):
+    categorical = "categorical"  # an id from a vocabulary
+    sequence = "sequence"  # a list of ids from a vocabulary
+    dense = "dense"  # a float vector of length dim
+    embedding = "embedding"  # a precomputed float vector (e.g. text) of length dim
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The one typed description of a feature; models size themselves from it.
+
+    name: column name; kind: how it is encoded; vocab_size: number of ids for categorical and
+    sequence features (0 is reserved for unknown / padding); dim: width of dense or embedding
+    features, max length of sequences; source: where its values come from (free text, for lineage).
+    """
+
+    name: str
+    kind: FeatureKind
+    vocab_size: int = 0
+    dim: int = 1
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind in (FeatureKind.categorical, FeatureKind.sequence) and self.vocab_size < 1:
+            raise ValueError(f"feature '{self.name}': {self.kind} needs vocab_size >= 1")
+        if self.dim < 1:
+            raise ValueError(f"feature '{self.name}': dim must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "vocab_size": self.vocab_size,
+            "dim": self.dim,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            name=data["name"],
+            kind=FeatureKind(data["kind"]),
+            vocab_size=int(data["vocab_size"]),
+            dim=int(data["dim"]),
+            source=str(data.get("source", "")),
+        )

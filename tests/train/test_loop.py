@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from recstack.config import Settings, TrainConfig
+from recstack.data.readers import read_movielens_100k
+from recstack.data.splits import random_ratio_split
+from recstack.errors import CheckpointError
+from recstack.eval.metrics import full_ranking_eval
+from recstack.train.batch import Batch, BatchLoader, ColumnRoles
+from recstack.train.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from recstack.train.loop import Trainer, init_distributed
+from recstack.train.recipes import encode_split, train_mf_bpr
+from recstack.train.tracking import MlflowTracker
+
+from ..conftest import data_path
+
+
+class Regression:
+    """MSE of a linear model on dense column x against label y."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        pred = model(batch.dense["x"]).squeeze(-1)
+        return ((pred - batch.labels["y"]) ** 2).mean()
+
+
+def linear_data(n: int = 512) -> BatchLoader:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0, 0.5], dtype=np.float32) + 0.3
+    return BatchLoader({"x": x, "y": y}, ColumnRoles(dense=("x",), labels=("y",)), batch_size=64)
+
+
+def config(**kw: object) -> TrainConfig:
+    return TrainConfig(**{"progress": False, "epochs": 30, "lr": 0.05, **kw})  # type: ignore[arg-type]
+
+
+def test_loop_fits_a_known_linear_model(tmp_path: Path) -> None:
+    model = nn.Linear(3, 1)
+    result = Trainer(config(), tmp_path).fit(model, Regression(), linear_data())
+    assert result.history[-1]["loss"] < 1e-3
+    assert model.weight.detach().numpy().ravel() == pytest.approx([1.0, -2.0, 0.5], abs=0.02)
+    assert model.bias.item() == pytest.approx(0.3, abs=0.02)
+    assert result.checkpoint is not None and result.checkpoint.exists()
+    assert init_distributed() == (0, 1)
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path: Path) -> None:
+    scores = iter([0.1, 0.5, 0.4, 0.3, 0.2, 0.9])
+    snapshots: list[torch.Tensor] = []
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        snapshots.append(model.weight.detach().clone())  # type: ignore[operator]
+        return {"score": next(scores)}
+
+    model = nn.Linear(3, 1)
+    result = Trainer(config(patience=3, lr=0.01), tmp_path).fit(
+        model, Regression(), linear_data(), validate, "score"
+    )
+    assert (result.best_epoch, result.epochs_run, result.best_metric) == (2, 5, 0.5)
+    assert torch.equal(model.weight.detach(), snapshots[1])
+
+
+def test_unknown_monitor_names_what_validation_returned(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match=r"no 'ndcg@10'.*\['auc'\]"):
+        Trainer(config(epochs=1), tmp_path).fit(
+            nn.Linear(3, 1), Regression(), linear_data(), lambda m: {"auc": 0.5}, "ndcg@10"
+        )
+
+
+def test_diverging_loss_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        Trainer(config(lr=1e6, optimizer="sgd"), tmp_path).fit(nn.Linear(3, 1), Regression(), linear_data())
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"model": nn.Linear(3, 1).state_dict()})
+    with pytest.raises(CheckpointError, match="does not fit Linear"):
+        restore_model(nn.Linear(4, 1), load_checkpoint(path), path)
+
+
+def test_mlflow_tracking_records_params_and_metrics(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "tests", run_name="linear")
+    result = Trainer(config(epochs=3), tmp_path, tracker).fit(nn.Linear(3, 1), Regression(), linear_data())
+    assert result.run_id is not None
+    run = MlflowClient(uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "3" and run.data.params["model"] == "Linear"
+    assert run.data.metrics["loss"] == pytest.approx(result.history[-1]["loss"])
+    history = MlflowClient(uri).get_metric_history(result.run_id, "loss")
+    assert [h.step for h in history] == [1, 2, 3]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    model = nn.Linear(3, 1)
+    Trainer(config(epochs=15), Path(out) / f"r{rank}").fit(model, Regression(), linear_data())
+    torch.save(model.state_dict(), Path(out) / f"model{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_keeps_replicas_identical(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"model{r}.pt") for r in range(2))
+    assert torch.equal(a["weight"], b["weight"])
+    assert a["weight"].numpy().ravel() == pytest.approx([1.0, -2.0, 0.5], abs=0.05)
+
+
+@pytest.mark.slow
+def test_mf_bpr_on_movielens_100k_beats_popularity(settings: Settings) -> None:
+    ratings = read_movielens_100k(data_path("movielens-100k")).ratings
+    train, valid, test = encode_split(*random_ratio_split(ratings))
+    quick = settings.model_copy(
+        update={"train": settings.train.model_copy(update={"epochs": 8, "lr": 0.005, "batch_size": 1024})}
+    )
+    run = train_mf_bpr(train, valid, test, quick)
+    counts = np.bincount(train.items, minlength=train.n_items).astype(np.float32)
+    popularity = full_ranking_eval(
+        lambda u: np.tile(counts, (len(u), 1)), test.csr(), (train.csr() + valid.csr()).tocsr(), (10,)
+    )
+    assert run.test_metrics["users"] == 943
+    assert run.test_metrics["ndcg@10"] > popularity["ndcg@10"] + 0.02
+    assert run.test_metrics["recall@10"] > 0.15
