@@ -109,8 +109,10 @@ def test_mlflow_tracking_records_params_and_metrics(tmp_path: Path) -> None:
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
     model = nn.Linear(3, 1)
-    Trainer(config(epochs=15), Path(out) / f"r{rank}").fit(model, Regression(), linear_data())
+    # each rank sees half of every epoch: twice the epochs of the single-process test, same steps
+    Trainer(config(epochs=60), Path(out) / f"r{rank}").fit(model, Regression(), linear_data())
     torch.save(model.state_dict(), Path(out) / f"model{rank}.pt")
 
 
