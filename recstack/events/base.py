@@ -38,6 +38,9 @@ class AppendResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    # what was accepted, for whoever applies it next (online features); not part of the summary
+    accepted_events: list[Event] = field(default_factory=list, repr=False, compare=False)
+    accepted_table: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def merge(self, other: AppendResult) -> None:
         self.accepted += other.accepted
@@ -67,6 +70,10 @@ class EventLog(Protocol):
         kinds: Sequence[str] | None = None,
     ) -> Iterator[Event]:
         """Events with ``start <= timestamp < end`` of the given kinds, in append order."""
+        ...
+
+    def append_table(self, table: pa.Table) -> AppendResult:
+        """Bulk path: validate and append an Arrow table of events column-wise; same guarantees."""
         ...
 
     def table(

@@ -21,8 +21,16 @@ import pyarrow as pa
 import redis
 
 from recstack.errors import BackendUnavailableError, DataFormatError, EventValidationError
-from recstack.events.base import AppendResult, Delivery, in_selection, validate_batch
-from recstack.schema import EVENT_SCHEMA, Event, events_to_table, parse_event
+from recstack.events.base import AppendResult, Delivery, Rejected, in_selection, validate_batch
+from recstack.schema import (
+    EVENT_SCHEMA,
+    Event,
+    conform_table,
+    events_to_table,
+    parse_event,
+    row_to_event,
+    validate_table,
+)
 
 _APPEND = """
 local added = {}
@@ -85,6 +93,15 @@ class RedisStreamLog:
         added = sum(int(f) for f in flags)
         result.accepted += added
         result.duplicates += len(flags) - added
+        result.accepted_events = [event for (_, event), flag in zip(valid, flags, strict=True) if int(flag)]
+        return result
+
+    def append_table(self, table: pa.Table) -> AppendResult:
+        table = conform_table(table)
+        valid, problems = validate_table(table)
+        rows = table.filter(pa.array(valid)).to_pylist()
+        result = self.append([row_to_event(row) for row in rows])
+        result.rejected = [Rejected(i, msg) for i, msg in problems]
         return result
 
     def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:

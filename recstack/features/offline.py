@@ -1,0 +1,189 @@
+"""The offline path: point-in-time correct training rows with DuckDB ASOF joins.
+
+For each row (a labelled impression, say) at time ``t``, every feature is computed from events with
+``timestamp < t`` only: cumulative counts per entity are ASOF-joined on ``ts < t`` (and on ``ts <``
+the window start), the latest event or upsert before ``t`` is ASOF-joined likewise, and the last-N
+sequence is a window aggregate snapshotted per (user, time). Values pass through the same ``finish``
+/ ``encode`` functions as the online path, so the two agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recstack.errors import RecstackError
+from recstack.features.definitions import Attribute, Counter, LastN, Rate, Recency, check_unique
+from recstack.features.online import AnyFeature, attribute_raw, context_values
+
+
+def _kinds(kinds: Sequence[str]) -> str:
+    return ", ".join(f"'{k}'" for k in kinds)
+
+
+class _Query:
+    """One DuckDB connection holding the events (``ev``) and the rows (``r``) as integer-time tables."""
+
+    def __init__(self, events: pa.Table, rows: pa.Table) -> None:
+        self.con = duckdb.connect()
+        self.con.register("events_in", events)
+        self.con.register("rows_in", rows)
+        self.con.execute("""
+            CREATE TEMP TABLE ev AS SELECT event_id, kind, epoch_us(timestamp) AS ts, user_id, item_id,
+                creator_id, attributes FROM events_in;
+            CREATE TEMP TABLE r AS SELECT row_number() OVER () - 1 AS rid, epoch_us(timestamp) AS t,
+                user_id, item_id FROM rows_in;
+        """)
+        self._cum: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def column(self, sql: str) -> np.ndarray:
+        table = self.con.sql(sql).to_arrow_table()
+        return np.asarray(table.column(table.column_names[-1]).to_numpy(zero_copy_only=False))
+
+    def cumulative(self, entity: str, kinds: tuple[str, ...]) -> str:
+        """Table of (ent, ts, n): events of ``kinds`` per entity with timestamp <= ts."""
+        key = (entity, kinds)
+        if key not in self._cum:
+            name = f"cum{len(self._cum)}"
+            self.con.execute(f"""
+                CREATE TEMP TABLE {name} AS
+                SELECT DISTINCT ent, ts, n FROM (
+                  SELECT {entity}_id AS ent, ts,
+                         count(*) OVER (PARTITION BY {entity}_id ORDER BY ts
+                                        RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS n
+                  FROM ev WHERE kind IN ({_kinds(kinds)}) AND {entity}_id IS NOT NULL)
+            """)
+            self._cum[key] = name
+        return self._cum[key]
+
+    def windowed_count(
+        self, entity: str, kinds: tuple[str, ...], bucket_us: int, n_buckets: int
+    ) -> np.ndarray:
+        cum = self.cumulative(entity, kinds)
+        return self.column(f"""
+            SELECT q.rid, coalesce(a.n, 0) - coalesce(b.n, 0) AS v
+            FROM (SELECT rid, {entity}_id AS ent, t, (t // {bucket_us} - {n_buckets - 1}) * {bucket_us} AS s
+                  FROM r) q
+            ASOF LEFT JOIN {cum} a ON q.ent = a.ent AND q.t > a.ts
+            ASOF LEFT JOIN {cum} b ON q.ent = b.ent AND q.s > b.ts
+            ORDER BY q.rid
+        """).astype(np.int64)
+
+
+def materialize(events: pa.Table, rows: pa.Table, features: Sequence[AnyFeature]) -> pa.Table:
+    """Feature columns for ``rows`` (columns ``timestamp``, ``user_id``, ``item_id`` and optionally
+    ``surface`` and ``context``) from ``events`` (EVENT_SCHEMA), point-in-time correct.
+
+    Returns ``rows`` with one column per feature appended (float64; last-N as list<string>).
+    """
+    features = check_unique(list(features))
+    missing = [c for c in ("timestamp", "user_id", "item_id") if c not in rows.column_names]
+    if missing:
+        raise RecstackError(f"rows need columns {missing} to materialize features")
+    clash = sorted({f.name for f in features} & set(rows.column_names))
+    if clash:
+        raise RecstackError(f"feature names {clash} collide with columns of the rows; rename the features")
+    if rows.num_rows == 0:
+        raise RecstackError("no rows to materialize")
+    q = _Query(events, rows)
+    t = rows.column("timestamp").cast(pa.int64()).to_numpy()
+    out = rows
+    try:
+        for f in features:
+            out = out.append_column(f.name, _column(q, f, rows, t))
+    finally:
+        q.con.close()
+    return out
+
+
+def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray) -> pa.Array:
+    if isinstance(f, Counter):
+        return pa.array(q.windowed_count(f.entity, f.kinds, f.bucket_us, f.n_buckets).astype(np.float64))
+    if isinstance(f, Rate):
+        num = q.windowed_count(f.entity, f.numerator, f.bucket_us, f.n_buckets)
+        den = q.windowed_count(f.entity, f.denominator, f.bucket_us, f.n_buckets)
+        return pa.array(f.finish(num, den))
+    if isinstance(f, Recency):
+        last = q.column(f"""
+            SELECT q.rid, coalesce(a.ts, -1) AS last
+            FROM (SELECT rid, {f.entity}_id AS ent, t FROM r) q
+            ASOF LEFT JOIN (SELECT DISTINCT {f.entity}_id AS ent, ts FROM ev
+                            WHERE kind IN ({_kinds(f.kinds)}) AND {f.entity}_id IS NOT NULL) a
+              ON q.ent = a.ent AND q.t > a.ts
+            ORDER BY q.rid
+        """).astype(np.int64)
+        return pa.array(Recency.finish(t, last))
+    if isinstance(f, LastN):
+        table = q.con.sql(f"""
+            WITH seq AS (
+              SELECT user_id AS ent, ts,
+                     list(item_id) OVER (PARTITION BY user_id ORDER BY ts, event_id
+                                         ROWS BETWEEN {f.n - 1} PRECEDING AND CURRENT ROW) AS items,
+                     row_number() OVER (PARTITION BY user_id, ts ORDER BY event_id DESC) AS last_at_ts
+              FROM ev WHERE kind IN ({_kinds(f.kinds)}) AND user_id IS NOT NULL AND item_id IS NOT NULL
+            )
+            SELECT q.rid, coalesce(list_reverse(a.items), []) AS items
+            FROM (SELECT rid, user_id AS ent, t FROM r) q
+            ASOF LEFT JOIN (SELECT ent, ts, items FROM seq WHERE last_at_ts = 1) a
+              ON q.ent = a.ent AND q.t > a.ts
+            ORDER BY q.rid
+        """).to_arrow_table()
+        return table.column("items").combine_chunks().cast(pa.list_(pa.string()))
+    if isinstance(f, Attribute):
+        if f.field != "creator_id":
+            seen = q.con.sql(f"""SELECT DISTINCT unnest(json_keys(attributes)) AS k FROM ev
+                                 WHERE kind = '{f.entity}' AND attributes IS NOT NULL""").fetchall()
+            keys = sorted(str(k[0]) for k in seen)
+            if keys and f.field not in keys:
+                raise RecstackError(f"feature '{f.name}' reads attributes.{f.field}, which no {f.entity} upsert "
+                                    f"has; attributes seen: {', '.join(keys[:20])}")
+        table = q.con.sql(f"""
+            SELECT q.rid, a.creator_id, a.attributes
+            FROM (SELECT rid, {f.entity}_id AS ent, t FROM r) q
+            ASOF LEFT JOIN (SELECT {f.entity}_id AS ent, ts, creator_id, attributes FROM ev
+                            WHERE kind = '{f.entity}') a
+              ON q.ent = a.ent AND q.t > a.ts
+            ORDER BY q.rid
+        """).to_arrow_table()
+        cache: dict[tuple[Any, Any], float] = {}
+        values = []
+        for creator, attrs in zip(
+            table.column("creator_id").to_pylist(), table.column("attributes").to_pylist(), strict=True
+        ):
+            key = (creator, attrs)
+            if key not in cache:
+                cache[key] = f.encode(attribute_raw(f, creator, json.loads(attrs) if attrs else None))
+            values.append(cache[key])
+        return pa.array(np.asarray(values, dtype=np.float64))
+    surfaces = rows.column("surface").to_pylist() if "surface" in rows.column_names else [None] * len(t)
+    contexts = (
+        [json.loads(c) if c else None for c in rows.column("context").to_pylist()]
+        if "context" in rows.column_names
+        else [None] * len(t)
+    )
+    return pa.array(context_values(f, t, surfaces, contexts))
+
+
+def save_materialized(table: pa.Table, features: Sequence[AnyFeature], folder: Path) -> Path:
+    """Write rows to ``folder/rows.parquet`` and the FeatureSpecs beside them (``features.json``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "rows.parquet")
+    specs = [f.spec().to_dict() for f in features]
+    (folder / "features.json").write_text(json.dumps({"features": specs, "rows": table.num_rows}, indent=2))
+    return folder
+
+
+def load_specs(folder: Path) -> list[dict[str, Any]]:
+    """The FeatureSpecs saved beside a materialized data set."""
+    path = folder / "features.json"
+    if not path.exists():
+        raise RecstackError(f"{path} not found: materialize the data set with its features first")
+    specs: list[dict[str, Any]] = json.loads(path.read_text())["features"]
+    return specs

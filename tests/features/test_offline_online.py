@@ -1,0 +1,257 @@
+"""Point-in-time correctness offline, and agreement between the offline and online paths."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from recstack.config import Settings
+from recstack.data.simulator import RandomPolicy, Simulator, World
+from recstack.errors import RecstackError
+from recstack.events.parquet import ParquetEventLog
+from recstack.features.definitions import Attribute, Context, Counter, LastN, Rate, Recency
+from recstack.features.offline import load_specs, materialize, save_materialized
+from recstack.features.online import OnlineFeatures
+from recstack.features.stores import MemoryStore, SQLiteStore
+from recstack.features.stream import Ingestor
+from recstack.schema import events_to_table, parse_event
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+FEATURES = [
+    Counter(name="item_clicks_1d", entity="item", kinds=("click",), window="1d"),
+    Rate(name="item_ctr_1d", entity="item", numerator=("click",), denominator=("impression",), window="1d"),
+    Recency(name="item_since_click", entity="item", kinds=("click",)),
+    LastN(name="user_last", kinds=("click",), n=3),
+    Attribute(name="item_topic", entity="item", field="topic", buckets=101),
+    Context(name="hour_of_day", field="hour"),
+]
+
+
+def at(minutes: float) -> str:
+    return (T0 + timedelta(minutes=minutes)).isoformat()
+
+
+def leaky_log() -> pa.Table:
+    """A log where counting anything at or after the row's time would change every value."""
+    raw: list[dict[str, Any]] = [
+        {
+            "event_id": "up-a",
+            "kind": "item",
+            "timestamp": at(-60),
+            "item_id": "i1",
+            "attributes": {"topic": "A"},
+        },
+        {
+            "event_id": "up-b",
+            "kind": "item",
+            "timestamp": at(30),
+            "item_id": "i1",
+            "attributes": {"topic": "B"},
+        },
+        # 1d window with 1h buckets: a row at 10:00 counts from 11:00 the day before
+        {
+            "event_id": "old",
+            "kind": "click",
+            "timestamp": at(-23 * 60 - 30),
+            "user_id": "u2",
+            "item_id": "i1",
+        },
+        {"event_id": "edge", "kind": "click", "timestamp": at(-23 * 60), "user_id": "u2", "item_id": "i1"},
+        {"event_id": "c1", "kind": "click", "timestamp": at(-30), "user_id": "u1", "item_id": "i1"},
+        {"event_id": "c2", "kind": "click", "timestamp": at(-20), "user_id": "u1", "item_id": "i7"},
+        {
+            "event_id": "p1",
+            "kind": "impression",
+            "timestamp": at(-40),
+            "request_id": "r0",
+            "user_id": "u1",
+            "item_id": "i1",
+            "position": 1,
+        },
+        # the row itself, and what happens at and after its time
+        {
+            "event_id": "row",
+            "kind": "impression",
+            "timestamp": at(0),
+            "request_id": "r1",
+            "user_id": "u1",
+            "item_id": "i1",
+            "position": 0,
+            "surface": "feed",
+        },
+        {"event_id": "same", "kind": "click", "timestamp": at(0), "user_id": "u1", "item_id": "i1"},
+        *(
+            {
+                "event_id": f"late{k}",
+                "kind": "click",
+                "timestamp": at(10 + k),
+                "user_id": "u1",
+                "item_id": "i9",
+            }
+            for k in range(5)
+        ),
+    ]
+    return events_to_table([parse_event(r) for r in raw])
+
+
+def test_offline_values_see_only_the_past() -> None:
+    events = leaky_log()
+    rows = events.filter(pc.equal(events.column("event_id"), "row"))
+    out = materialize(events, rows, FEATURES).to_pylist()[0]
+    assert out["item_clicks_1d"] == 2.0  # 'edge' and c1; not 'old' (outside), not 'same' or later ones
+    assert out["item_ctr_1d"] == 2.0  # 2 clicks / 1 earlier impression; the row's own impression excluded
+    assert out["item_since_click"] == 30 * 60.0
+    assert out["user_last"] == ["i7", "i1"]  # c2 then c1, most recent first; none of the late clicks
+    assert out["item_topic"] == Attribute(name="x", entity="item", field="topic", buckets=101).encode("A")
+    assert out["hour_of_day"] == 10.0
+
+
+def test_unknown_entities_get_documented_defaults() -> None:
+    events = leaky_log()
+    row = {"timestamp": [T0], "user_id": ["nobody"], "item_id": ["nothing"]}
+    out = materialize(events, pa.table(row), FEATURES).to_pylist()[0]
+    assert out["item_clicks_1d"] == 0.0 and out["item_ctr_1d"] == 0.0 and out["item_since_click"] == -1.0
+    assert out["user_last"] == [] and out["item_topic"] == 0.0
+
+
+def test_materialize_rejects_bad_requests() -> None:
+    events = leaky_log()
+    with pytest.raises(RecstackError, match="need columns"):
+        materialize(events, pa.table({"user_id": ["u"]}), FEATURES)
+    with pytest.raises(RecstackError, match="no rows"):
+        materialize(events, events.slice(0, 0), FEATURES)
+    with pytest.raises(RecstackError, match="collide"):
+        materialize(events, events, [Counter(name="position", entity="item", kinds=("click",), window="1h")])
+
+
+def replay_and_compare(events: pa.Table, rows: pa.Table, features: list[Any], online: OnlineFeatures) -> int:
+    """Apply events in time order; before each row, read online; count disagreements with offline."""
+    offline = materialize(events, rows, features).to_pydict()
+    ordered = events.sort_by([("timestamp", "ascending"), ("event_id", "ascending")])
+    event_times = ordered.column("timestamp").cast(pa.int64()).to_numpy()
+    row_times = rows.column("timestamp").cast(pa.int64()).to_numpy()
+    applied = mismatches = 0
+    for r in np.argsort(row_times, kind="stable"):
+        t = int(row_times[r])
+        upto = int(np.searchsorted(event_times, t, side="left"))
+        if upto > applied:
+            online.update_table(ordered.slice(applied, upto - applied))
+            applied = upto
+        context = (
+            json.loads(offline["context"][r]) if offline.get("context") and offline["context"][r] else None
+        )
+        values = online.read(
+            offline["user_id"][r], [offline["item_id"][r]], t, offline["surface"][r], context
+        )
+        for f in features:
+            a, b = values[f.name][0], offline[f.name][r]
+            same = a == b if isinstance(a, list) else (a == b or (math.isnan(a) and math.isnan(b)))
+            mismatches += not same
+    return mismatches
+
+
+@pytest.mark.slow
+def test_skew_online_replay_equals_offline_exactly(settings: Settings, tmp_path: Path) -> None:
+    world = World.generate(n_users=60, n_items=150, seed=4)
+    sim = Simulator(world, seed=5, requests_per_day=2_000)
+    events = pa.concat_tables([sim.catalog_events(), *sim.run(RandomPolicy(world.n_items, seed=6), 4_000)])
+    rows = events.filter(pc.equal(events.column("kind"), "impression")).slice(0, 8_000)
+    # every default feature; state in SQLite with a tiny cache, so records are evicted and re-read
+    online = OnlineFeatures(
+        settings.features, SQLiteStore(tmp_path / "online.sqlite"), cache_size=50, flush_every=100
+    )
+    assert replay_and_compare(events, rows, settings.features, online) == 0
+
+
+def test_skew_small_in_memory(settings: Settings) -> None:
+    events = leaky_log()
+    rows = events.filter(pc.equal(events.column("kind"), "impression"))
+    assert replay_and_compare(events, rows, FEATURES, OnlineFeatures(FEATURES, MemoryStore())) == 0
+
+
+def test_online_values_do_not_depend_on_arrival_order() -> None:
+    events = leaky_log()
+    in_order = OnlineFeatures(FEATURES, MemoryStore())
+    in_order.update_table(events)
+    shuffled = OnlineFeatures(FEATURES, MemoryStore())
+    shuffled.update_table(events.take(np.random.default_rng(0).permutation(events.num_rows)))
+    now = int((T0 + timedelta(minutes=30)).timestamp() * 1e6)
+    a = in_order.read("u1", ["i1", "i9"], now)
+    b = shuffled.read("u1", ["i1", "i9"], now)
+    for name in a:
+        assert [list(x) if isinstance(x, list) else x for x in a[name]] == [
+            list(x) if isinstance(x, list) else x for x in b[name]
+        ]
+    assert a["item_clicks_1d"].tolist() == [3.0, 5.0]  # edge, c1, same for i1; the five late ones for i9
+
+
+def test_late_events_beyond_every_window_are_dropped_and_counted() -> None:
+    online = OnlineFeatures([Counter(name="c", entity="item", kinds=("click",), window="1h")], MemoryStore())
+    click = {"kind": "click", "user_id": "u", "item_id": "i"}
+    online.update([parse_event(click | {"event_id": "now", "timestamp": at(0)})])
+    online.update([parse_event(click | {"event_id": "ancient", "timestamp": at(-300)})])
+    assert online.late_dropped == 1
+    assert online.read("u", ["i"], int((T0 + timedelta(minutes=1)).timestamp() * 1e6))["c"].tolist() == [1.0]
+
+
+def test_state_survives_restart_with_sqlite(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    online = OnlineFeatures(FEATURES, store, cache_size=2, flush_every=1)
+    online.update_table(leaky_log())
+    online.flush()
+    restarted = OnlineFeatures(FEATURES, SQLiteStore(tmp_path / "s.sqlite"))
+    now = int((T0 + timedelta(minutes=30)).timestamp() * 1e6)
+    assert restarted.read("u1", ["i1"], now)["item_clicks_1d"].tolist() == [3.0]
+
+
+def test_ingestor_counts_a_retried_batch_once(tmp_path: Path) -> None:
+    online = OnlineFeatures(FEATURES, MemoryStore())
+    ingestor = Ingestor(ParquetEventLog(tmp_path / "log"), online)
+    batch = leaky_log()
+    first = ingestor.ingest_table(batch)
+    again = ingestor.ingest_table(batch)
+    assert (first.accepted, again.accepted, again.duplicates) == (batch.num_rows, 0, batch.num_rows)
+    raw = [
+        {"event_id": "x1", "kind": "click", "timestamp": at(1), "user_id": "u1", "item_id": "i1"},
+        {"event_id": "x1", "kind": "click", "timestamp": at(1), "user_id": "u1", "item_id": "i1"},
+        {"event_id": "bad", "kind": "click", "timestamp": at(1), "user_id": "u1"},
+    ]
+    result = ingestor.ingest(raw)
+    assert (result.accepted, result.duplicates, [r.index for r in result.rejected]) == (1, 1, [2])
+    now = int((T0 + timedelta(minutes=30)).timestamp() * 1e6)
+    assert online.read("u1", ["i1"], now)["item_clicks_1d"].tolist() == [4.0]
+
+
+def test_specs_are_saved_beside_materialized_rows(tmp_path: Path) -> None:
+    events = leaky_log()
+    rows = events.filter(pc.equal(events.column("kind"), "impression"))
+    save_materialized(materialize(events, rows, FEATURES), FEATURES, tmp_path / "set")
+    specs = load_specs(tmp_path / "set")
+    assert [s["name"] for s in specs] == [f.name for f in FEATURES]
+    assert specs[3] == {
+        "name": "user_last",
+        "kind": "sequence",
+        "vocab_size": 1,
+        "dim": 3,
+        "source": "user history",
+    }
+    with pytest.raises(RecstackError, match="not found"):
+        load_specs(tmp_path)
+
+
+def test_attribute_that_no_upsert_has_is_an_error() -> None:
+    events = leaky_log()
+    rows = events.filter(pc.equal(events.column("event_id"), "row"))
+    typo = Attribute(name="item_topc", entity="item", field="topc")
+    with pytest.raises(
+        RecstackError, match=r"reads attributes\.topc, which no item upsert has; attributes seen: topic"
+    ):
+        materialize(events, rows, [typo])
