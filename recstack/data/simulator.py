@@ -240,8 +240,16 @@ class RandomPolicy:
     def rank(self, users: np.ndarray, k: int, now_us: int) -> np.ndarray:
         if k > self.n_items:
             raise RecstackError(f"cannot show {k} distinct items from a catalog of {self.n_items}")
-        keys = self.rng.random((len(users), self.n_items))
-        return np.argpartition(keys, k - 1, axis=1)[:, :k]
+        if self.n_items <= 4 * k:  # small catalog: a random permutation prefix per row
+            keys = self.rng.random((len(users), self.n_items))
+            return np.argpartition(keys, k - 1, axis=1)[:, :k]
+        items = self.rng.integers(self.n_items, size=(len(users), k))
+        while True:  # redraw the rows that picked an item twice (rare when k << catalog)
+            ordered = np.sort(items, axis=1)
+            clash = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+            if not len(clash):
+                return items
+            items[clash] = self.rng.integers(self.n_items, size=(len(clash), k))
 
 
 class PopularityPolicy:

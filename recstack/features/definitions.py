@@ -222,7 +222,19 @@ class Context(_Def):
         )
 
 
-FeatureDef = Annotated[Counter | Rate | Recency | LastN | Attribute | Context, Field(discriminator="type")]
+class TextEmbedding(_Def):
+    """The all-MiniLM-L6-v2 embedding (384-d, normalized) of the item's text from its latest upsert;
+    zeros when the item has no text. What makes a brand-new item comparable to known ones."""
+
+    type: Literal["text_embedding"] = "text_embedding"
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(self.name, FeatureKind.embedding, dim=384, source="item.text (all-MiniLM-L6-v2)")
+
+
+FeatureDef = Annotated[
+    Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding, Field(discriminator="type")
+]
 FEATURE_TYPES: dict[str, type[_Def]] = {
     "counter": Counter,
     "rate": Rate,
@@ -230,6 +242,7 @@ FEATURE_TYPES: dict[str, type[_Def]] = {
     "last_n": LastN,
     "attribute": Attribute,
     "context": Context,
+    "text_embedding": TextEmbedding,
 }
 
 
@@ -241,6 +254,8 @@ def listens(feature: Counter | Rate | Recency | LastN | Attribute | Context) -> 
         return tuple(dict.fromkeys(feature.numerator + feature.denominator))
     if isinstance(feature, Attribute):
         return (feature.entity,)
+    if isinstance(feature, TextEmbedding):
+        return ("item",)
     return ()
 
 

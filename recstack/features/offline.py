@@ -20,8 +20,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recstack.errors import RecstackError
-from recstack.features.definitions import Attribute, Counter, LastN, Rate, Recency, check_unique
+from recstack.features.definitions import (
+    Attribute,
+    Counter,
+    LastN,
+    Rate,
+    Recency,
+    TextEmbedding,
+    check_unique,
+)
 from recstack.features.online import AnyFeature, attribute_raw, context_values
+from recstack.features.text import DIM, shared_encoder
 
 
 def _kinds(kinds: Sequence[str]) -> str:
@@ -37,7 +46,7 @@ class _Query:
         self.con.register("rows_in", rows)
         self.con.execute("""
             CREATE TEMP TABLE ev AS SELECT event_id, kind, epoch_us(timestamp) AS ts, user_id, item_id,
-                creator_id, attributes FROM events_in;
+                creator_id, attributes, text FROM events_in;
             CREATE TEMP TABLE r AS SELECT row_number() OVER () - 1 AS rid, epoch_us(timestamp) AS t,
                 user_id, item_id FROM rows_in;
         """)
@@ -136,14 +145,31 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray) -> pa.Array
             ORDER BY q.rid
         """).to_arrow_table()
         return table.column("items").combine_chunks().cast(pa.list_(pa.string()))
+    if isinstance(f, TextEmbedding):
+        texts = (
+            q.con.sql("""
+            SELECT q.rid, a.text
+            FROM (SELECT rid, item_id AS ent, t FROM r) q
+            ASOF LEFT JOIN (SELECT item_id AS ent, ts, text FROM ev WHERE kind = 'item') a
+              ON q.ent = a.ent AND q.t > a.ts
+            ORDER BY q.rid
+        """)
+            .to_arrow_table()
+            .column("text")
+            .to_pylist()
+        )
+        vectors = shared_encoder().embed(texts)  # (N, 384)
+        return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)
     if isinstance(f, Attribute):
         if f.field != "creator_id":
             seen = q.con.sql(f"""SELECT DISTINCT unnest(json_keys(attributes)) AS k FROM ev
                                  WHERE kind = '{f.entity}' AND attributes IS NOT NULL""").fetchall()
             keys = sorted(str(k[0]) for k in seen)
             if keys and f.field not in keys:
-                raise RecstackError(f"feature '{f.name}' reads attributes.{f.field}, which no {f.entity} upsert "
-                                    f"has; attributes seen: {', '.join(keys[:20])}")
+                raise RecstackError(
+                    f"feature '{f.name}' reads attributes.{f.field}, which no {f.entity} upsert "
+                    f"has; attributes seen: {', '.join(keys[:20])}"
+                )
         table = q.con.sql(f"""
             SELECT q.rid, a.creator_id, a.attributes
             FROM (SELECT rid, {f.entity}_id AS ent, t FROM r) q

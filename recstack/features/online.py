@@ -30,12 +30,14 @@ from recstack.features.definitions import (
     LastN,
     Rate,
     Recency,
+    TextEmbedding,
     check_unique,
 )
 from recstack.features.stores import KVStore
+from recstack.features.text import shared_encoder
 from recstack.schema import Event, events_to_table
 
-AnyFeature = Counter | Rate | Recency | LastN | Attribute | Context
+AnyFeature = Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding
 State = dict[str, Any]
 
 
@@ -125,6 +127,8 @@ class OnlineFeatures:
                     self._add(kind, ("seq", "user", f.name, f.n, 0))
             elif isinstance(f, Attribute):
                 self._add(f.entity, ("attr", f.entity, f.name, 0, 0))
+            elif isinstance(f, TextEmbedding):
+                self._add("item", ("text", "item", f.name, 0, 0))
 
     def _add(self, kind: str, op: tuple[str, str, str, int, int]) -> None:
         self._ops.setdefault(kind, []).append(op)
@@ -178,9 +182,10 @@ class OnlineFeatures:
         users = sub.column("user_id").to_pylist()
         items = sub.column("item_id").to_pylist()
         event_ids = sub.column("event_id").to_pylist()
-        has_attrs = "attr" in {op[0] for ops in self._ops.values() for op in ops}
+        has_attrs = bool({"attr", "text"} & {op[0] for ops in self._ops.values() for op in ops})
         creators = sub.column("creator_id").to_pylist() if has_attrs else None
         attributes = sub.column("attributes").to_pylist() if has_attrs else None
+        texts = sub.column("text").to_pylist() if has_attrs else None
         keys: list[str] = []
         for kind, user, item in zip(kinds, users, items, strict=True):
             for spec in self._ops[kind]:
@@ -208,6 +213,11 @@ class OnlineFeatures:
                     insort(seq, [t, event_ids[n], items[n]])
                     if len(seq) > a1:
                         del seq[: len(seq) - a1]
+                elif op == "text":  # the latest upsert by time wins; embedded when read
+                    assert texts is not None
+                    if state.get(key + ":t", -1) <= t:
+                        state[key] = texts[n]
+                        state[key + ":t"] = t
                 else:  # attr: the latest upsert by time wins
                     assert attributes is not None and creators is not None
                     if state.get(key + ":t", -1) <= t:
@@ -262,6 +272,9 @@ class OnlineFeatures:
                 column = np.empty(n, dtype=object)
                 column[:] = [seq] * n
                 out[f.name] = column
+                continue
+            if isinstance(f, TextEmbedding):
+                out[f.name] = shared_encoder().embed([s.get(f.name) for s in item_states])  # (N, 384)
                 continue
             targets = [user_state] if f.entity == "user" else item_states
             if isinstance(f, Counter):

@@ -55,3 +55,49 @@ class Ingestor:
 
     def flush(self) -> None:
         self.online.flush()
+
+
+class FeatureConsumer:
+    """Keeps the online features current from the event stream: reads a consumer group of the log
+    (the Redis live bus, or the embedded log), applies each event once, then acknowledges.
+
+    Delivery is at-least-once; ``seen`` (event ids already applied) makes the effect exactly-once.
+    Pass a set that outlives the process to survive restarts; an in-memory set covers redelivery
+    within one process.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        online: OnlineFeatures,
+        group: str = "features",
+        consumer: str = "worker-1",
+        seen: set[str] | None = None,
+    ) -> None:
+        self.log = log
+        self.online = online
+        self.group = group
+        self.consumer = consumer
+        self.seen: set[str] = seen if seen is not None else set()
+        self.applied = 0
+        self.skipped = 0
+
+    def poll(self, count: int = 1_000, block_ms: int = 0) -> int:
+        """Apply one batch of deliveries; returns how many were read."""
+        deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
+        fresh = [d.event for d in deliveries if d.event.event_id not in self.seen]
+        self.skipped += len(deliveries) - len(fresh)
+        if fresh:
+            self.online.update(fresh)
+            self.online.flush()
+            self.seen.update(e.event_id for e in fresh)
+            self.applied += len(fresh)
+        if deliveries:
+            self.log.ack(self.group, [d.delivery_id for d in deliveries])
+        return len(deliveries)
+
+    def drain(self, count: int = 1_000) -> int:
+        total = 0
+        while n := self.poll(count):
+            total += n
+        return total

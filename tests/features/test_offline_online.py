@@ -17,7 +17,7 @@ from recstack.config import Settings
 from recstack.data.simulator import RandomPolicy, Simulator, World
 from recstack.errors import RecstackError
 from recstack.events.parquet import ParquetEventLog
-from recstack.features.definitions import Attribute, Context, Counter, LastN, Rate, Recency
+from recstack.features.definitions import Attribute, Context, Counter, LastN, Rate, Recency, TextEmbedding
 from recstack.features.offline import load_specs, materialize, save_materialized
 from recstack.features.online import OnlineFeatures
 from recstack.features.stores import MemoryStore, SQLiteStore
@@ -255,3 +255,79 @@ def test_attribute_that_no_upsert_has_is_an_error() -> None:
         RecstackError, match=r"reads attributes\.topc, which no item upsert has; attributes seen: topic"
     ):
         materialize(events, rows, [typo])
+
+
+@pytest.mark.slow
+def test_text_embedding_offline_and_online_agree_and_cover_new_items() -> None:
+    """The item's text from its latest upsert before t, embedded by all-MiniLM-L6-v2."""
+    feature = TextEmbedding(name="item_text")
+    raw = [
+        {
+            "event_id": "a",
+            "kind": "item",
+            "timestamp": at(-60),
+            "item_id": "i1",
+            "text": "a tabby cat sleeping",
+        },
+        {
+            "event_id": "b",
+            "kind": "item",
+            "timestamp": at(30),
+            "item_id": "i1",
+            "text": "stock market report",
+        },
+        {
+            "event_id": "c",
+            "kind": "item",
+            "timestamp": at(-10),
+            "item_id": "i2",
+            "text": "kitten playing with yarn",
+        },
+        {"event_id": "d", "kind": "item", "timestamp": at(-10), "item_id": "i3"},
+    ]
+    events = events_to_table([parse_event(r) for r in raw])
+    rows = pa.table({"timestamp": [T0] * 3, "user_id": ["u"] * 3, "item_id": ["i1", "i2", "i3"]})
+    offline = np.asarray(
+        materialize(events, rows, [feature]).column("item_text").to_pylist(), dtype=np.float32
+    )
+    online = OnlineFeatures([feature], MemoryStore())
+    online.update_table(events.slice(0, 1))
+    online.update_table(events.slice(2, 2))
+    values = online.read("u", ["i1", "i2", "i3"], int(T0.timestamp() * 1e6))["item_text"]
+    assert values.shape == (3, 384)
+    assert np.allclose(values, offline, atol=1e-6)  # the same text always embeds to the same vector
+    assert np.linalg.norm(offline[0]) == pytest.approx(1.0, abs=1e-5)
+    assert not offline[2].any()  # no text: zeros, documented
+    # a brand-new item is close to a known one about the same thing
+    assert float(offline[0] @ offline[1]) > 0.3
+
+
+@pytest.mark.parametrize("backend", ["parquet", "redis"])
+def test_feature_consumer_follows_the_stream_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, unique: str
+) -> None:
+    from recstack.events import RedisStreamLog
+    from recstack.features.stream import FeatureConsumer
+
+    def open_log() -> Any:
+        if backend == "parquet":
+            return ParquetEventLog(tmp_path / "log")
+        return RedisStreamLog(request.getfixturevalue("redis_url"), stream=f"recstack-test:{unique}")
+
+    log = open_log()
+    try:
+        log.append_table(leaky_log())
+        online = OnlineFeatures(FEATURES, MemoryStore())
+        seen: set[str] = set()
+        # a first worker applies a batch, then dies before acknowledging it
+        first = log.consume("features", "w", count=4)
+        online.update([d.event for d in first])
+        seen.update(d.event.event_id for d in first)
+        worker = FeatureConsumer(open_log(), online, group="features", consumer="w", seen=seen)
+        worker.drain(count=3)
+        assert worker.skipped == 4 and worker.applied == leaky_log().num_rows - 4
+        now = int((T0 + timedelta(minutes=30)).timestamp() * 1e6)
+        assert online.read("u1", ["i1"], now)["item_clicks_1d"].tolist() == [3.0]  # each click once
+    finally:
+        if backend == "redis":
+            log.drop()
