@@ -65,10 +65,12 @@ def run(settings: Settings, events_target: int, root: Path) -> dict[str, object]
     ingestor.flush()
     busy += time.perf_counter() - started
     tenth = next(mb for n, mb in samples if n >= done // 10)
+    half = next(mb for n, mb in samples if n >= done // 2)
     peak = max(mb for _, mb in samples)
     print(
         f"ingested {done:,} events in {busy:.1f}s: {done / busy:,.0f} events/s; RSS at 10% {tenth:.0f} MB, "
-        f"peak {peak:.0f} MB, end {samples[-1][1]:.0f} MB; late dropped {online.late_dropped}"
+        f"at 50% {half:.0f} MB, peak {peak:.0f} MB, end {samples[-1][1]:.0f} MB; late dropped "
+        f"{online.late_dropped}; dedupe index {done * 8 / 2**20:.0f} MB (8 bytes an event id)"
     )
 
     # offline: the last impressions of the log, every feature, point in time against the whole log
@@ -89,6 +91,7 @@ def run(settings: Settings, events_target: int, root: Path) -> dict[str, object]
         "materialize_rows_per_s": round(out.num_rows / took),
         "events": done,
         "rss_mb_at_10pct": round(tenth),
+        "rss_mb_at_50pct": round(half),
         "peak_rss_mb": round(peak),
     }
 

@@ -112,6 +112,17 @@ class OnlineConfig(Section):
     flush_every: int = Field(20_000, ge=1, description="Write changed records to the store after this many.")
 
 
+class TwoTowerConfig(Section):
+    dim: int = Field(64, ge=1, description="Output dimension of both towers (and of the ANN index).")
+    hidden: list[int] = Field([128], description="Hidden layer sizes of the user tower's MLP.")
+    history: int = Field(50, ge=1, description="Engaged items pooled in the user tower.")
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature (initial value if learned).")
+    learn_temperature: bool = Field(False, description="Learn the temperature with the model.")
+    log_q: bool = Field(True, description="Correct in-batch negatives by the items' sampling probability.")
+    random_negatives: int = Field(0, ge=0, description="Uniform extra negatives per batch (mixed negatives).")
+    cosine: bool = Field(True, description="L2-normalize tower outputs (cosine) or not (dot product).")
+
+
 class EvalConfig(Section):
     ks: list[int] = Field([10, 20], description="Cut-offs for Recall/NDCG/MRR/Hit@K.")
     monitor: str = Field("ndcg@10", description="Validation metric for early stopping (higher is better).")
@@ -125,6 +136,7 @@ class Settings(Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     mf: MFConfig = MFConfig()
+    two_tower: TwoTowerConfig = TwoTowerConfig()
     eval: EvalConfig = EvalConfig()
     online: OnlineConfig = OnlineConfig()
     features: list[FeatureDef] = Field(

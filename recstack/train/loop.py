@@ -123,7 +123,8 @@ class Trainer:
         train.shard(rank, world)
         train.seed = cfg.seed
         net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+        task_params = list(getattr(task, "parameters", list)())  # e.g. a learned temperature
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad] + task_params, cfg)
         schedule = make_schedule(optimizer, cfg, cfg.epochs * len(train))
         best_path = self.checkpoint_dir / "best.pt"
         self.tracker.log_params(

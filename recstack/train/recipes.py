@@ -59,9 +59,11 @@ def train_mf_bpr(
     settings: Settings,
     run_name: str = "mf_bpr",
     tracker: Tracker | None = None,
+    mask_validation: bool = True,
 ) -> RankingRun:
     """Fit MF with BPR; early-stop on validation (training items masked); report test once with
-    training and validation items masked."""
+    training items masked, and validation items too when ``mask_validation`` (RecBole's protocol;
+    the BARS protocol masks training items only)."""
     train_m, valid_m, test_m = train.csr(), valid.csr(), test.csr()
     model = MatrixFactorization(train.n_users, train.n_items, settings.mf.dim)
     loader = BatchLoader(
@@ -98,6 +100,103 @@ def train_mf_bpr(
             "train_rows": len(train),
         },
     )
-    mask = (train_m + valid_m).tocsr()
+    mask = (train_m + valid_m).tocsr() if mask_validation else train_m
     test_metrics = full_ranking_eval(scorer(model), test_m, sp.csr_matrix(mask), ks)  # type: ignore[arg-type]
     return RankingRun(model, fit, test_metrics)
+
+
+class HistorySampler:
+    """Adds ``history`` (B, L): the user's training items other than the row's target, shifted by one
+    (0 is padding). Users with more than L items get L drawn afresh every batch (with replacement,
+    which mean pooling tolerates); vectorized over the batch."""
+
+    def __init__(self, train: sp.csr_matrix, length: int) -> None:
+        self.train = train.tocsr()
+        self.length = length
+
+    def __call__(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        users, targets = columns["user"], columns["item"]
+        length = self.length
+        start = self.train.indptr[users]  # (B,)
+        count = self.train.indptr[users + 1] - start  # (B,)
+        slots = np.arange(length)[None, :]  # (1, L)
+        drawn = (rng.random((len(users), length)) * count[:, None]).astype(np.int64)  # (B, L)
+        position = np.where(count[:, None] <= length, slots, drawn)
+        valid = slots < np.minimum(count, length)[:, None]
+        items = self.train.indices[start[:, None] + np.where(valid, position, 0)]
+        history = np.where(valid & (items != targets[:, None]), items + 1, 0)
+        return columns | {"history": history.astype(np.int64)}
+
+
+def user_histories(train: sp.csr_matrix, length: int, seed: int = 0) -> np.ndarray:
+    """(n_users, L) histories for scoring: up to L training items per user (a fixed random subset)."""
+    rng = np.random.default_rng(seed)
+    sampler = HistorySampler(train, length)
+    users = np.arange(train.shape[0])
+    return sampler({"user": users, "item": np.full(len(users), -1)}, rng)["history"]
+
+
+def two_tower_scorer(model: nn.Module, histories: np.ndarray) -> object:
+    """score(users) -> (B, n_items) from a TwoTower and fixed user histories."""
+    with torch.no_grad():
+        items = model.all_item_vectors()  # type: ignore[operator]
+
+    def score(users: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            u = model.user_vectors(torch.from_numpy(users), torch.from_numpy(histories[users]))  # type: ignore[operator]
+            return (u @ items.T).numpy()  # type: ignore[no-any-return]
+
+    return score
+
+
+@dataclass
+class TwoTowerRun:
+    model: nn.Module
+    fit: FitResult
+    test_metrics: dict[str, float]
+    histories: np.ndarray
+
+
+def train_two_tower(
+    train: Interactions,
+    valid: Interactions,
+    test: Interactions,
+    settings: Settings,
+    run_name: str = "two_tower",
+    tracker: Tracker | None = None,
+    item_text: torch.Tensor | None = None,
+    mask_validation: bool = True,
+) -> TwoTowerRun:
+    """Fit the two-tower with sampled softmax + logQ; pick the epoch on validation (recall@K_max,
+    training items masked); report test once with training items masked, and validation items too
+    when ``mask_validation``."""
+    from recstack.models.two_tower import TwoTower
+    from recstack.tasks.retrieval import RetrievalTask
+
+    cfg = settings.two_tower
+    train_m, valid_m, test_m = train.csr(), valid.csr(), test.csr()
+    torch.manual_seed(settings.train.seed)
+    model = TwoTower(train.n_users, train.n_items, cfg.dim, tuple(cfg.hidden), cfg.cosine, item_text)
+    counts = np.bincount(train.items, minlength=train.n_items).astype(np.float64) + 1.0
+    log_q = torch.from_numpy(np.log(counts / counts.sum())).float() if cfg.log_q else None
+    task = RetrievalTask(cfg.temperature, log_q, cfg.random_negatives, cfg.learn_temperature)
+    loader = BatchLoader(
+        {"user": train.users, "item": train.items},
+        ColumnRoles(sparse=("user", "item", "history")),
+        batch_size=settings.train.batch_size,
+        transform=HistorySampler(train_m, cfg.history),
+        drop_last=True,
+    )
+    histories = user_histories(train_m, cfg.history, settings.train.seed)
+    ks = settings.eval.ks
+    monitor = f"recall@{max(ks)}"
+
+    def validate(net: nn.Module) -> dict[str, float]:
+        return full_ranking_eval(two_tower_scorer(net, histories), valid_m, train_m, ks)  # type: ignore[arg-type]
+
+    ckpt = (settings.train.checkpoint_dir or settings.paths.state_dir / "checkpoints") / run_name
+    trainer = Trainer(settings.train, Path(ckpt), tracker or make_tracker(settings, run_name), run_name)
+    fit = trainer.fit(model, task, loader, validate, monitor=monitor, params=cfg.model_dump(mode="json"))
+    mask = sp.csr_matrix((train_m + valid_m).tocsr() if mask_validation else train_m)
+    test_metrics = full_ranking_eval(two_tower_scorer(model, histories), test_m, mask, ks)  # type: ignore[arg-type]
+    return TwoTowerRun(model, fit, test_metrics, histories)

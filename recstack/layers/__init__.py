@@ -1,0 +1,1 @@
+"""Reusable blocks that models compose: pooled embeddings, MLPs."""
