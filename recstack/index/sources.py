@@ -1,0 +1,186 @@
+"""Candidate sources and their merge: the first stage of the funnel.
+
+Each source proposes items for a request with scores; the merge takes each source's quota in the
+configured order, drops items already proposed (keeping every source that proposed an item, which
+serving and experiments need) and items the request excludes, and fills what a source could not use
+from the next ones. Sources work in item-index space (0..n_items-1).
+
+- ``TwoTowerSource``: the user tower's vector searched in the ANN index (known users only).
+- ``ItemToItemSource``: items co-engaged with the user's recent engagements (ItemCF neighbours).
+- ``TrendingSource``: exponentially time-decayed engagement counts (half-life), updated from events.
+- ``FreshSource``: items created within a window, newest first, or, when the user has history and
+  items have content vectors, most similar to the mean of the user's recent items.
+
+A user with no history and an unknown id still gets trending and fresh items: unknown is not an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from recstack.index.faiss_index import ItemIndex
+from recstack.models.baselines import ItemCF
+
+US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Request:
+    """user: the user's index, or None when unknown; history: recently engaged item indices, most
+    recent first; now_us: request time; exclude: items that must not be proposed (seen, blocked)."""
+
+    user: int | None
+    history: tuple[int, ...] = ()
+    now_us: int = 0
+    exclude: frozenset[int] = frozenset()
+
+
+@dataclass
+class Candidate:
+    item: int
+    score: float
+    source: str
+    also_from: list[str] = field(default_factory=list)
+
+
+class Source(Protocol):
+    name: str
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        """Up to k (item, score) pairs, best first."""
+        ...
+
+
+class TwoTowerSource:
+    """``user_vector(user, history) -> (D,)`` searched in ``index`` (ids are item indices)."""
+
+    name = "two_tower"
+
+    def __init__(self, index: ItemIndex, user_vector: Callable[[int, tuple[int, ...]], np.ndarray]) -> None:
+        self.index = index
+        self.user_vector = user_vector
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        if request.user is None:
+            return []
+        scores, ids = self.index.search(self.user_vector(request.user, request.history)[None, :], k)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+
+class ItemToItemSource:
+    """Neighbours of the user's ``recent`` last engagements, summing similarities."""
+
+    name = "item_to_item"
+
+    def __init__(self, model: ItemCF, recent: int = 10, per_item: int = 50) -> None:
+        self.model = model
+        self.recent = recent
+        self.per_item = per_item
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        totals: dict[int, float] = {}
+        for item in request.history[: self.recent]:
+            ids, sims = self.model.similar(item, self.per_item)
+            for i, s in zip(ids.tolist(), sims.tolist(), strict=True):
+                if s > 0:
+                    totals[i] = totals.get(i, 0.0) + s
+        return sorted(totals.items(), key=lambda kv: -kv[1])[:k]
+
+
+class TrendingSource:
+    """Engagements counted with exponential time decay: a count halves every ``half_life_s``."""
+
+    name = "trending"
+
+    def __init__(self, n_items: int, half_life_s: float = 6 * 3600) -> None:
+        self.rate = math.log(2) / (half_life_s * US)
+        self.scores = np.zeros(n_items)  # decayed counts as of self.as_of_us
+        self.as_of_us = 0
+
+    def _decay_to(self, now_us: int) -> None:
+        if now_us > self.as_of_us:
+            self.scores *= math.exp(-self.rate * (now_us - self.as_of_us))
+            self.as_of_us = now_us
+
+    def observe(self, items: np.ndarray, times_us: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Count engagements; events older than the current time are counted at their decayed weight."""
+        if len(items) == 0:
+            return
+        self._decay_to(int(times_us.max()))
+        w = np.ones(len(items)) if weights is None else weights
+        np.add.at(self.scores, items, w * np.exp(-self.rate * (self.as_of_us - times_us)))
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        factor = math.exp(-self.rate * max(request.now_us - self.as_of_us, 0))
+        k = min(k, len(self.scores))
+        top = np.argpartition(-self.scores, k - 1)[:k] if k else np.array([], dtype=np.int64)
+        top = top[np.argsort(-self.scores[top], kind="stable")]
+        return [(int(i), float(self.scores[i] * factor)) for i in top if self.scores[i] > 0]
+
+
+class FreshSource:
+    """Items created in the last ``window_s`` seconds; with content vectors and a history, ranked by
+    similarity to the mean of the user's recent items, else newest first."""
+
+    name = "fresh"
+
+    def __init__(
+        self,
+        created_us: np.ndarray,
+        window_s: float = 3 * 86_400,
+        content: np.ndarray | None = None,
+        recent: int = 10,
+    ) -> None:
+        self.created_us = created_us
+        self.window_us = int(window_s * US)
+        self.content = content
+        self.recent = recent
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        fresh = np.flatnonzero(
+            (self.created_us <= request.now_us) & (self.created_us > request.now_us - self.window_us)
+        )
+        if len(fresh) == 0:
+            return []
+        if self.content is not None and request.history:
+            profile = self.content[list(request.history[: self.recent])].mean(axis=0)  # (D,)
+            scores = self.content[fresh] @ profile
+        else:
+            scores = (self.created_us[fresh] - request.now_us) / US  # newer is higher
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(fresh[i]), float(scores[i])) for i in order]
+
+
+def merge(sources: Sequence[tuple[Source, int]], request: Request, k: int | None = None) -> list[Candidate]:
+    """Take each source's quota in order, de-duplicated; ``k`` caps the total (default: sum of quotas).
+
+    A source asked for its quota plus room for the items it might lose to exclusions and duplicates;
+    what a source leaves unused falls to the sources after it.
+    """
+    total = k if k is not None else sum(q for _, q in sources)
+    out: list[Candidate] = []
+    by_item: dict[int, Candidate] = {}
+    spare = 0
+    for source, quota in sources:
+        want = quota + spare
+        taken = 0
+        for item, score in source.propose(request, want + len(request.exclude) + len(by_item)):
+            if item in request.exclude:
+                continue
+            if item in by_item:
+                if source.name not in by_item[item].also_from and by_item[item].source != source.name:
+                    by_item[item].also_from.append(source.name)
+                continue
+            if taken >= want or len(out) >= total:
+                continue
+            candidate = Candidate(item, score, source.name)
+            by_item[item] = candidate
+            out.append(candidate)
+            taken += 1
+        spare = want - taken
+    return out
