@@ -57,7 +57,7 @@ def main() -> None:
 
     faiss.omp_set_num_threads(1)
     chosen: tuple[int, float, float] | None = None
-    for ef in (64, 128, 192, 256, 384, 512, 768, 1024):
+    for ef in (48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024):
         hnsw.tune(ef_search=ef)
         started = time.perf_counter()
         _, found = hnsw.search(queries, K)
