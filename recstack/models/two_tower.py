@@ -51,8 +51,11 @@ class TwoTower(nn.Module):
         return F.normalize(x, dim=-1) if self.cosine else x
 
     def user_vectors(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """(B,), (B, L) -> (B, D)."""
-        x = torch.cat([self.user_ids(users), self.history(history)], dim=-1)  # (B, 2D)
+        """(B,), (B, L) -> (B, D). A user index of -1 (unknown user) contributes a zero id embedding,
+        so the vector comes from the history alone."""
+        known = (users >= 0).unsqueeze(-1).to(self.user_ids.weight.dtype)  # (B, 1)
+        ids = self.user_ids(users.clamp(min=0)) * known  # (B, D)
+        x = torch.cat([ids, self.history(history)], dim=-1)  # (B, 2D)
         return self._out(self.user_mlp(x))
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
@@ -62,6 +65,12 @@ class TwoTower(nn.Module):
             text: torch.Tensor = self.item_text  # type: ignore[assignment]
             x = x + self.text_proj(text[items])
         return self._out(x)
+
+    def content_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, T) text embeddings of items the model has never seen -> (B, D): the text path alone."""
+        if self.text_proj is None:
+            raise ValueError("this two-tower has no text path (it was trained without item text)")
+        return self._out(self.text_proj(text.float()))
 
     def all_item_vectors(self) -> torch.Tensor:
         """(n_items, D) for indexing."""
