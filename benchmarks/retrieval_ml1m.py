@@ -103,7 +103,8 @@ def main() -> None:
     took = time.perf_counter() - started
     results["two_tower"] = tt.test_metrics
     print(
-        f"two_tower: best epoch {tt.fit.best_epoch} of {tt.fit.epochs_run}; {tt.fit.samples_per_s:,.0f} "
+        f"two_tower: validation recall@20 {tt.fit.best_metric:.4f} at epoch {tt.fit.best_epoch} of "
+        f"{tt.fit.epochs_run}; {tt.fit.samples_per_s:,.0f} "
         f"samples/s; {took / tt.fit.epochs_run:.0f}s an epoch with validation"
     )
     for name, (r, n) in PUBLISHED.items():
