@@ -21,12 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from recstack.config import Settings
-from recstack.data.interactions import Interactions
 from recstack.data.readers import read_movielens_100k
 from recstack.data.splits import leave_last_out, random_ratio_split
 from recstack.eval.metrics import full_ranking_eval
 from recstack.events.join import join_engagements
 from recstack.events.parquet import ParquetEventLog
+from recstack.models.baselines import Popularity
 from recstack.train.recipes import encode_split, train_mf_bpr
 
 EXAMINATION = (1.0, 0.8, 0.65, 0.55, 0.47, 0.41, 0.36, 0.32, 0.29, 0.26)  # P(look | position)
@@ -110,15 +110,6 @@ def synthetic_events(world: SyntheticWorld) -> list[dict[str, Any]]:
                         }
                     )
     return events
-
-
-def popularity_scorer(train: Interactions) -> Any:
-    counts = np.bincount(train.items, minlength=train.n_items).astype(np.float32)
-
-    def score(users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(counts, (len(users), train.n_items))
-
-    return score
 
 
 def run_demo(
@@ -215,7 +206,7 @@ def run_demo(
         f"{run.fit.samples_per_s:,.0f} samples/s, MLflow run {run.fit.run_id}"
     )
     mask = (train.csr() + valid.csr()).tocsr()
-    pop = full_ranking_eval(popularity_scorer(train), test.csr(), mask, settings.eval.ks)
+    pop = full_ranking_eval(Popularity().fit(train.csr()).score, test.csr(), mask, settings.eval.ks)
 
     console.rule("[bold]4. evaluate: full ranking on test, training and validation items masked")
     keys = [f"{m}@{k}" for k in settings.eval.ks for m in ("recall", "ndcg", "hit")]

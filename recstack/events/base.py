@@ -156,16 +156,20 @@ class IdempotentConsumer:
         self.applied = 0
         self.skipped = 0
 
+    def apply(self, events: list[Event]) -> None:
+        """Apply events not seen before (in delivery order); subclasses may apply them as a batch."""
+        for event in events:
+            self.handler(event)
+
     def poll(self, count: int = 500, block_ms: int = 0) -> int:
         """Process one batch; returns the number of deliveries read."""
         deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
-        for delivery in deliveries:
-            if delivery.event.event_id in self.seen:
-                self.skipped += 1
-                continue
-            self.handler(delivery.event)
-            self.seen.add(delivery.event.event_id)
-            self.applied += 1
+        fresh = [d.event for d in deliveries if d.event.event_id not in self.seen]
+        self.skipped += len(deliveries) - len(fresh)
+        if fresh:
+            self.apply(fresh)
+            self.seen.update(e.event_id for e in fresh)
+            self.applied += len(fresh)
         if deliveries:
             self.log.ack(self.group, [d.delivery_id for d in deliveries])
         return len(deliveries)

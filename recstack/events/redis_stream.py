@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 import redis
 
-from recstack.errors import BackendUnavailableError, DataFormatError, EventValidationError
+from recstack import redis_client
+from recstack.errors import DataFormatError, EventValidationError
 from recstack.events.base import AppendResult, Delivery, Rejected, in_selection, validate_batch
 from recstack.schema import (
     EVENT_SCHEMA,
@@ -63,19 +64,14 @@ class RedisStreamLog:
         self.stream = stream
         self.dedupe_days = dedupe_days
         self.claim_idle_ms = claim_idle_ms
-        self.client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-        )
+        self.client: redis.Redis = redis_client.connect(url, socket_timeout_s)
         self._append_script = self.client.register_script(_APPEND)
         self._recovered: set[tuple[str, str]] = set()
         self._pending_cursor: dict[tuple[str, str], str] = {}
         self._groups_made: set[str] = set()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BackendUnavailableError(f"Redis at {self.url} is unreachable during {what}: {exc}") from exc
+        return redis_client.call(self.url, what, fn, *args, **kwargs)
 
     def ping(self) -> bool:
         return bool(self._call("ping", self.client.ping))

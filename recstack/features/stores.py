@@ -12,9 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import redis
-
-from recstack.errors import BackendUnavailableError
+from recstack import redis_client
 
 
 class KVStore(Protocol):
@@ -91,7 +89,7 @@ class SQLiteStore:
 
 
 class RedisStore:
-    """Redis strings under ``prefix``; MGET / pipelined SET. A dead Redis raises BackendUnavailableError."""
+    """Redis strings under ``prefix``; MGET / MSET. A dead Redis raises BackendUnavailableError."""
 
     def __init__(
         self,
@@ -101,36 +99,25 @@ class RedisStore:
     ) -> None:
         self.url = url
         self.prefix = prefix
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-        )
-
-    def _wrap(self, what: str, exc: Exception) -> BackendUnavailableError:
-        return BackendUnavailableError(f"Redis at {self.url} is unreachable during {what}: {exc}")
+        self.client = redis_client.connect(url, socket_timeout_s)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        try:
-            values: list[bytes | None] = self.client.mget([self.prefix + k for k in keys])  # type: ignore[assignment]
-            return values
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._wrap("read", exc) from exc
+        values: list[bytes | None] = redis_client.call(
+            self.url, "read", self.client.mget, [self.prefix + k for k in keys]
+        )
+        return values
 
     def put_many(self, items: Mapping[str, bytes]) -> None:
-        if not items:
-            return
-        try:
-            self.client.mset({self.prefix + k: v for k, v in items.items()})
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._wrap("write", exc) from exc
+        if items:
+            redis_client.call(
+                self.url, "write", self.client.mset, {self.prefix + k: v for k, v in items.items()}
+            )
 
     def delete_many(self, keys: Sequence[str]) -> None:
         if keys:
-            try:
-                self.client.delete(*[self.prefix + k for k in keys])
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise self._wrap("delete", exc) from exc
+            redis_client.call(self.url, "delete", self.client.delete, *[self.prefix + k for k in keys])
 
     def drop(self) -> None:
         """Delete every key under the prefix (tests and resets)."""

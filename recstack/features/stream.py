@@ -8,9 +8,10 @@ from typing import Any
 import pyarrow as pa
 
 from recstack.config import OnlineBackend, Settings
-from recstack.events.base import AppendResult, EventLog
+from recstack.events.base import AppendResult, EventLog, IdempotentConsumer
 from recstack.features.online import OnlineFeatures
 from recstack.features.stores import KVStore, MemoryStore, RedisStore, SQLiteStore
+from recstack.schema import Event
 
 
 def open_store(settings: Settings) -> KVStore:
@@ -57,7 +58,7 @@ class Ingestor:
         self.online.flush()
 
 
-class FeatureConsumer:
+class FeatureConsumer(IdempotentConsumer):
     """Keeps the online features current from the event stream: reads a consumer group of the log
     (the Redis live bus, or the embedded log), applies each event once, then acknowledges.
 
@@ -74,30 +75,9 @@ class FeatureConsumer:
         consumer: str = "worker-1",
         seen: set[str] | None = None,
     ) -> None:
-        self.log = log
+        super().__init__(log, group, consumer, handler=lambda event: None, seen=seen)
         self.online = online
-        self.group = group
-        self.consumer = consumer
-        self.seen: set[str] = seen if seen is not None else set()
-        self.applied = 0
-        self.skipped = 0
 
-    def poll(self, count: int = 1_000, block_ms: int = 0) -> int:
-        """Apply one batch of deliveries; returns how many were read."""
-        deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
-        fresh = [d.event for d in deliveries if d.event.event_id not in self.seen]
-        self.skipped += len(deliveries) - len(fresh)
-        if fresh:
-            self.online.update(fresh)
-            self.online.flush()
-            self.seen.update(e.event_id for e in fresh)
-            self.applied += len(fresh)
-        if deliveries:
-            self.log.ack(self.group, [d.delivery_id for d in deliveries])
-        return len(deliveries)
-
-    def drain(self, count: int = 1_000) -> int:
-        total = 0
-        while n := self.poll(count):
-            total += n
-        return total
+    def apply(self, events: list[Event]) -> None:
+        self.online.update(events)
+        self.online.flush()
