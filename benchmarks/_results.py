@@ -37,3 +37,40 @@ def record(benchmark: str, figures: dict[str, object], notes: str = "") -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
         handle.write(f"| {stamp} | {benchmark} | {values} | {machine()} | `{command}` | {notes} |\n")
     print(f"RESULT {values}", flush=True)
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux /proc; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class PeakRSS:
+    """Samples resident memory every 20 ms inside a ``with`` block; ``peak_mb`` is the highest seen."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak_mb = rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pyarrow.compute as pc
-from _results import record
+from _results import record, rss_mb
 
 from recstack.config import Settings, load_settings
 from recstack.data.simulator import RandomPolicy, Simulator, World
@@ -31,11 +31,6 @@ from recstack.events.parquet import ParquetEventLog
 from recstack.features.offline import materialize
 from recstack.features.stores import RedisStore
 from recstack.features.stream import Ingestor, open_online
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run(settings: Settings, events_target: int, root: Path) -> dict[str, object]:

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from _results import record
+from _results import PeakRSS, record
 
 from recstack.config import load_settings
 from recstack.data.interactions import Interactions
@@ -48,15 +48,19 @@ def main() -> None:
     train_m, valid_m, test_m = train.csr(), valid.csr(), test.csr()
     test_mask = train_m
     results: dict[str, dict[str, float]] = {}
+    cost: dict[str, dict[str, float]] = {}  # fit seconds and peak resident memory of the chosen config
 
     def pick(name: str, candidates: dict[str, object]) -> None:
         best, best_val = None, -1.0
         for label, model in candidates.items():
-            model.fit(train_m)  # type: ignore[attr-defined]
+            started = time.perf_counter()
+            with PeakRSS() as rss:
+                model.fit(train_m)  # type: ignore[attr-defined]
+            fit_cost = {"fit_s": time.perf_counter() - started, "peak_rss_mb": rss.peak_mb}
             val = full_ranking_eval(model.score, valid_m, train_m, (20,))["recall@20"]  # type: ignore[attr-defined]
             print(f"  {name} {label}: validation recall@20 {val:.4f}")
             if val > best_val:
-                best, best_val = model, val
+                best, best_val, cost[name] = model, val, fit_cost
         started = time.perf_counter()
         results[name] = full_ranking_eval(best.score, test_m, test_mask, (20,))  # type: ignore[union-attr]
         print(
@@ -85,7 +89,14 @@ def main() -> None:
         base
         | {"RECSTACK_TRAIN__LR": "0.005", "RECSTACK_TRAIN__BATCH_SIZE": "2048", "RECSTACK_MF__DIM": "64"},
     )
-    mf = train_mf_bpr(train, valid, test, mf_settings, run_name="bench_mf", mask_validation=False)
+    started = time.perf_counter()
+    with PeakRSS() as rss:
+        mf = train_mf_bpr(train, valid, test, mf_settings, run_name="bench_mf", mask_validation=False)
+    cost["mf_bpr"] = {"fit_s": time.perf_counter() - started, "peak_rss_mb": rss.peak_mb}
+    cost["mf_bpr"] |= {
+        "s_per_epoch": cost["mf_bpr"]["fit_s"] / mf.fit.epochs_run,
+        "samples_per_s": mf.fit.samples_per_s,
+    }
     results["mf_bpr"] = mf.test_metrics
     print(f"mf_bpr: best epoch {mf.fit.best_epoch}; test {mf.test_metrics['recall@20']:.4f}")
 
@@ -101,9 +112,15 @@ def main() -> None:
             },
         )
         started = time.perf_counter()
-        run = train_two_tower(
-            train, valid, test, tt_settings, run_name=f"bench_two_tower_{temperature}", mask_validation=False
-        )
+        with PeakRSS() as rss:
+            run = train_two_tower(
+                train,
+                valid,
+                test,
+                tt_settings,
+                run_name=f"bench_two_tower_{temperature}",
+                mask_validation=False,
+            )
         took = time.perf_counter() - started
         val = run.fit.best_metric or 0.0
         print(
@@ -113,11 +130,20 @@ def main() -> None:
         )
         if val > best_val:
             best_tt, best_val = run, val
+            cost["two_tower"] = {
+                "fit_s": took,
+                "peak_rss_mb": rss.peak_mb,
+                "s_per_epoch": took / run.fit.epochs_run,
+                "samples_per_s": run.fit.samples_per_s,
+            }
     assert best_tt is not None
     results["two_tower"] = best_tt.test_metrics  # test read once, for the configuration chosen on validation
     print(f"two_tower: test {best_tt.test_metrics['recall@20']:.4f} / {best_tt.test_metrics['ndcg@20']:.4f}")
     for name, (r, n) in PUBLISHED.items():
         print(f"published {name}: {r:.4f} / {n:.4f}")
+    print("training cost on this machine (chosen configuration; epochs include validation):")
+    for name, c in cost.items():
+        print("  " + name + ": " + ", ".join(f"{k} {v:,.1f}" for k, v in c.items()))
     for name, metrics in results.items():
         record(
             f"retrieval_ml1m{' --quick' if args.quick else ''}",
@@ -125,8 +151,9 @@ def main() -> None:
                 "model": name,
                 "recall@20": round(metrics["recall@20"], 4),
                 "ndcg@20": round(metrics["ndcg@20"], 4),
-            },
-            "BARS movielens1m_m1; selection on validation; test once",
+            }
+            | {k: round(v, 1) if k != "samples_per_s" else round(v) for k, v in cost[name].items()},
+            "BARS movielens1m_m1; selection on validation; test once; peak_rss_mb is the process's",
         )
     # the two-tower's RESULT line is the last one
 

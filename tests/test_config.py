@@ -106,3 +106,15 @@ def test_feature_tables_are_checked(tmp_path: Path) -> None:
     path.write_text('[[features]]\ntype = "recency"\nname = "r"\nentity = "item"\nkinds = ["click"]\n' * 2)
     with pytest.raises(ConfigError, match="repeated: r"):
         load_settings(path, {})
+
+
+def test_retrieval_sources_and_weights_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text("[retrieval]\nsources = { trending = 30, popular = 5 }\n")
+    with pytest.raises(ConfigError, match="popular"):
+        load_settings(path, {})
+    path.write_text("[retrieval]\ntrending_weights = { click = 1.0, purchase = 5.0 }\n")
+    with pytest.raises(ConfigError, match="purchase"):
+        load_settings(path, {})
+    path.write_text("[retrieval]\nsources = { fresh = 20, trending = 30 }\n")
+    assert [k.value for k in load_settings(path, {}).retrieval.sources] == ["fresh", "trending"]

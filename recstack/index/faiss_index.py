@@ -11,20 +11,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from recstack.config import IndexKind
 from recstack.errors import CheckpointError, RecstackError
 
-
-class IndexKind(StrEnum):
-    flat = "flat"
-    hnsw = "hnsw"
-    ivf = "ivf"
+__all__ = ["IndexKind", "IndexParams", "ItemIndex"]
 
 
 @dataclass(frozen=True)

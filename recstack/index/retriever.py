@@ -70,15 +70,29 @@ class TwoTowerRetriever:
         scores, ids = self.index.search(self.user_vector(user_id, history)[None, :], k)
         return [(self.item_ids[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
-    def add_items(self, item_ids: Sequence[str], text_vectors: np.ndarray) -> None:
-        """Index brand-new items by their text (the item tower's content path)."""
+    def add_items(self, item_ids: Sequence[str], text_vectors: np.ndarray) -> list[str]:
+        """Index brand-new items by their text (the item tower's content path). Items without text
+        (an all-zero row, what the text encoder gives for missing text) have no place in the vector
+        space yet: they are not indexed and are returned, for the fresh source to carry until their
+        engagements train an id embedding. Already-known ids are skipped."""
+        text_vectors = np.asarray(text_vectors, dtype=np.float32)
+        if len(item_ids) != len(text_vectors):
+            raise ValueError(f"{len(item_ids)} item ids but {len(text_vectors)} text vectors")
+        has_text = np.abs(text_vectors).sum(axis=1) > 0
+        new = np.array([i not in self.item_index for i in item_ids], dtype=bool)
+        keep = has_text & new
+        without_text = [i for i, t, n in zip(item_ids, has_text, new, strict=True) if n and not t]
+        item_ids = [i for i, k in zip(item_ids, keep, strict=True) if k]
+        if not item_ids:
+            return without_text
         with torch.no_grad():
-            vectors = self.model.content_vectors(torch.from_numpy(np.asarray(text_vectors))).numpy()
+            vectors = self.model.content_vectors(torch.from_numpy(text_vectors[keep])).numpy()
         start = len(self.item_ids)
         self.index.add(vectors, np.arange(start, start + len(item_ids)))
         for n, item in enumerate(item_ids):
             self.item_index[item] = start + n
         self.item_ids.extend(item_ids)
+        return without_text
 
     def remove_items(self, item_ids: Sequence[str]) -> None:
         self.index.remove(np.array([self.item_index[i] for i in item_ids if i in self.item_index]))

@@ -12,6 +12,9 @@ from the next ones. Sources work in item-index space (0..n_items-1).
   items have content vectors, most similar to the mean of the user's recent items.
 
 A user with no history and an unknown id still gets trending and fresh items: unknown is not an error.
+``build_sources`` orders the sources and quotas as ``[retrieval] sources`` says and refuses, before the
+first request, a configured source that was not supplied. ``TrendingConsumer`` keeps trending current
+from the event stream (a consumer group of the log, each event counted once).
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from typing import Protocol
 
 import numpy as np
 
+from recstack.config import RetrievalConfig, SourceKind
+from recstack.errors import ConfigError
+from recstack.events.base import EventLog, IdempotentConsumer
 from recstack.index.faiss_index import ItemIndex
 from recstack.models.baselines import ItemCF
+from recstack.schema import Event
 
 US = 1_000_000
 
@@ -108,9 +115,12 @@ class TrendingSource:
             self.as_of_us = now_us
 
     def observe(self, items: np.ndarray, times_us: np.ndarray, weights: np.ndarray | None = None) -> None:
-        """Count engagements; events older than the current time are counted at their decayed weight."""
+        """Count engagements; events older than the current time are counted at their decayed weight.
+        Item indices past the current catalog grow it (new items)."""
         if len(items) == 0:
             return
+        if items.max() >= len(self.scores):
+            self.scores = np.concatenate([self.scores, np.zeros(int(items.max()) + 1 - len(self.scores))])
         self._decay_to(int(times_us.max()))
         w = np.ones(len(items)) if weights is None else weights
         np.add.at(self.scores, items, w * np.exp(-self.rate * (self.as_of_us - times_us)))
@@ -184,3 +194,59 @@ def merge(sources: Sequence[tuple[Source, int]], request: Request, k: int | None
             taken += 1
         spare = want - taken
     return out
+
+
+class TrendingConsumer(IdempotentConsumer):
+    """Feeds a TrendingSource from a consumer group of the event log. Engagements of the kinds in
+    ``weights`` count with their weight; other events, and items ``item_index`` does not know, are
+    skipped (the latter counted in ``unknown_items``)."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        trending: TrendingSource,
+        item_index: Callable[[str], int | None],
+        weights: dict[str, float],
+        group: str = "trending",
+        consumer: str = "worker-1",
+        seen: set[str] | None = None,
+    ) -> None:
+        super().__init__(log, group, consumer, handler=lambda event: None, seen=seen)
+        self.trending = trending
+        self.item_index = item_index
+        self.weights = weights
+        self.unknown_items = 0
+
+    def apply(self, events: list[Event]) -> None:
+        items: list[int] = []
+        times: list[int] = []
+        weights: list[float] = []
+        for event in events:
+            weight = self.weights.get(event.kind)
+            if weight is None:
+                continue
+            index = self.item_index(event.item_id)  # type: ignore[union-attr]
+            if index is None:
+                self.unknown_items += 1
+                continue
+            items.append(index)
+            times.append(int(event.timestamp.timestamp() * US))
+            weights.append(weight)
+        self.trending.observe(
+            np.array(items, dtype=np.int64), np.array(times, dtype=np.int64), np.array(weights)
+        )
+
+
+def build_sources(
+    cfg: RetrievalConfig,
+    available: dict[SourceKind, Source],
+) -> list[tuple[Source, int]]:
+    """(source, quota) in the configured order; sources with quota 0 are left out. A configured
+    source missing from ``available`` is a ConfigError raised here, before any request."""
+    missing = [kind.value for kind, quota in cfg.sources.items() if quota and kind not in available]
+    if missing:
+        raise ConfigError(
+            f"[retrieval] sources names {missing} but only {sorted(k.value for k in available)} were built; "
+            "set their quota to 0 or supply them"
+        )
+    return [(available[kind], quota) for kind, quota in cfg.sources.items() if quota]

@@ -4,7 +4,9 @@ For a batch of (user, positive item) pairs, every other positive in the batch is
 items appear as negatives more often than under the true softmax; subtracting log q(item), the
 item's sampling probability, corrects that bias. Other rows holding the same item are masked, not
 counted as negatives. Optional uniformly sampled extra negatives (mixed negative sampling) widen
-the pool beyond the batch's popularity skew.
+the pool beyond the batch's popularity skew; the correction then uses each item's expected count in
+the mixed pool, B q(item) + R / N (Yang et al., 2020), which is log q(item) up to a constant when R = 0.
+With R at or above the catalog size the loss approaches the full softmax.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ class RetrievalTask:
         v = inner.item_vectors(candidates)  # (B + R, D)
         logits = (u @ v.T) * self.log_inv_temperature.exp()  # (B, B + R)
         if self.log_q is not None:
-            logits = logits - self.log_q[candidates].unsqueeze(0)
+            # the pool holds item i about B q_i + R / N times in expectation; subtract its log
+            expected = len(items) * self.log_q[candidates].exp() + self.random_negatives / inner.n_items
+            logits = logits - expected.log().unsqueeze(0)
         same = items.unsqueeze(1) == candidates.unsqueeze(0)  # (B, B + R)
         diagonal = torch.zeros_like(same)
         diagonal[:, : len(items)] = torch.eye(len(items), dtype=torch.bool)

@@ -51,6 +51,16 @@ def test_new_item_joins_through_its_text(retriever: TwoTowerRetriever, tmp_path:
     assert "i0" not in [i for i, _ in loaded.retrieve("u1", ["i3"], 21)]
 
 
+def test_new_items_without_text_are_returned_not_indexed(retriever: TwoTowerRetriever) -> None:
+    size = len(retriever.item_ids)
+    text = np.zeros((3, 8), dtype=np.float32)
+    text[1] = 1.0
+    assert retriever.add_items(["blank", "titled", "i0"], text) == ["blank"]  # i0 is already known
+    assert retriever.item_ids[size:] == ["titled"]
+    with pytest.raises(ValueError, match="2 item ids but 1"):
+        retriever.add_items(["a", "b"], text[:1])
+
+
 def test_corrupt_retriever_files(retriever: TwoTowerRetriever, tmp_path: Path) -> None:
     retriever.save(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"junk")

@@ -1,17 +1,25 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recstack.config import RetrievalConfig, SourceKind
+from recstack.errors import ConfigError
+from recstack.events import ParquetEventLog
 from recstack.index.faiss_index import IndexKind, ItemIndex
 from recstack.index.sources import (
     US,
     FreshSource,
     ItemToItemSource,
     Request,
+    TrendingConsumer,
     TrendingSource,
     TwoTowerSource,
+    build_sources,
     merge,
 )
 from recstack.models.baselines import ItemCF
@@ -81,3 +89,41 @@ def test_two_tower_and_item_to_item_sources() -> None:
     x = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
     i2i = ItemToItemSource(ItemCF(neighbours=3).fit(x))
     assert i2i.propose(Request(user=None, history=(0,)), 3) == [(1, pytest.approx(1.0))]
+
+
+def test_build_sources_follows_config_order_and_refuses_missing_ones() -> None:
+    cfg = RetrievalConfig(sources={SourceKind.trending: 5, SourceKind.fresh: 0, SourceKind.two_tower: 7})
+    trending, two_tower = Fixed("trending", [1]), Fixed("two_tower", [2])
+    built = build_sources(cfg, {SourceKind.two_tower: two_tower, SourceKind.trending: trending})
+    assert [(s.name, q) for s, q in built] == [("trending", 5), ("two_tower", 7)]  # fresh has quota 0
+    with pytest.raises(ConfigError, match="two_tower"):
+        build_sources(cfg, {SourceKind.trending: trending})
+
+
+def test_trending_consumer_counts_each_engagement_once(tmp_path: Path) -> None:
+    log = ParquetEventLog(tmp_path)
+    t = "2026-11-23T10:00:00Z"
+    events = [
+        {"event_id": "a", "kind": "click", "timestamp": t, "user_id": "u", "item_id": "i1"},
+        {"event_id": "b", "kind": "share", "timestamp": t, "user_id": "u", "item_id": "i1"},
+        {"event_id": "c", "kind": "hide", "timestamp": t, "user_id": "u", "item_id": "i0"},  # not counted
+        {"event_id": "d", "kind": "like", "timestamp": t, "user_id": "u", "item_id": "ghost"},  # unknown
+        {"event_id": "e", "kind": "like", "timestamp": t, "user_id": "u", "item_id": "i2"},
+    ]
+    log.append(events)
+    index = {"i0": 0, "i1": 1, "i2": 2}
+    trending = TrendingSource(n_items=3, half_life_s=3600)
+    consumer = TrendingConsumer(log, trending, index.get, RetrievalConfig().trending_weights)
+    consumer.drain()
+    log.append(events[:2])  # a retried batch: deduplicated by the log
+    consumer.drain()
+    now = int(datetime(2026, 11, 23, 10, tzinfo=UTC).timestamp() * US)
+    assert dict(trending.propose(Request(user=None, now_us=now), 3)) == pytest.approx({1: 4.0, 2: 2.0})
+    assert consumer.unknown_items == 1
+    assert consumer.applied == 5
+
+
+def test_trending_grows_with_new_items() -> None:
+    trending = TrendingSource(n_items=2)
+    trending.observe(np.array([4]), np.array([0]))
+    assert trending.propose(Request(user=None), 1) == [(4, 1.0)]
