@@ -178,6 +178,66 @@ class TwoTowerConfig(Section):
     cosine: bool = Field(True, description="L2-normalize tower outputs (cosine) or not (dot product).")
 
 
+class Norm(StrEnum):
+    none = "none"
+    batch = "batch"
+    layer = "layer"
+
+
+class RankerKind(StrEnum):
+    dcn_v2 = "dcn_v2"
+    shared_bottom = "shared_bottom"
+    mmoe = "mmoe"
+    ple = "ple"
+
+
+class Structure(StrEnum):
+    stacked = "stacked"
+    parallel = "parallel"
+
+
+class Activation(StrEnum):
+    relu = "relu"
+    gelu = "gelu"
+    silu = "silu"
+    prelu = "prelu"
+
+
+class PositionCorrection(StrEnum):
+    none = "none"
+    feature = "feature"
+    tower = "tower"
+    ips = "ips"
+
+
+class RankingConfig(Section):
+    model: RankerKind = Field(RankerKind.dcn_v2, description="dcn_v2, shared_bottom, mmoe or ple.")
+    tasks: dict[str, float] = Field(
+        {"click": 1.0},
+        description="Task heads with their loss weights (e.g. click, like, share, hide, dwell).",
+    )
+    embedding_dim: int = Field(16, ge=1, description="Embedding size of each categorical field.")
+    structure: Structure = Field(
+        Structure.parallel, description="DCN-v2 cross and deep: stacked or parallel."
+    )
+    cross_layers: int = Field(3, ge=0, description="DCN-v2 cross layers.")
+    hidden: list[int] = Field([400, 400, 400], description="Deep block (DCN-v2) or shared bottom sizes.")
+    experts: int = Field(4, ge=1, description="MMoE experts; PLE shared experts per level.")
+    task_experts: int = Field(1, ge=1, description="PLE experts per task per level.")
+    levels: int = Field(2, ge=1, description="PLE extraction levels.")
+    expert_hidden: list[int] = Field([128, 64], description="Each expert's deep block (MMoE, PLE).")
+    tower_hidden: list[int] = Field([32], description="Per-task tower of the multi-task models.")
+    norm: Norm = Field(Norm.none, description="none, batch (BatchNorm) or layer (LayerNorm) in deep blocks.")
+    activation: Activation = Field(Activation.relu, description="relu, gelu, silu or prelu in deep blocks.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
+    embedding_l2: float = Field(0.0, ge=0, description="L2 penalty on the embedding rows a batch uses.")
+    embedding_l1: float = Field(0.0, ge=0, description="L1 penalty on the embedding rows a batch uses.")
+    position: PositionCorrection = Field(
+        PositionCorrection.tower, description="Position bias: none, feature, tower (shallow tower) or ips."
+    )
+    max_position: int = Field(50, ge=1, description="Positions past this share one bias (tower).")
+
+
 class EvalConfig(Section):
     ks: list[int] = Field([10, 20], description="Cut-offs for Recall/NDCG/MRR/Hit@K.")
     monitor: str = Field("ndcg@10", description="Validation metric for early stopping (higher is better).")
@@ -193,6 +253,7 @@ class Settings(Section):
     mf: MFConfig = MFConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    ranking: RankingConfig = RankingConfig()
     eval: EvalConfig = EvalConfig()
     online: OnlineConfig = OnlineConfig()
     features: list[FeatureDef] = Field(

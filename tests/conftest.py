@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from recstack.config import Settings, load_settings
@@ -70,3 +72,37 @@ def settings(tmp_path: Path) -> Settings:
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     yield
+
+
+def synthetic_ctr(n: int, seed: int = 0) -> pd.DataFrame:
+    """Click data from a known logistic model with a user x app cross, a dense effect and a
+    position effect; ``p_click`` is the true probability (the Bayes-optimal score), ``p_top`` the
+    probability had the item been shown first (the best a position-free score can rank by)."""
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, 12, n)
+    app = rng.integers(0, 16, n)
+    price = rng.normal(size=n)
+    position = rng.integers(0, 10, n)
+    affinity = np.where((user % 4) == (app % 4), 1.5, -0.5)  # the cross a linear model needs
+    logit = affinity + 0.8 * price - 0.25 * position - 0.5
+    p = 1.0 / (1.0 + np.exp(-logit))
+    p_top = 1.0 / (1.0 + np.exp(-(logit + 0.25 * position)))  # the same item shown in slot 0
+    like_p = 1.0 / (1.0 + np.exp(-(0.7 * affinity - 1.0)))
+    return pd.DataFrame(
+        {
+            "user": user,
+            "app": app,
+            "price": price,
+            "position": position,
+            "p_click": p,
+            "p_top": p_top,
+            "click": (rng.random(n) < p).astype(float),
+            "like": (rng.random(n) < like_p).astype(float),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def ctr_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    frame = synthetic_ctr(24_000)
+    return frame[:16_000], frame[16_000:20_000], frame[20_000:]

@@ -84,3 +84,17 @@ def random_ratio_split(
         part[rows & (rank >= n_train)] = 1
         part[rows & (rank >= n_train + n_valid)] = 2
     return tuple(ordered[part == k].reset_index(drop=True) for k in range(3))
+
+
+def frappe_split(valid: pd.DataFrame, test: pd.DataFrame, seed: int = 2026) -> Split:
+    """recstack's fixed Frappe split. Only the BARS validation and test files exist here (no BARS
+    train file), so their 86,582 rows are pooled, shuffled with ``seed`` and cut 70 / 10 / 20 into
+    train / validation / test. Figures on it do not compare with BARS's published ones."""
+    pooled = pd.concat([valid, test], ignore_index=True)
+    if pooled.empty:
+        raise RecstackError("cannot split an empty Frappe data set")
+    order = np.random.default_rng(seed).permutation(len(pooled))
+    n_train, n_valid = int(len(pooled) * 0.7), int(len(pooled) * 0.1)
+    parts = np.split(order, [n_train, n_train + n_valid])
+    train, validation, held_out = (pooled.iloc[p].reset_index(drop=True) for p in parts)
+    return train, validation, held_out

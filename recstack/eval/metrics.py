@@ -169,3 +169,39 @@ def intra_list_diversity(top_lists: np.ndarray, item_vectors: np.ndarray) -> flo
     k = top_lists.shape[1]
     off_diag = (sims.sum(axis=(1, 2)) - np.trace(sims, axis1=1, axis2=2)) / (k * (k - 1))
     return float(np.mean(1.0 - off_diag))
+
+
+def bootstrap_ci(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    baseline: np.ndarray | None = None,
+    rounds: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(estimate, low, high): a percentile bootstrap interval of ``metric(labels, scores)``, or of
+    ``metric(labels, scores) - metric(labels, baseline)`` when ``baseline`` is given (paired: the same
+    resampled rows score both, which is what a comparison on rare clicks needs). Resamples in which
+    the metric is undefined (one class only) are skipped."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+
+    def value(rows: np.ndarray) -> float:
+        out = metric(labels[rows], scores[rows])
+        if baseline is not None:
+            out -= metric(labels[rows], np.asarray(baseline)[rows])
+        return out
+
+    rng = np.random.default_rng(seed)
+    everything = np.arange(len(labels))
+    draws = []
+    for _ in range(rounds):
+        rows = rng.integers(0, len(labels), len(labels))
+        if labels[rows].min() == labels[rows].max():
+            continue
+        draws.append(value(rows))
+    if not draws:
+        raise ValueError("every bootstrap resample had one class only")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return value(everything), float(low), float(high)

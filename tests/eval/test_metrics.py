@@ -106,3 +106,16 @@ def test_coverage_and_diversity() -> None:
     assert m.intra_list_diversity(lists, vectors) == pytest.approx(1.0)
     same = np.array([[0, 2]])
     assert m.intra_list_diversity(same, vectors) == pytest.approx(0.0)
+
+
+def test_bootstrap_interval_covers_and_narrows_with_data() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(4000) < 0.3
+    scores = labels + rng.normal(0, 1.0, 4000)  # AUC = Phi(1 / sqrt(2)) = 0.760 in expectation
+    estimate, low, high = m.bootstrap_ci(m.auc, labels, scores, rounds=300)
+    assert low < estimate < high
+    assert low < 0.760 < high
+    _, small_low, small_high = m.bootstrap_ci(m.auc, labels[:400], scores[:400], rounds=300)
+    assert (small_high - small_low) > 2 * (high - low)  # sqrt(10) narrower with 10x the rows
+    diff, d_low, d_high = m.bootstrap_ci(m.auc, labels, scores, baseline=scores, rounds=50)
+    assert diff == d_low == d_high == 0.0  # a score against itself: a paired difference of zero

@@ -1,0 +1,236 @@
+"""Training and export of the neural rankers (DCN-v2, shared-bottom, MMoE, PLE).
+
+``build_ranker`` composes the model from ``[ranking]``; ``NeuralRanker`` wraps encoder, model, task
+and the one training loop behind fit / predict_proba, and exports the serving graph to ONNX
+(``export``), which ``recstack.serving.ranker.OnnxRanker`` loads without any training code.
+
+Position handling (``[ranking] position``):
+- ``none``: the position column is ignored.
+- ``feature``: position is one more categorical feature; at serving every candidate gets the top
+  slot's value (the usual "set position to 0 at inference" trick).
+- ``tower``: a shallow position tower adds a logit offset in training and is dropped at serving.
+- ``ips``: rows are weighted by the caller's ``weight`` column (inverse propensities).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from recstack.config import Activation, PositionCorrection, RankerKind, RankingConfig, Settings, Structure
+from recstack.errors import RecstackError
+from recstack.eval.metrics import auc, logloss
+from recstack.features.tabular import Encoded, TabularEncoder
+from recstack.layers.cross import CrossNet, Parallel, Stacked
+from recstack.layers.experts import PLE, MMoE, SharedBottom
+from recstack.layers.fields import RankerInput
+from recstack.layers.mlp import Deep
+from recstack.models.dcn import DCNv2
+from recstack.models.multitask import MultiTask
+from recstack.models.position import PositionBias
+from recstack.tasks.ranking import MultiTaskBCE
+from recstack.train.batch import BatchLoader, ColumnRoles
+from recstack.train.loop import FitResult, Trainer
+from recstack.train.tracking import Tracker
+
+ACTIVATIONS: dict[Activation, type[nn.Module]] = {
+    Activation.relu: nn.ReLU,
+    Activation.gelu: nn.GELU,
+    Activation.silu: nn.SiLU,
+    Activation.prelu: nn.PReLU,
+}
+
+
+def build_ranker(cfg: RankingConfig, vocab_sizes: Sequence[int], dense_dim: int) -> nn.Module:
+    tasks = list(cfg.tasks)
+    inputs = RankerInput(vocab_sizes, dense_dim, cfg.embedding_dim)
+    width = inputs.out_dim
+    model: DCNv2 | MultiTask
+    if cfg.model is RankerKind.dcn_v2:
+        deep = Deep(width, cfg.hidden, cfg.norm, ACTIVATIONS[cfg.activation], cfg.dropout)
+        cross = CrossNet(width, cfg.cross_layers)
+        body = Parallel(cross, deep) if cfg.structure is Structure.parallel else Stacked(cross, deep)
+        model = DCNv2(inputs, body, tasks)
+    else:
+        mixer: nn.Module
+        if cfg.model is RankerKind.shared_bottom:
+            mixer = SharedBottom(width, cfg.hidden, len(tasks), cfg.norm)
+        elif cfg.model is RankerKind.mmoe:
+            mixer = MMoE(width, cfg.expert_hidden, cfg.experts, len(tasks), cfg.norm)
+        else:
+            mixer = PLE(
+                width, cfg.expert_hidden, len(tasks), cfg.levels, cfg.task_experts, cfg.experts, cfg.norm
+            )
+        model = MultiTask(inputs, mixer, cfg.tower_hidden, tasks, cfg.norm)
+    if cfg.position is PositionCorrection.tower:
+        model.position_bias = PositionBias(cfg.max_position, len(tasks))
+    return model
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
+
+
+class NeuralRanker:
+    """fit(train, valid) on frames holding the feature columns and one 0/1 column per task."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        categorical: Sequence[str] = (),
+        dense: Sequence[str] = (),
+        position: str | None = None,
+        weight: str | None = None,
+        run_name: str = "ranker",
+        tracker: Tracker | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.ranking
+        self.tasks = list(self.cfg.tasks)
+        self.position = position
+        self.weight = weight
+        uses_position = position is not None and self.cfg.position is PositionCorrection.feature
+        features = list(categorical)
+        if uses_position and position is not None:
+            features.append(position)
+        self.encoder = TabularEncoder(features, dense)
+        self.run_name = run_name
+        self.tracker = tracker
+        self.model: nn.Module | None = None
+        self.serve_position: int = 0
+        self.fit_result: FitResult | None = None
+
+    def _check_labels(self, frame: pd.DataFrame) -> None:
+        missing = [t for t in self.tasks if t not in frame.columns]
+        if missing:
+            raise RecstackError(f"label columns {missing} are missing (tasks are {self.tasks})")
+        for task in self.tasks:
+            values = frame[task].dropna()
+            if values.nunique() < 2:
+                raise RecstackError(
+                    f"label '{task}' has one class only ({values.unique().tolist()}); "
+                    "a ranker cannot learn from it"
+                )
+
+    def _serving_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.position is not None and self.cfg.position is PositionCorrection.feature:
+            return frame.assign(**{self.position: self.serve_position})
+        return frame
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> FitResult:
+        from recstack.train.recipes import make_tracker
+
+        if len(train) == 0 or len(valid) == 0:
+            raise RecstackError("training and validation frames must not be empty")
+        self._check_labels(train)
+        if self.position is not None and self.position not in train.columns:
+            raise RecstackError(f"position column '{self.position}' is missing")
+        if self.position is not None:
+            self.serve_position = int(train[self.position].min())
+        encoded = self.encoder.fit_transform(train)
+        columns: dict[str, np.ndarray] = {"ids": encoded.sparse, "values": encoded.dense}
+        columns |= {t: train[t].to_numpy(np.float32) for t in self.tasks}
+        roles = ColumnRoles(sparse=("ids",), dense=("values",), labels=tuple(self.tasks))
+        if self.cfg.position is PositionCorrection.tower and self.position is not None:
+            columns["position"] = train[self.position].to_numpy(np.int64)
+            roles = ColumnRoles(roles.sparse, roles.dense, roles.labels, position="position")
+        if self.cfg.position is PositionCorrection.ips:
+            if self.weight is None or self.weight not in train.columns:
+                raise RecstackError("position = 'ips' needs a weight column of inverse propensities")
+            columns["weight"] = train[self.weight].to_numpy(np.float32)
+            roles = ColumnRoles(
+                roles.sparse, roles.dense, roles.labels, weight="weight", position=roles.position
+            )
+        torch.manual_seed(self.settings.train.seed)
+        self.model = build_ranker(self.cfg, self.encoder.vocab_sizes, len(self.encoder.dense))
+        loader = BatchLoader(columns, roles, batch_size=self.settings.train.batch_size)
+        task = MultiTaskBCE(self.tasks, self.cfg.tasks, self.cfg.embedding_l2, self.cfg.embedding_l1)
+        valid_encoded = self.encoder.transform(self._serving_frame(valid))
+        valid_labels = {t: valid[t].to_numpy(np.float64) for t in self.tasks}
+
+        def validate(net: nn.Module) -> dict[str, float]:
+            probs = self._predict_encoded(net, valid_encoded)
+            out: dict[str, float] = {}
+            for t, task_name in enumerate(self.tasks):
+                y = valid_labels[task_name]
+                seen = ~np.isnan(y)
+                out[f"auc_{task_name}"] = auc(y[seen], probs[seen, t])
+                out[f"logloss_{task_name}"] = logloss(y[seen], probs[seen, t])
+            out["auc"] = float(np.mean([out[f"auc_{t}"] for t in self.tasks]))
+            return out
+
+        settings = self.settings
+        ckpt = (settings.train.checkpoint_dir or settings.paths.state_dir / "checkpoints") / self.run_name
+        trainer = Trainer(
+            settings.train, Path(ckpt), self.tracker or make_tracker(settings, self.run_name), self.run_name
+        )
+        self.fit_result = trainer.fit(
+            self.model, task, loader, validate, monitor="auc", params=self.cfg.model_dump(mode="json")
+        )
+        return self.fit_result
+
+    @staticmethod
+    def _predict_encoded(model: nn.Module, encoded: Encoded, batch: int = 65_536) -> np.ndarray:
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch):
+                part = encoded.take(np.arange(start, min(start + batch, len(encoded))))
+                out.append(model(torch.from_numpy(part.sparse), torch.from_numpy(part.dense)).numpy())
+        logits = np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+        return _sigmoid(logits.astype(np.float64))
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """(N, T) probabilities, one column per task, as served (no position offset)."""
+        if self.model is None:
+            raise RecstackError("the ranker is not fitted")
+        return self._predict_encoded(self.model, self.encoder.transform(self._serving_frame(frame)))
+
+    def export(self, folder: Path) -> Path:
+        """Write the servable: ``model.onnx`` (inputs ids (B, F) int64 and values (B, D) float32,
+        output logits (B, T)), ``encoder.json`` and ``ranker.json``. Returns the folder."""
+        if self.model is None:
+            raise RecstackError("the ranker is not fitted")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.model.eval()
+        ids = torch.zeros((4, len(self.encoder.categorical)), dtype=torch.int64)
+        values = torch.zeros((4, len(self.encoder.dense)), dtype=torch.float32)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model, ids, values, path)
+            path.replace(folder / "model.onnx")
+        self.encoder.save(folder / "encoder.json")
+        meta: dict[str, Any] = {
+            "tasks": self.tasks,
+            "position": self.position,
+            "position_correction": self.cfg.position.value,
+            "serve_position": self.serve_position,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+
+def export_onnx(model: nn.Module, ids: torch.Tensor, values: torch.Tensor, path: Path) -> None:
+    """Export ``model(ids, values) -> logits`` with a dynamic batch dimension (TorchScript-based
+    exporter: deterministic and quick for these static graphs)."""
+    torch.onnx.export(
+        model,
+        (ids, values),
+        str(path),
+        input_names=["ids", "values"],
+        output_names=["logits"],
+        dynamic_axes={"ids": {0: "batch"}, "values": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
