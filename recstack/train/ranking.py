@@ -36,7 +36,7 @@ from recstack.layers.mlp import Deep
 from recstack.models.dcn import DCNv2
 from recstack.models.multitask import MultiTask
 from recstack.models.position import PositionBias
-from recstack.tasks.ranking import MultiTaskBCE
+from recstack.tasks.ranking import MultiTaskBCE, top_k_labels
 from recstack.train.batch import BatchLoader, ColumnRoles
 from recstack.train.loop import FitResult, Trainer
 from recstack.train.tracking import Tracker
@@ -234,3 +234,26 @@ def export_onnx(model: nn.Module, ids: torch.Tensor, values: torch.Tensor, path:
         opset_version=17,
         dynamo=False,
     )
+
+
+def distill_light_ranker(
+    light: Any,
+    frame: pd.DataFrame,
+    heavy_scores: np.ndarray,
+    request_column: str,
+    k: int,
+    valid: pd.DataFrame | None = None,
+    valid_heavy_scores: np.ndarray | None = None,
+) -> Any:
+    """Train the first-stage ``light`` ranker (a LogisticRanker, GBDTRanker or a NeuralRanker whose
+    single task is ``heavy_top_k``) to predict which candidates the heavy ranker puts in its top
+    ``k`` of each request. Returns the fitted light ranker."""
+    labels = top_k_labels(frame[request_column].to_numpy(), np.asarray(heavy_scores), k)
+    if isinstance(light, NeuralRanker):
+        if valid is None or valid_heavy_scores is None:
+            raise RecstackError("a neural light ranker needs validation rows and their heavy scores")
+        valid_labels = top_k_labels(valid[request_column].to_numpy(), np.asarray(valid_heavy_scores), k)
+        light.fit(frame.assign(heavy_top_k=labels), valid.assign(heavy_top_k=valid_labels))
+    else:
+        light.fit(frame, labels)
+    return light

@@ -97,3 +97,26 @@ def test_bad_inputs(ctr_frames: Frames, tmp_path: Path) -> None:
     (folder / "model.onnx").write_bytes(b"not a graph")
     with pytest.raises(CheckpointError, match="corrupt"):
         OnnxRanker(folder)
+
+
+def test_light_ranker_learns_the_heavy_rankers_top_k() -> None:
+    from tests.conftest import synthetic_ctr
+
+    from recstack.models.lr import LogisticRanker
+    from recstack.train.ranking import distill_light_ranker
+
+    frame = synthetic_ctr(20_000, seed=5)
+    frame["request"] = np.arange(len(frame)) // 50  # 400 requests of 50 candidates
+    heavy = frame["p_top"].to_numpy()  # a heavy ranker that knows the position-free truth
+    train, test = frame[frame.request < 300], frame[frame.request >= 300]
+    light = distill_light_ranker(
+        LogisticRanker(["user", "app"], ["price"]), train, heavy[: len(train)], "request", k=5
+    )
+    scores = light.predict_proba(test)
+    kept = []
+    for _, group in test.assign(light=scores).groupby("request"):
+        heavy_top = set(group.nlargest(5, "p_top").index)
+        light_top = set(group.nlargest(20, "light").index)  # the light stage passes 20 of 50 on
+        kept.append(len(heavy_top & light_top) / 5)
+    # passing 20 of 50 at random keeps 40% of the heavy top 5; the distilled ranker keeps most
+    assert np.mean(kept) > 0.85
