@@ -9,8 +9,9 @@ Protocol: each model picks its epoch (or boosting rounds) on validation AUC; cal
 isotonic) are fitted on the validation predictions; test is scored once. Training time is wall
 clock on this machine (2 threads). The peer, FuxiCTR 2.3.10, runs in its own virtual environment
 (``.bench/fuxictr``, created on first use) with the same DCN-v2 (embedding 10, 3 cross layers,
-parallel deep [400, 400, 400], batch norm, dropout 0.2, Adam 1e-3, batch 4096) assembled from its
-public blocks (its PyPI wheel has no model zoo), on the same rows.
+parallel deep [400, 400, 400], batch norm, dropout 0.2, Adam 1e-3, batch 4096, learning rate cut
+tenfold after a validation without gain, early stop after 3) assembled from its public blocks (its
+PyPI wheel has no model zoo), on the same rows, fed from memory (not through its Ray loader).
 
     .venv/bin/python benchmarks/ranking_frappe.py [--quick] [--data ../shared/data] [--no-peer]
 """
@@ -70,6 +71,7 @@ def settings_for(model_env: dict[str, str], epochs: int, batch: int) -> Any:
             "RECSTACK_TRAIN__PATIENCE": "3",
             "RECSTACK_TRAIN__BATCH_SIZE": str(batch),
             "RECSTACK_TRAIN__LR": "0.001",
+            "RECSTACK_TRAIN__SCHEDULE": "plateau",
             "RECSTACK_RANKING__POSITION": "none",
         }
         | model_env,

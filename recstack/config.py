@@ -64,6 +64,7 @@ class Schedule(StrEnum):
     constant = "constant"
     cosine = "cosine"
     linear_warmup = "linear_warmup"
+    plateau = "plateau"
 
 
 class TrainConfig(Section):
@@ -73,7 +74,10 @@ class TrainConfig(Section):
     optimizer: Optimizer = Field(Optimizer.adam, description="adam, adamw, sgd or adagrad.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty applied by the optimizer.")
-    schedule: Schedule = Field(Schedule.constant, description="constant, cosine or linear_warmup.")
+    schedule: Schedule = Field(
+        Schedule.constant,
+        description="constant, cosine, linear_warmup, or plateau (LR x0.1 after a validation without gain).",
+    )
     warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up (linear_warmup only).")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this; none = off.")
     patience: int = Field(3, ge=1, description="Stop after this many validations without improvement.")

@@ -126,6 +126,13 @@ class Trainer:
         task_params = list(getattr(task, "parameters", list)())  # e.g. a learned temperature
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad] + task_params, cfg)
         schedule = make_schedule(optimizer, cfg, cfg.epochs * len(train))
+        plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.1, patience=0, min_lr=1e-6
+            )
+            if cfg.schedule is Schedule.plateau and validate is not None
+            else None
+        )
         best_path = self.checkpoint_dir / "best.pt"
         self.tracker.log_params(
             {
@@ -168,7 +175,11 @@ class Trainer:
                     batches += 1
                     samples += len(batch)
                 busy += time.perf_counter() - started
-                row = {"epoch": float(epoch + 1), "loss": total / max(batches, 1)}
+                row = {
+                    "epoch": float(epoch + 1),
+                    "loss": total / max(batches, 1),
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                }
                 result.epochs_run = epoch + 1
                 if validate is not None and (epoch + 1) % cfg.validate_every == 0:
                     net.eval()
@@ -180,6 +191,8 @@ class Trainer:
                             f"validation returned no '{monitor}'; it returned "
                             f"{sorted(k[4:] for k in row if k.startswith('val_'))}"
                         )
+                    if plateau is not None:
+                        plateau.step(metric)
                     if result.best_metric is None or metric > result.best_metric:
                         result.best_metric, result.best_epoch, stale = metric, epoch + 1, 0
                         if rank == 0:

@@ -68,6 +68,15 @@ def test_early_stopping_restores_the_best_epoch(tmp_path: Path) -> None:
     assert torch.equal(model.weight.detach(), snapshots[1])
 
 
+def test_plateau_schedule_cuts_the_learning_rate_after_a_validation_without_gain(tmp_path: Path) -> None:
+    scores = iter([0.1, 0.5, 0.4, 0.3, 0.2])
+    result = Trainer(config(patience=3, lr=0.01, schedule="plateau"), tmp_path).fit(
+        nn.Linear(3, 1), Regression(), linear_data(), lambda model: {"score": next(scores)}, "score"
+    )
+    # the LR an epoch trained with: epoch 3 was the first without gain, so epoch 4 ran at a tenth
+    assert [row["lr"] for row in result.history] == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.0001])
+
+
 def test_unknown_monitor_names_what_validation_returned(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match=r"no 'ndcg@10'.*\['auc'\]"):
         Trainer(config(epochs=1), tmp_path).fit(

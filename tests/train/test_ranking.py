@@ -23,12 +23,13 @@ def ranker_settings(tmp_path: Path, **ranking: str) -> Settings:
         "RECSTACK_PATHS__STATE_DIR": str(tmp_path / "state"),
         "RECSTACK_TRACKING__ENABLED": "false",
         "RECSTACK_TRAIN__PROGRESS": "false",
-        "RECSTACK_TRAIN__EPOCHS": "15",
-        "RECSTACK_TRAIN__PATIENCE": "6",
+        "RECSTACK_TRAIN__EPOCHS": "12",
+        "RECSTACK_TRAIN__PATIENCE": "3",
         "RECSTACK_TRAIN__BATCH_SIZE": "512",
         "RECSTACK_TRAIN__LR": "0.01",
         "RECSTACK_RANKING__HIDDEN": "[64, 32]",
         "RECSTACK_RANKING__EXPERT_HIDDEN": "[32]",
+        "RECSTACK_RANKING__EXPERTS": "2",
     }
     return load_settings(None, env | {f"RECSTACK_RANKING__{k.upper()}": v for k, v in ranking.items()})
 
@@ -100,10 +101,9 @@ def test_bad_inputs(ctr_frames: Frames, tmp_path: Path) -> None:
 
 
 def test_light_ranker_learns_the_heavy_rankers_top_k() -> None:
-    from tests.conftest import synthetic_ctr
-
     from recstack.models.lr import LogisticRanker
     from recstack.train.ranking import distill_light_ranker
+    from tests.conftest import synthetic_ctr
 
     frame = synthetic_ctr(20_000, seed=5)
     frame["request"] = np.arange(len(frame)) // 50  # 400 requests of 50 candidates
