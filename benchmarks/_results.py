@@ -7,6 +7,7 @@ import platform
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -74,3 +75,18 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, rss_mb())
+
+
+def bench_settings(env: dict[str, str]) -> Any:
+    """recstack settings for a benchmark run: state in a fresh temporary folder, MLflow and progress
+    bars off; ``env`` holds overrides spelled as the RECSTACK_<SECTION>__<KEY> variables."""
+    import tempfile
+
+    from recstack.config import load_settings
+
+    base = {
+        "RECSTACK_PATHS__STATE_DIR": tempfile.mkdtemp(),
+        "RECSTACK_TRACKING__ENABLED": "false",
+        "RECSTACK_TRAIN__PROGRESS": "false",
+    }
+    return load_settings(None, base | env)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,9 +28,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import scipy.sparse as sp
 import torch
-from _results import record
+from _results import bench_settings, record
 
-from recstack.config import load_settings
 from recstack.data.interactions import Interactions, Vocabulary
 from recstack.data.readers import read_movielens_100k
 from recstack.eval.metrics import full_ranking_eval
@@ -67,12 +65,8 @@ def main() -> None:
     new_vocab = Vocabulary.fit(cold["item_id"])
     new_text = encoder.embed([text_of[i] for i in new_vocab.ids])  # (n_new, 384)
 
-    settings = load_settings(
-        None,
+    settings = bench_settings(
         {
-            "RECSTACK_TRACKING__ENABLED": "false",
-            "RECSTACK_TRAIN__PROGRESS": "false",
-            "RECSTACK_PATHS__STATE_DIR": tempfile.mkdtemp(),
             "RECSTACK_EVAL__KS": "[10]",
             "RECSTACK_TRAIN__PATIENCE": "3",
             "RECSTACK_TRAIN__EPOCHS": "2" if args.quick else "40",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +25,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
 import pandas as pd
-from _results import record
+from _results import bench_settings, record
 
-from recstack.config import load_settings
 from recstack.data.simulator import World
 from recstack.eval.metrics import auc, logloss
 from recstack.train.ranking import NeuralRanker
@@ -81,12 +79,8 @@ def main() -> None:
     )
     rows: dict[str, dict[str, float]] = {}
     for model in ("shared_bottom", "mmoe", "ple"):
-        settings = load_settings(
-            None,
+        settings = bench_settings(
             {
-                "RECSTACK_PATHS__STATE_DIR": tempfile.mkdtemp(),
-                "RECSTACK_TRACKING__ENABLED": "false",
-                "RECSTACK_TRAIN__PROGRESS": "false",
                 "RECSTACK_TRAIN__EPOCHS": "2" if args.quick else "8",
                 "RECSTACK_TRAIN__PATIENCE": "2",
                 "RECSTACK_TRAIN__BATCH_SIZE": "2048",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,9 +30,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
 import pandas as pd
-from _results import record
+from _results import bench_settings, record
 
-from recstack.config import load_settings
 from recstack.data.readers import OBD_CAMPAIGNS, read_open_bandit
 from recstack.eval.metrics import auc, bootstrap_ci, logloss
 from recstack.train.ranking import NeuralRanker
@@ -80,12 +78,8 @@ def main() -> None:
     rounds = 200 if args.quick else 1000
     scores: dict[str, np.ndarray] = {}
     for method in ("none", "feature", "tower", "ips"):
-        settings = load_settings(
-            None,
+        settings = bench_settings(
             {
-                "RECSTACK_PATHS__STATE_DIR": tempfile.mkdtemp(),
-                "RECSTACK_TRACKING__ENABLED": "false",
-                "RECSTACK_TRAIN__PROGRESS": "false",
                 "RECSTACK_TRAIN__EPOCHS": "3" if args.quick else "15",
                 "RECSTACK_TRAIN__PATIENCE": "4",
                 "RECSTACK_TRAIN__BATCH_SIZE": "512",

@@ -34,9 +34,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import pandas as pd
 import torch
-from _results import record
+from _results import bench_settings, record
 
-from recstack.config import load_settings
 from recstack.data.readers import FRAPPE_FIELDS, read_frappe
 from recstack.data.splits import frappe_split
 from recstack.eval.metrics import auc, ece, logloss, normalized_entropy
@@ -61,12 +60,8 @@ DCN = {
 
 
 def settings_for(model_env: dict[str, str], epochs: int, batch: int) -> Any:
-    return load_settings(
-        None,
+    return bench_settings(
         {
-            "RECSTACK_PATHS__STATE_DIR": tempfile.mkdtemp(),
-            "RECSTACK_TRACKING__ENABLED": "false",
-            "RECSTACK_TRAIN__PROGRESS": "false",
             "RECSTACK_TRAIN__EPOCHS": str(epochs),
             "RECSTACK_TRAIN__PATIENCE": "3",
             "RECSTACK_TRAIN__BATCH_SIZE": str(batch),

@@ -49,6 +49,24 @@ def test_in_batch_softmax_with_logq_known_answer() -> None:
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_mixed_negatives_use_the_expected_count_in_the_pool() -> None:
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, -1.0]])
+    log_q = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    torch.manual_seed(0)
+    loss = RetrievalTask(temperature=0.5, log_q=log_q, random_negatives=2).loss(
+        Fixed(u, v), batch([0, 1], [0, 1])
+    )
+    torch.manual_seed(0)
+    extra = torch.randint(0, 3, (2,))  # the same draw the task made
+    pool = torch.cat([torch.tensor([0, 1]), extra])
+    logits = (u @ v[pool].T) / 0.5 - torch.log(2 * log_q[pool].exp() + 2 / 3)[None, :]
+    same = torch.tensor([0, 1])[:, None] == pool[None, :]
+    same[:, :2] &= ~torch.eye(2, dtype=torch.bool)  # the diagonal is each row's positive
+    expected = -torch.log_softmax(logits.masked_fill(same, float("-inf")), dim=1).diagonal().mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
 def test_same_item_in_another_row_is_not_a_negative() -> None:
     u = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     v = torch.tensor([[1.0, 0.0]])
