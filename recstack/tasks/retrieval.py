@@ -52,11 +52,9 @@ class RetrievalTask:
         v = inner.item_vectors(candidates)  # (B + R, D)
         logits = (u @ v.T) * self.log_inv_temperature.exp()  # (B, B + R)
         if self.log_q is not None:
-            log_q = self.log_q[candidates]
-            if self.random_negatives:
-                # the pool holds item i about B q_i + R / N times in expectation; subtract its log
-                log_q = (len(items) * log_q.exp() + self.random_negatives / inner.n_items).log()
-            logits = logits - log_q.unsqueeze(0)
+            # the pool holds item i about B q_i + R / N times in expectation; subtract its log
+            expected = len(items) * self.log_q[candidates].exp() + self.random_negatives / inner.n_items
+            logits = logits - expected.log().unsqueeze(0)
         same = items.unsqueeze(1) == candidates.unsqueeze(0)  # (B, B + R)
         diagonal = torch.zeros_like(same)
         diagonal[:, : len(items)] = torch.eye(len(items), dtype=torch.bool)
