@@ -3,6 +3,10 @@
 What serving loads (no training code): it maps raw ids to indices, embeds a request's user and
 recent history, searches the index, and maps results back to raw ids. Brand-new items join the index
 through the text path of the item tower (``add_items``): that is the cold start.
+
+``save`` writes the PyTorch weights and an ONNX export of the user tower (and of the text path when
+the model has one); ``load(folder)`` without a model serves through ONNX Runtime, so the serving
+process needs neither the model class nor its training-time sizes.
 """
 
 from __future__ import annotations
@@ -12,11 +16,94 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from torch import nn
 
 from recstack.errors import CheckpointError
 from recstack.index.faiss_index import IndexKind, ItemIndex
 from recstack.models.two_tower import TwoTower
+
+
+class _UserTower(nn.Module):
+    def __init__(self, model: TwoTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.model.user_vectors(users, history)
+
+
+class _ContentTower(nn.Module):
+    def __init__(self, model: TwoTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.model.content_vectors(text)
+
+
+class TorchTowers:
+    """The user tower and the item tower's text path, in PyTorch."""
+
+    def __init__(self, model: TwoTower) -> None:
+        self.model = model.eval()
+        self.has_text = model.text_proj is not None
+
+    def user(self, users: np.ndarray, history: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out: np.ndarray = self.model.user_vectors(
+                torch.from_numpy(users), torch.from_numpy(history)
+            ).numpy()
+        return out
+
+    def content(self, text: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out: np.ndarray = self.model.content_vectors(torch.from_numpy(text)).numpy()
+        return out
+
+    def export(self, folder: Path, history_length: int) -> None:
+        users = torch.zeros(2, dtype=torch.int64)
+        history = torch.zeros((2, history_length), dtype=torch.int64)
+        _export(_UserTower(self.model), (users, history), ["users", "history"], folder / "user_tower.onnx")
+        if self.has_text:
+            text = torch.zeros((2, self.model.text_proj.in_features))  # type: ignore[union-attr]
+            _export(_ContentTower(self.model), (text,), ["text"], folder / "content.onnx")
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], path: Path) -> None:
+    torch.onnx.export(
+        module.eval(),
+        args,
+        str(path),
+        input_names=names,
+        output_names=["vectors"],
+        dynamic_axes={name: {0: "batch"} for name in [*names, "vectors"]},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+class OnnxTowers:
+    """The same two functions served by ONNX Runtime from ``save``'s export."""
+
+    def __init__(self, folder: Path) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.user_session = ort.InferenceSession(str(folder / "user_tower.onnx"), options)
+        content = folder / "content.onnx"
+        self.content_session = ort.InferenceSession(str(content), options) if content.exists() else None
+        self.has_text = self.content_session is not None
+
+    def user(self, users: np.ndarray, history: np.ndarray) -> np.ndarray:
+        (out,) = self.user_session.run(["vectors"], {"users": users, "history": history})
+        return np.asarray(out)
+
+    def content(self, text: np.ndarray) -> np.ndarray:
+        if self.content_session is None:
+            raise ValueError("this two-tower has no text path (it was trained without item text)")
+        (out,) = self.content_session.run(["vectors"], {"text": text.astype(np.float32)})
+        return np.asarray(out)
 
 
 class TwoTowerRetriever:
@@ -24,13 +111,19 @@ class TwoTowerRetriever:
 
     def __init__(
         self,
-        model: TwoTower,
+        model: TwoTower | None,
         index: ItemIndex,
         user_ids: Sequence[str],
         item_ids: Sequence[str],
         history_length: int = 50,
+        towers: TorchTowers | OnnxTowers | None = None,
     ) -> None:
-        self.model = model.eval()
+        if towers is None:
+            if model is None:
+                raise ValueError("a retriever needs a model or exported towers")
+            towers = TorchTowers(model)
+        self.model = model.eval() if model is not None else None
+        self.towers = towers
         self.index = index
         self.user_index = {u: n for n, u in enumerate(user_ids)}
         self.item_ids = list(item_ids)
@@ -57,9 +150,7 @@ class TwoTowerRetriever:
         items = [self.item_index[i] + 1 for i in history if i in self.item_index][: self.history_length]
         padded = np.zeros((1, self.history_length), dtype=np.int64)
         padded[0, : len(items)] = items
-        with torch.no_grad():
-            vector = self.model.user_vectors(torch.tensor([user]), torch.from_numpy(padded))
-        out: np.ndarray = vector.numpy()[0]
+        out: np.ndarray = self.towers.user(np.array([user], dtype=np.int64), padded)[0]
         return out
 
     def retrieve(self, user_id: str | None, history: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -85,8 +176,7 @@ class TwoTowerRetriever:
         item_ids = [i for i, k in zip(item_ids, keep, strict=True) if k]
         if not item_ids:
             return without_text
-        with torch.no_grad():
-            vectors = self.model.content_vectors(torch.from_numpy(text_vectors[keep])).numpy()
+        vectors = self.towers.content(text_vectors[keep])
         start = len(self.item_ids)
         self.index.add(vectors, np.arange(start, start + len(item_ids)))
         for n, item in enumerate(item_ids):
@@ -98,23 +188,34 @@ class TwoTowerRetriever:
         self.index.remove(np.array([self.item_index[i] for i in item_ids if i in self.item_index]))
 
     def save(self, folder: Path) -> None:
+        """Index, ids, and the towers: PyTorch weights (``model.pt``) and their ONNX export."""
+        if not isinstance(self.towers, TorchTowers) or self.model is None:
+            raise ValueError("only a retriever built from a PyTorch model can be saved")
         folder.mkdir(parents=True, exist_ok=True)
         self.index.save(folder / "index")
         torch.save(self.model.state_dict(), folder / "model.pt")
+        self.towers.export(folder, self.history_length)
         users = sorted(self.user_index, key=self.user_index.__getitem__)
         (folder / "ids.json").write_text(
             json.dumps({"users": users, "items": self.item_ids, "history_length": self.history_length})
         )
 
     @classmethod
-    def load(cls, folder: Path, model: TwoTower) -> TwoTowerRetriever:
-        """``model`` is a TwoTower built with the training-time sizes; its weights come from ``folder``."""
+    def load(cls, folder: Path, model: TwoTower | None = None) -> TwoTowerRetriever:
+        """With ``model`` (a TwoTower built with the training-time sizes) the weights come from
+        ``model.pt``; without one the towers are served by ONNX Runtime from the export."""
         try:
             ids = json.loads((folder / "ids.json").read_text())
-            state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as exc:  # torch raises several types for truncated or foreign files
+            towers: TorchTowers | OnnxTowers
+            if model is not None:
+                state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+                towers = TorchTowers(model)
+            else:
+                towers = OnnxTowers(folder)
+        except Exception as exc:  # torch and ONNX Runtime raise several types for damaged files
             raise CheckpointError(
                 f"retriever in {folder} is missing, corrupt or does not fit the model: {exc}"
             ) from exc
-        return cls(model, ItemIndex.load(folder / "index"), ids["users"], ids["items"], ids["history_length"])
+        index = ItemIndex.load(folder / "index")
+        return cls(model, index, ids["users"], ids["items"], ids["history_length"], towers)

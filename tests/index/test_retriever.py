@@ -66,3 +66,26 @@ def test_corrupt_retriever_files(retriever: TwoTowerRetriever, tmp_path: Path) -
     (tmp_path / "model.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="corrupt"):
         TwoTowerRetriever.load(tmp_path, TwoTower(n_users=5, n_items=20, dim=8, hidden=(16,)))
+
+
+def test_saved_retriever_serves_through_onnx_without_the_model(
+    retriever: TwoTowerRetriever, tmp_path: Path
+) -> None:
+    retriever.save(tmp_path)
+    served = TwoTowerRetriever.load(tmp_path)  # no TwoTower: ONNX Runtime towers
+    assert served.model is None
+    history = ["i3", "i4", "i9"]
+    assert np.abs(served.user_vector("u1", history) - retriever.user_vector("u1", history)).max() <= 1e-5
+    assert (
+        np.abs(served.user_vector("stranger", history) - retriever.user_vector("stranger", history)).max()
+        <= 1e-5
+    )
+    assert [i for i, _ in served.retrieve("u1", history, 5)] == [
+        i for i, _ in retriever.retrieve("u1", history, 5)
+    ]
+    text = np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32)
+    assert served.add_items(["new"], text) == []
+    assert served.item_ids[-1] == "new"
+    (tmp_path / "user_tower.onnx").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        TwoTowerRetriever.load(tmp_path)
