@@ -70,6 +70,10 @@ def build_ranker(cfg: RankingConfig, vocab_sizes: Sequence[int], dense_dim: int)
                 width, cfg.expert_hidden, len(tasks), cfg.levels, cfg.task_experts, cfg.experts, cfg.norm
             )
         model = MultiTask(inputs, mixer, cfg.tower_hidden, tasks, cfg.norm)
+    for module in model.modules():  # Xavier-normal linears, zero biases (as FuxiCTR and DeepCTR do)
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            nn.init.zeros_(module.bias)
     if cfg.position is PositionCorrection.tower:
         model.position_bias = PositionBias(cfg.max_position, len(tasks))
     return model
