@@ -175,6 +175,7 @@ class TwoTowerConfig(Section):
     dim: int = Field(64, ge=1, description="Output dimension of both towers (and of the ANN index).")
     hidden: list[int] = Field([128], description="Hidden layer sizes of the user tower's MLP.")
     history: int = Field(50, ge=1, description="Engaged items pooled in the user tower.")
+    user_id: bool = Field(True, description="Give the user tower a user-id embedding (false: history only).")
     temperature: float = Field(0.05, gt=0, description="Softmax temperature (initial value if learned).")
     learn_temperature: bool = Field(False, description="Learn the temperature with the model.")
     log_q: bool = Field(True, description="Correct in-batch negatives by the items' sampling probability.")

@@ -1,9 +1,10 @@
 """Two-tower retrieval model: a user tower and an item tower meeting in one vector space.
 
-User tower: the user's id embedding and the mean of the embeddings of the items they engaged with
-(their last-N history), concatenated and passed through an MLP. Item tower: the item's id embedding
-plus, where items have text, a projection of its text embedding (which is what places a brand-new
-item, whose id embedding is untrained, near items like it). Outputs are L2-normalized when
+User tower: the user's id embedding (unless ``user_id=False``: then the user is their history alone,
+which generalizes to users unseen in training) and the mean of the embeddings of the items they
+engaged with (their last-N history), concatenated and passed through an MLP. Item tower: the item's
+id embedding plus, where items have text, a projection of its text embedding (which is what places a
+brand-new item, whose id embedding is untrained, near items like it). Outputs are L2-normalized when
 ``cosine`` is set, so scores are cosine similarities.
 
 Item index 0 is padding in histories; item i of the catalog is row i + 1 of the embedding table.
@@ -30,18 +31,22 @@ class TwoTower(nn.Module):
         hidden: tuple[int, ...] = (128,),
         cosine: bool = True,
         item_text: torch.Tensor | None = None,
+        user_id: bool = True,
     ) -> None:
         super().__init__()
         self.n_items = n_items
         self.cosine = cosine
-        self.user_ids = nn.Embedding(n_users, dim)
+        self.use_user_id = user_id
+        # without a user-id embedding the user is their history alone (no table to train or store)
+        self.user_ids = nn.Embedding(n_users if user_id else 1, dim)
+        self.user_ids.weight.requires_grad_(user_id)
         self.item_ids = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.user_ids.weight, std=0.05)
         nn.init.normal_(self.item_ids.weight, std=0.05)
         with torch.no_grad():
             self.item_ids.weight[0].zero_()
         self.history = PooledEmbedding(self.item_ids)
-        self.user_mlp = MLP(2 * dim, hidden, dim)
+        self.user_mlp = MLP(2 * dim if user_id else dim, hidden, dim)
         self.text_proj: nn.Linear | None = None
         if item_text is not None:
             self.register_buffer("item_text", item_text.float())  # (n_items, T)
@@ -53,9 +58,12 @@ class TwoTower(nn.Module):
     def user_vectors(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """(B,), (B, L) -> (B, D). A user index of -1 (unknown user) contributes a zero id embedding,
         so the vector comes from the history alone."""
+        pooled = self.history(history)  # (B, D)
+        if not self.use_user_id:
+            return self._out(self.user_mlp(pooled))
         known = (users >= 0).unsqueeze(-1).to(self.user_ids.weight.dtype)  # (B, 1)
         ids = self.user_ids(users.clamp(min=0)) * known  # (B, D)
-        x = torch.cat([ids, self.history(history)], dim=-1)  # (B, 2D)
+        x = torch.cat([ids, pooled], dim=-1)  # (B, 2D)
         return self._out(self.user_mlp(x))
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:

@@ -176,7 +176,9 @@ def train_two_tower(
     cfg = settings.two_tower
     train_m, valid_m, test_m = train.csr(), valid.csr(), test.csr()
     torch.manual_seed(settings.train.seed)
-    model = TwoTower(train.n_users, train.n_items, cfg.dim, tuple(cfg.hidden), cfg.cosine, item_text)
+    model = TwoTower(
+        train.n_users, train.n_items, cfg.dim, tuple(cfg.hidden), cfg.cosine, item_text, user_id=cfg.user_id
+    )
     counts = np.bincount(train.items, minlength=train.n_items).astype(np.float64) + 1.0
     log_q = torch.from_numpy(np.log(counts / counts.sum())).float() if cfg.log_q else None
     task = RetrievalTask(cfg.temperature, log_q, cfg.random_negatives, cfg.learn_temperature)

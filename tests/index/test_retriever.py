@@ -89,3 +89,13 @@ def test_saved_retriever_serves_through_onnx_without_the_model(
     (tmp_path / "user_tower.onnx").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="corrupt"):
         TwoTowerRetriever.load(tmp_path)
+
+
+def test_history_only_user_tower_ignores_the_user_id() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(n_users=5, n_items=20, dim=8, hidden=(16,), user_id=False)
+    history = torch.tensor([[3, 4, 0]])
+    a = model.user_vectors(torch.tensor([1]), history)
+    b = model.user_vectors(torch.tensor([-1]), history)
+    assert torch.equal(a, b)
+    assert not model.user_ids.weight.requires_grad  # nothing for the optimizer or DDP to track
