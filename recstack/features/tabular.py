@@ -41,9 +41,6 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.sparse)
 
-    def take(self, rows: np.ndarray) -> Encoded:
-        return Encoded(self.sparse[rows], self.dense[rows])
-
 
 @dataclass
 class EncodeReport:

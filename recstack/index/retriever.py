@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from recstack.errors import CheckpointError
 from recstack.index.faiss_index import IndexKind, ItemIndex
 from recstack.models.two_tower import TwoTower
+from recstack.serving.onnx import export_onnx, open_session
 
 
 class _UserTower(nn.Module):
@@ -65,34 +65,25 @@ class TorchTowers:
     def export(self, folder: Path, history_length: int) -> None:
         users = torch.zeros(2, dtype=torch.int64)
         history = torch.zeros((2, history_length), dtype=torch.int64)
-        _export(_UserTower(self.model), (users, history), ["users", "history"], folder / "user_tower.onnx")
+        export_onnx(
+            _UserTower(self.model),
+            (users, history),
+            ["users", "history"],
+            "vectors",
+            folder / "user_tower.onnx",
+        )
         if self.has_text:
             text = torch.zeros((2, self.model.text_proj.in_features))  # type: ignore[union-attr]
-            _export(_ContentTower(self.model), (text,), ["text"], folder / "content.onnx")
-
-
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], path: Path) -> None:
-    torch.onnx.export(
-        module.eval(),
-        args,
-        str(path),
-        input_names=names,
-        output_names=["vectors"],
-        dynamic_axes={name: {0: "batch"} for name in [*names, "vectors"]},
-        opset_version=17,
-        dynamo=False,
-    )
+            export_onnx(_ContentTower(self.model), (text,), ["text"], "vectors", folder / "content.onnx")
 
 
 class OnnxTowers:
     """The same two functions served by ONNX Runtime from ``save``'s export."""
 
     def __init__(self, folder: Path) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.user_session = ort.InferenceSession(str(folder / "user_tower.onnx"), options)
+        self.user_session = open_session(folder / "user_tower.onnx")
         content = folder / "content.onnx"
-        self.content_session = ort.InferenceSession(str(content), options) if content.exists() else None
+        self.content_session = open_session(content) if content.exists() else None
         self.has_text = self.content_session is not None
 
     def user(self, users: np.ndarray, history: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
@@ -49,7 +50,7 @@ class Platt:
         return self
 
     def transform(self, probs: np.ndarray) -> np.ndarray:
-        out: np.ndarray = 1.0 / (1.0 + np.exp(-(self.a * _logit(probs) + self.b)))
+        out: np.ndarray = expit(self.a * _logit(probs) + self.b)
         return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from recstack.errors import CheckpointError, RecstackError
@@ -90,7 +91,7 @@ class LogisticRanker:
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """(N,) click probabilities."""
-        out: np.ndarray = 1.0 / (1.0 + np.exp(-self.decision_function(frame)))
+        out: np.ndarray = expit(self.decision_function(frame))
         return out
 
     def save(self, folder: Path) -> None:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
+from scipy.special import expit
 
 from recstack.errors import CheckpointError
 from recstack.features.tabular import Encoded, TabularEncoder
+from recstack.serving.onnx import open_session
 
 
 class OnnxRanker:
@@ -24,12 +25,7 @@ class OnnxRanker:
         self.encoder = TabularEncoder.load(folder / "encoder.json")
         try:
             self.meta: dict[str, Any] = json.loads((folder / "ranker.json").read_text())
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(
-                str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = open_session(folder / "model.onnx", threads)
         except Exception as exc:  # ONNX Runtime raises its own types for damaged graphs
             raise CheckpointError(f"ranker in {folder} is missing or corrupt: {exc}") from exc
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
@@ -45,7 +41,7 @@ class OnnxRanker:
     def score_encoded(self, encoded: Encoded) -> np.ndarray:
         feed = {"ids": encoded.sparse, "values": encoded.dense}
         (logits,) = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})
-        out: np.ndarray = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        out: np.ndarray = expit(logits.astype(np.float64))
         return out
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 from torch import nn
 
 from recstack.config import Activation, PositionCorrection, RankerKind, RankingConfig, Settings, Structure
@@ -36,9 +37,10 @@ from recstack.layers.mlp import Deep
 from recstack.models.dcn import DCNv2
 from recstack.models.multitask import MultiTask
 from recstack.models.position import PositionBias
+from recstack.serving.onnx import export_onnx
 from recstack.tasks.ranking import MultiTaskBCE, top_k_labels
 from recstack.train.batch import BatchLoader, ColumnRoles
-from recstack.train.loop import FitResult, Trainer
+from recstack.train.loop import FitResult
 from recstack.train.tracking import Tracker
 
 ACTIVATIONS: dict[Activation, type[nn.Module]] = {
@@ -77,11 +79,6 @@ def build_ranker(cfg: RankingConfig, vocab_sizes: Sequence[int], dense_dim: int)
     if cfg.position is PositionCorrection.tower:
         model.position_bias = PositionBias(cfg.max_position, len(tasks))
     return model
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
-    return out
 
 
 class NeuralRanker:
@@ -131,7 +128,7 @@ class NeuralRanker:
         return frame
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> FitResult:
-        from recstack.train.recipes import make_tracker
+        from recstack.train.recipes import make_trainer
 
         if len(train) == 0 or len(valid) == 0:
             raise RecstackError("training and validation frames must not be empty")
@@ -143,17 +140,14 @@ class NeuralRanker:
         encoded = self.encoder.fit_transform(train)
         columns: dict[str, np.ndarray] = {"ids": encoded.sparse, "values": encoded.dense}
         columns |= {t: train[t].to_numpy(np.float32) for t in self.tasks}
-        roles = ColumnRoles(sparse=("ids",), dense=("values",), labels=tuple(self.tasks))
+        position = weight = None
         if self.cfg.position is PositionCorrection.tower and self.position is not None:
-            columns["position"] = train[self.position].to_numpy(np.int64)
-            roles = ColumnRoles(roles.sparse, roles.dense, roles.labels, position="position")
+            columns[position := "position"] = train[self.position].to_numpy(np.int64)
         if self.cfg.position is PositionCorrection.ips:
             if self.weight is None or self.weight not in train.columns:
                 raise RecstackError("position = 'ips' needs a weight column of inverse propensities")
-            columns["weight"] = train[self.weight].to_numpy(np.float32)
-            roles = ColumnRoles(
-                roles.sparse, roles.dense, roles.labels, weight="weight", position=roles.position
-            )
+            columns[weight := "weight"] = train[self.weight].to_numpy(np.float32)
+        roles = ColumnRoles(("ids",), ("values",), tuple(self.tasks), weight=weight, position=position)
         torch.manual_seed(self.settings.train.seed)
         self.model = build_ranker(self.cfg, self.encoder.vocab_sizes, len(self.encoder.dense))
         loader = BatchLoader(columns, roles, batch_size=self.settings.train.batch_size)
@@ -172,11 +166,7 @@ class NeuralRanker:
             out["auc"] = float(np.mean([out[f"auc_{t}"] for t in self.tasks]))
             return out
 
-        settings = self.settings
-        ckpt = (settings.train.checkpoint_dir or settings.paths.state_dir / "checkpoints") / self.run_name
-        trainer = Trainer(
-            settings.train, Path(ckpt), self.tracker or make_tracker(settings, self.run_name), self.run_name
-        )
+        trainer = make_trainer(self.settings, self.run_name, self.tracker)
         self.fit_result = trainer.fit(
             self.model, task, loader, validate, monitor="auc", params=self.cfg.model_dump(mode="json")
         )
@@ -185,13 +175,14 @@ class NeuralRanker:
     @staticmethod
     def _predict_encoded(model: nn.Module, encoded: Encoded, batch: int = 65_536) -> np.ndarray:
         model.eval()
-        out = []
+        parts = []
         with torch.no_grad():
             for start in range(0, len(encoded), batch):
-                part = encoded.take(np.arange(start, min(start + batch, len(encoded))))
-                out.append(model(torch.from_numpy(part.sparse), torch.from_numpy(part.dense)).numpy())
-        logits = np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
-        return _sigmoid(logits.astype(np.float64))
+                ids, values = encoded.sparse[start : start + batch], encoded.dense[start : start + batch]
+                parts.append(model(torch.from_numpy(ids), torch.from_numpy(values)).numpy())
+        logits = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+        out: np.ndarray = expit(logits.astype(np.float64))
+        return out
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """(N, T) probabilities, one column per task, as served (no position offset)."""
@@ -211,7 +202,7 @@ class NeuralRanker:
         values = torch.zeros((4, len(self.encoder.dense)), dtype=torch.float32)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             path = Path(tmp) / "model.onnx"
-            export_onnx(model, ids, values, path)
+            export_onnx(model, (ids, values), ["ids", "values"], "logits", path)
             path.replace(folder / "model.onnx")
         self.encoder.save(folder / "encoder.json")
         meta: dict[str, Any] = {
@@ -223,21 +214,6 @@ class NeuralRanker:
         }
         (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
         return folder
-
-
-def export_onnx(model: nn.Module, ids: torch.Tensor, values: torch.Tensor, path: Path) -> None:
-    """Export ``model(ids, values) -> logits`` with a dynamic batch dimension (TorchScript-based
-    exporter: deterministic and quick for these static graphs)."""
-    torch.onnx.export(
-        model,
-        (ids, values),
-        str(path),
-        input_names=["ids", "values"],
-        output_names=["logits"],
-        dynamic_axes={"ids": {0: "batch"}, "values": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
 
 
 def distill_light_ranker(

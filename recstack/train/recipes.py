@@ -38,6 +38,13 @@ def make_tracker(settings: Settings, run_name: str, tags: dict[str, str] | None 
     return MlflowTracker(settings.tracking_uri(), settings.tracking.experiment, run_name, tags)
 
 
+def make_trainer(settings: Settings, run_name: str, tracker: Tracker | None = None) -> Trainer:
+    """The one training loop with this run's checkpoint folder (``[train] checkpoint_dir`` or
+    ``<state_dir>/checkpoints``, then the run name) and tracker (MLflow unless turned off)."""
+    folder = (settings.train.checkpoint_dir or settings.paths.state_dir / "checkpoints") / run_name
+    return Trainer(settings.train, Path(folder), tracker or make_tracker(settings, run_name), run_name)
+
+
 def encode_split(
     train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame
 ) -> tuple[Interactions, Interactions, Interactions]:
@@ -84,8 +91,7 @@ def train_mf_bpr(
     def validate(net: nn.Module) -> dict[str, float]:
         return full_ranking_eval(scorer(net), valid_m, train_m, ks)  # type: ignore[arg-type]
 
-    ckpt = (settings.train.checkpoint_dir or settings.paths.state_dir / "checkpoints") / run_name
-    trainer = Trainer(settings.train, Path(ckpt), tracker or make_tracker(settings, run_name), run_name)
+    trainer = make_trainer(settings, run_name, tracker)
     fit = trainer.fit(
         model,
         BPRTask(settings.mf.l2),
@@ -196,8 +202,7 @@ def train_two_tower(
     def validate(net: nn.Module) -> dict[str, float]:
         return full_ranking_eval(two_tower_scorer(net, histories), valid_m, train_m, ks)  # type: ignore[arg-type]
 
-    ckpt = (settings.train.checkpoint_dir or settings.paths.state_dir / "checkpoints") / run_name
-    trainer = Trainer(settings.train, Path(ckpt), tracker or make_tracker(settings, run_name), run_name)
+    trainer = make_trainer(settings, run_name, tracker)
     fit = trainer.fit(model, task, loader, validate, monitor=monitor, params=cfg.model_dump(mode="json"))
     mask = sp.csr_matrix((train_m + valid_m).tocsr() if mask_validation else train_m)
     test_metrics = full_ranking_eval(two_tower_scorer(model, histories), test_m, mask, ks)  # type: ignore[arg-type]
