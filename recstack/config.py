@@ -243,6 +243,66 @@ class RankingConfig(Section):
     max_position: int = Field(50, ge=1, description="Positions past this share one bias (tower).")
 
 
+class Diversity(StrEnum):
+    none = "none"
+    mmr = "mmr"
+    dpp = "dpp"
+
+
+class ServingConfig(Section):
+    host: str = Field("127.0.0.1", description="Address `recstack serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `recstack serve` binds.")
+    api_keys: list[str] = Field(
+        ["recstack-local"],
+        description="Accepted X-API-Key values (set your own; the default is for local use only).",
+    )
+    default_n: int = Field(20, ge=1, description="Items returned when a request names no n.")
+    max_n: int = Field(200, ge=1, description="Largest n a request may ask for (larger is a 422).")
+    light_keep: int = Field(100, ge=1, description="Candidates the light ranker passes to the heavy one.")
+    value_weights: dict[str, float] = Field(
+        {"click": 1.0, "like": 2.0, "share": 4.0, "hide": -6.0},
+        description="Value model: sum of weight x calibrated P(action) over the heavy ranker's heads.",
+    )
+    diversity: Diversity = Field(Diversity.mmr, description="Re-rank for diversity: none, mmr or dpp.")
+    diversity_lambda: float = Field(
+        0.8, ge=0, le=1, description="MMR: weight of value against similarity to items already placed."
+    )
+    creator_gap: int = Field(3, ge=0, description="No two items of one creator within this many slots.")
+    explore_slots: int = Field(2, ge=0, description="Slots per response for fresh items (Thompson sampling).")
+    unsafe_threshold: float = Field(
+        0.5, ge=0, le=1, description="Items whose unsafe score reaches this are filtered out."
+    )
+    item_fields: list[str] = Field(
+        ["topic"], description="Item attributes serving keeps per item and the ranker reads (categorical)."
+    )
+    seen_limit: int = Field(5_000, ge=0, description="Items remembered per user as already seen.")
+    history: int = Field(50, ge=1, description="Recent engagements kept per user (the user tower's input).")
+    impression_flush_s: float = Field(
+        0.5, gt=0, description="Served impressions are buffered and written to the log this often."
+    )
+    reload_s: float = Field(
+        5.0, gt=0, description="How often the API checks the registry for a new champion (0 = never)."
+    )
+    state_sync_s: float = Field(
+        1.0, gt=0, description="How often a separate worker snapshots its state for the API to load."
+    )
+
+
+class RegistryConfig(Section):
+    model_name: str = Field("recstack-feed", description="Registered model holding the feed bundle.")
+    uri: str | None = Field(
+        None,
+        description="MLflow registry URI; default: DATABASE_URL when set, else the tracking URI (SQLite).",
+    )
+    gate_metric: str = Field("auc_click", description="Holdout metric the promotion gate compares.")
+    gate_margin: float = Field(
+        0.0, description="A challenger must beat the champion's gate metric by at least this."
+    )
+    incremental_every_s: float = Field(
+        3600.0, gt=0, description="`recstack train --incremental --every` period."
+    )
+
+
 class EvalConfig(Section):
     ks: list[int] = Field([10, 20], description="Cut-offs for Recall/NDCG/MRR/Hit@K.")
     monitor: str = Field("ndcg@10", description="Validation metric for early stopping (higher is better).")
@@ -261,6 +321,8 @@ class Settings(Section):
     ranking: RankingConfig = RankingConfig()
     eval: EvalConfig = EvalConfig()
     online: OnlineConfig = OnlineConfig()
+    serving: ServingConfig = ServingConfig()
+    registry: RegistryConfig = RegistryConfig()
     features: list[FeatureDef] = Field(
         default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
         description="Feature definitions, one [[features]] table each.",
@@ -276,6 +338,9 @@ class Settings(Section):
 
     def tracking_uri(self) -> str:
         return self.tracking.uri or f"sqlite:///{(self.paths.state_dir / 'mlflow.db').resolve()}"
+
+    def registry_uri(self) -> str:
+        return self.registry.uri or self.tracking_uri()
 
 
 ENV_PREFIX = "RECSTACK_"
@@ -328,7 +393,8 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Collect ``RECSTACK_SECTION__KEY`` overrides and the conventional ``REDIS_URL``."""
+    """Collect ``RECSTACK_SECTION__KEY`` overrides and the conventional ``REDIS_URL`` and
+    ``DATABASE_URL`` (the registry's backend store)."""
     out: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
@@ -337,6 +403,8 @@ def env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
         out.setdefault(section, {})[key] = _parse_env_value(raw)
     if "REDIS_URL" in environ:
         out.setdefault("event_log", {}).setdefault("redis_url", environ["REDIS_URL"])
+    if environ.get("DATABASE_URL"):
+        out.setdefault("registry", {}).setdefault("uri", environ["DATABASE_URL"])
     return out
 
 
@@ -397,7 +465,7 @@ def annotated_default() -> str:
     lines = [
         "# recstack.toml: every setting with its default. Unknown keys are an error.",
         "# Environment overrides: RECSTACK_<SECTION>__<KEY>=value (e.g. RECSTACK_TRAIN__EPOCHS=5);",
-        "# REDIS_URL sets [event_log] redis_url.",
+        "# REDIS_URL sets [event_log] redis_url; DATABASE_URL sets [registry] uri.",
         "",
     ]
     for section, field in Settings.model_fields.items():

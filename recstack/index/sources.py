@@ -39,12 +39,14 @@ US = 1_000_000
 @dataclass(frozen=True)
 class Request:
     """user: the user's index, or None when unknown; history: recently engaged item indices, most
-    recent first; now_us: request time; exclude: items that must not be proposed (seen, blocked)."""
+    recent first; now_us: request time; exclude: items that must not be proposed (seen, blocked);
+    user_id: the user's external id, for sources that key on it."""
 
     user: int | None
     history: tuple[int, ...] = ()
     now_us: int = 0
     exclude: frozenset[int] = frozenset()
+    user_id: str | None = None
 
 
 @dataclass
@@ -179,7 +181,10 @@ def merge(sources: Sequence[tuple[Source, int]], request: Request, k: int | None
     for source, quota in sources:
         want = quota + spare
         taken = 0
-        for item, score in source.propose(request, want + len(request.exclude) + len(by_item)):
+        # room for exclusions, capped so that a user with thousands of seen items does not turn
+        # one ANN search into a scan; what a source then cannot fill spills to the next ones
+        room = min(len(request.exclude), 2 * want) + len(by_item)
+        for item, score in source.propose(request, want + room):
             if item in request.exclude:
                 continue
             if item in by_item:

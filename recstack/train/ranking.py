@@ -27,7 +27,7 @@ from scipy.special import expit
 from torch import nn
 
 from recstack.config import Activation, PositionCorrection, RankerKind, RankingConfig, Settings, Structure
-from recstack.errors import RecstackError
+from recstack.errors import CheckpointError, RecstackError
 from recstack.eval.metrics import auc, logloss
 from recstack.features.tabular import Encoded, TabularEncoder
 from recstack.layers.cross import CrossNet, Parallel, Stacked
@@ -127,7 +127,10 @@ class NeuralRanker:
             return frame.assign(**{self.position: self.serve_position})
         return frame
 
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> FitResult:
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, warm_start: Path | None = None) -> FitResult:
+        """Train on ``train``, select the epoch on ``valid``. ``warm_start``: a folder this class
+        exported; training continues from its weights with its feature encoder (new categories map
+        to the unseen row), for incremental training on new data."""
         from recstack.train.recipes import make_trainer
 
         if len(train) == 0 or len(valid) == 0:
@@ -137,7 +140,11 @@ class NeuralRanker:
             raise RecstackError(f"position column '{self.position}' is missing")
         if self.position is not None:
             self.serve_position = int(train[self.position].min())
-        encoded = self.encoder.fit_transform(train)
+        if warm_start is not None:
+            self.encoder = TabularEncoder.load(Path(warm_start) / "encoder.json")
+            encoded = self.encoder.transform(train)
+        else:
+            encoded = self.encoder.fit_transform(train)
         columns: dict[str, np.ndarray] = {"ids": encoded.sparse, "values": encoded.dense}
         columns |= {t: train[t].to_numpy(np.float32) for t in self.tasks}
         position = weight = None
@@ -150,6 +157,12 @@ class NeuralRanker:
         roles = ColumnRoles(("ids",), ("values",), tuple(self.tasks), weight=weight, position=position)
         torch.manual_seed(self.settings.train.seed)
         self.model = build_ranker(self.cfg, self.encoder.vocab_sizes, len(self.encoder.dense))
+        if warm_start is not None:
+            try:
+                state = torch.load(Path(warm_start) / "model.pt", map_location="cpu", weights_only=True)
+                self.model.load_state_dict(state)
+            except Exception as exc:  # torch raises several types for damaged or mismatched weights
+                raise CheckpointError(f"cannot warm-start from {warm_start}: {exc}") from exc
         loader = BatchLoader(columns, roles, batch_size=self.settings.train.batch_size)
         task = MultiTaskBCE(self.tasks, self.cfg.tasks, self.cfg.embedding_l2, self.cfg.embedding_l1)
         valid_encoded = self.encoder.transform(self._serving_frame(valid))
@@ -205,6 +218,7 @@ class NeuralRanker:
             export_onnx(model, (ids, values), ["ids", "values"], "logits", path)
             path.replace(folder / "model.onnx")
         self.encoder.save(folder / "encoder.json")
+        torch.save(model.state_dict(), folder / "model.pt")  # for warm starts; serving reads the ONNX
         meta: dict[str, Any] = {
             "tasks": self.tasks,
             "position": self.position,

@@ -14,6 +14,7 @@ from torch import nn
 from recstack.config import Settings
 from recstack.data.interactions import Interactions, Vocabulary
 from recstack.data.sampling import UniformNegatives
+from recstack.errors import CheckpointError
 from recstack.eval.metrics import full_ranking_eval
 from recstack.models.mf import MatrixFactorization
 from recstack.tasks.bpr import BPRTask
@@ -172,10 +173,12 @@ def train_two_tower(
     tracker: Tracker | None = None,
     item_text: torch.Tensor | None = None,
     mask_validation: bool = True,
+    warm_start: dict[str, torch.Tensor] | None = None,
 ) -> TwoTowerRun:
     """Fit the two-tower with sampled softmax + logQ; pick the epoch on validation (recall@K_max,
     training items masked); report test once with training items masked, and validation items too
-    when ``mask_validation``."""
+    when ``mask_validation``. ``warm_start``: a state dict of a two-tower of the same sizes to
+    continue from (incremental training)."""
     from recstack.models.two_tower import TwoTower
     from recstack.tasks.retrieval import RetrievalTask
 
@@ -185,6 +188,11 @@ def train_two_tower(
     model = TwoTower(
         train.n_users, train.n_items, cfg.dim, tuple(cfg.hidden), cfg.cosine, item_text, user_id=cfg.user_id
     )
+    if warm_start is not None:
+        try:
+            model.load_state_dict(warm_start)
+        except RuntimeError as exc:
+            raise CheckpointError(f"cannot warm-start the two-tower: {exc}") from exc
     counts = np.bincount(train.items, minlength=train.n_items).astype(np.float64) + 1.0
     log_q = torch.from_numpy(np.log(counts / counts.sum())).float() if cfg.log_q else None
     task = RetrievalTask(cfg.temperature, log_q, cfg.random_negatives, cfg.learn_temperature)

@@ -1,0 +1,576 @@
+"""The online API (FastAPI): events in, feeds out, everything measured.
+
+Routes (all but health, metrics and the OpenAPI documents need an ``X-API-Key`` header holding one
+of ``[serving] api_keys``; the default key ``recstack-local`` is for local use):
+
+- ``POST /v1/events``: a batch of events (JSON array, or ``{"events": [...]}``); answers how many were
+  accepted, how many were duplicates, and each rejected event's index and reason. Idempotent by
+  event id. 503 when the bus is down (nothing of that batch was accepted).
+- ``POST /v1/items`` / ``POST /v1/users``: upserts (each becomes an item / user event).
+- ``GET|POST /v1/recommend``: user_id, n, surface, context -> items with score, source and position,
+  a request id, the model version and a ``degraded`` flag. The served list is logged as impressions
+  (request id, positions, model version, the ranker's feature values).
+- ``GET /v1/items/{item_id}/similar``: nearest items by the item tower.
+- ``/health/live``, ``/health/ready``, ``/metrics`` (Prometheus).
+- Gorse-compatible: ``POST /api/feedback``, ``GET /api/recommend/{user_id}``.
+
+:class:`Runtime` holds what the routes share: the live state, the pipeline of the current champion
+(swapped whole on reload, so requests in flight finish on the old one), the bus, and the background
+threads (impression flusher, in-process worker, champion watcher, state sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+
+from recstack.config import EventLogBackend, Settings
+from recstack.errors import BackendUnavailableError, RecstackError
+from recstack.events.base import EventLog
+from recstack.features.stores import KVStore, SQLiteStore
+from recstack.index.sources import US
+from recstack.serving.bundle import ServingBundle
+from recstack.serving.features import DENSE
+from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
+from recstack.serving.ops.base import Candidates, RecRequest
+from recstack.serving.ops.rank import features
+from recstack.serving.state import FeedState
+from recstack.serving.worker import FeedWorker, load_state, state_version
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10_000
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "recstack_request_seconds", "Request latency", ["endpoint"], registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.stage = Histogram(
+            "recstack_stage_seconds", "Serving stage latency", ["stage"], registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.candidates = Histogram(
+            "recstack_stage_candidates",
+            "Candidates a stage leaves",
+            ["stage"],
+            registry=r,
+            buckets=(0, 5, 10, 20, 50, 100, 200, 500, 1000),
+        )
+        self.errors = Counter(
+            "recstack_errors", "Responses with status >= 400", ["endpoint", "status"], registry=r
+        )
+        self.degraded = Counter(
+            "recstack_degraded_stages", "Stages skipped after a failure", ["stage"], registry=r
+        )
+        self.events = Counter("recstack_events", "Events by outcome", ["outcome"], registry=r)
+        self.reloads = Counter(
+            "recstack_model_reloads", "Champion reloads by outcome", ["outcome"], registry=r
+        )
+        self.items = Gauge("recstack_catalog_items", "Items in the catalog", registry=r)
+
+
+class Runtime:
+    """What the API serves from. ``bundle_source`` returns (version, folder) of the model to serve
+    (the registry's champion by default); ``reload()`` loads it if it changed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: EventLog,
+        state: FeedState | None = None,
+        store: KVStore | None = None,
+        bundle_source: Callable[[], tuple[str, Path] | None] | None = None,
+        in_process_worker: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        cfg = settings.serving
+        self.store = (
+            store if store is not None else SQLiteStore(settings.paths.state_dir / "feed_state.sqlite")
+        )
+        restored = load_state(self.store) if state is None else None
+        self.state = (
+            state
+            or restored
+            or FeedState(
+                cfg.history,
+                cfg.seen_limit,
+                settings.retrieval.trending_half_life_s,
+                settings.retrieval.trending_weights,
+                cfg.item_fields,
+            )
+        )
+        self.metrics = Metrics()
+        self.bundle_source = bundle_source
+        self.pipeline: Pipeline | None = None
+        self.version: str | None = None
+        self.worker = (
+            FeedWorker(bus, self.state, self.store, snapshot_s=cfg.state_sync_s)
+            if in_process_worker
+            else None
+        )
+        self.impressions: list[dict[str, Any]] = []
+        self.impression_lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.bus_ok = True
+        self.rng = np.random.default_rng()
+        self.reload_error: str | None = None
+
+    # ------------------------------------------------------------------ models
+    def serve_bundle(self, folder: Path, version: str) -> None:
+        """Load and check a bundle, build its pipeline, then swap it in. On any failure the current
+        pipeline keeps serving and CheckpointError (or ConfigError) is raised."""
+        bundle = ServingBundle.load(folder, tuple(self.settings.serving.item_fields))
+        bundle.meta["version"] = version
+        with self.state.lock:
+            pipeline = build_pipeline(self.settings, bundle, self.state)
+        self.pipeline, self.version = pipeline, version  # one assignment each: requests see old or new
+        log.info("serving model version %s from %s", version, folder)
+
+    def reload(self) -> bool:
+        """Serve the source's current version if it changed; True when a new one was swapped in."""
+        if self.bundle_source is None:
+            return False
+        try:
+            found = self.bundle_source()
+            if found is None or found[0] == self.version:
+                return False
+            self.serve_bundle(found[1], found[0])
+        except RecstackError as exc:
+            self.reload_error = str(exc)
+            self.metrics.reloads.labels("refused").inc()
+            log.error("model reload refused, version %s keeps serving: %s", self.version, exc)
+            return False
+        self.reload_error = None
+        self.metrics.reloads.labels("loaded").inc()
+        return True
+
+    # ------------------------------------------------------------------ background
+    def flush_impressions(self) -> int:
+        with self.impression_lock:
+            batch, self.impressions = self.impressions, []
+        if not batch:
+            return 0
+        try:
+            self.bus.append(batch)
+            self.bus_ok = True
+        except BackendUnavailableError as exc:
+            self.bus_ok = False
+            with self.impression_lock:  # keep them (bounded) for the next try
+                self.impressions = (batch + self.impressions)[-1_000_000:]
+            log.warning("impressions kept in memory, the bus is down: %s", exc)
+            return 0
+        return len(batch)
+
+    def _loop(self, every_s: float, fn: Callable[[], Any]) -> None:
+        while not self.stop.wait(every_s):
+            try:
+                fn()
+            except Exception as exc:  # a background task must not die; it logs and tries again
+                log.error("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
+
+    def _sync_state(self) -> None:
+        """A separate worker owns the state: load its snapshot when the version moved."""
+        version = state_version(self.store)
+        if version is not None and version != self.state.version:
+            fresh = load_state(self.store)
+            if fresh is not None:
+                self.state = fresh
+                if self.pipeline is not None and self.version is not None:
+                    self.serve_bundle(self.pipeline.bundle.folder, self.version)
+
+    def start(self) -> None:
+        cfg = self.settings.serving
+        self.reload()
+        jobs: list[tuple[float, Callable[[], Any]]] = [(cfg.impression_flush_s, self.flush_impressions)]
+        if self.bundle_source is not None and cfg.reload_s > 0:
+            jobs.append((cfg.reload_s, self.reload))
+        if self.worker is None:
+            jobs.append((cfg.state_sync_s, self._sync_state))
+        for every, fn in jobs:
+            thread = threading.Thread(target=self._loop, args=(every, fn), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        if self.worker is not None:
+            thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.flush_impressions()
+
+
+# ---------------------------------------------------------------------- request and response bodies
+class RecommendBody(BaseModel):
+    user_id: str | None = Field(None, min_length=1, max_length=256)
+    n: int | None = Field(None, ge=1)
+    surface: str = Field("feed", min_length=1, max_length=64)
+    context: dict[str, str] = Field(default_factory=dict)
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    source: str
+    position: int
+    explore: bool = False
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    user_id: str | None
+    items: list[RecommendedItem]
+    model_version: str | None
+    degraded: bool
+    degraded_stages: list[str] = Field(default_factory=list)
+
+
+class IngestResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: list[dict[str, Any]]
+
+
+class ItemBody(BaseModel):
+    item_id: str = Field(min_length=1, max_length=256)
+    creator_id: str | None = Field(None, min_length=1, max_length=256)
+    attributes: dict[str, str | int | float | bool | list[str] | None] = Field(default_factory=dict)
+    text: str | None = None
+    created_at: datetime | None = None
+
+
+class UserBody(BaseModel):
+    user_id: str = Field(min_length=1, max_length=256)
+    attributes: dict[str, str | int | float | bool | list[str] | None] = Field(default_factory=dict)
+
+
+class GorseFeedback(BaseModel):
+    FeedbackType: str = Field(min_length=1)
+    UserId: str = Field(min_length=1, max_length=256)
+    ItemId: str = Field(min_length=1, max_length=256)
+    Timestamp: str | None = None
+
+
+GORSE_KINDS = {
+    "click": "click",
+    "read": "click",
+    "like": "like",
+    "star": "like",
+    "share": "share",
+    "hide": "hide",
+    "report": "report",
+    "comment": "comment",
+}
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    settings = runtime.settings
+    cfg = settings.serving
+    keys = set(cfg.api_keys)
+    app = FastAPI(
+        title="recstack",
+        version="0.1.0",
+        description="The multi-stage feed API: events in, ranked feeds out.",
+    )
+    app.state.runtime = runtime
+
+    def require_key(request: Request) -> None:
+        if request.headers.get("x-api-key") not in keys:
+            raise HTTPException(401, "missing or invalid API key (send it in the X-API-Key header)")
+
+    secured = APIRouter(dependencies=[Depends(require_key)])
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        runtime.metrics.errors.labels(request.url.path, "422").inc()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(RecstackError)
+    async def _recstack(request: Request, exc: RecstackError) -> JSONResponse:
+        status = 503 if isinstance(exc, BackendUnavailableError | StageFailed) else 400
+        runtime.metrics.errors.labels(request.url.path, str(status)).inc()
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    def ingest(raw: list[Any]) -> IngestResponse:
+        if len(raw) > MAX_BATCH:
+            raise HTTPException(413, f"a batch holds at most {MAX_BATCH} events, this one {len(raw)}")
+        try:
+            result = runtime.bus.append(raw)
+        except BackendUnavailableError as exc:
+            runtime.bus_ok = False
+            raise BackendUnavailableError(
+                f"{exc}; nothing in this batch was accepted, send it again"
+            ) from exc
+        runtime.bus_ok = True
+        m = runtime.metrics.events
+        m.labels("accepted").inc(result.accepted)
+        m.labels("duplicate").inc(result.duplicates)
+        m.labels("rejected").inc(len(result.rejected))
+        return IngestResponse(
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            rejected=[{"index": r.index, "error": r.error} for r in result.rejected],
+        )
+
+    @secured.post("/v1/events", response_model=IngestResponse)
+    def post_events(body: list[dict[str, Any]] | dict[str, list[dict[str, Any]]]) -> IngestResponse:
+        started = time.perf_counter()
+        raw = body.get("events") if isinstance(body, dict) else body
+        if raw is None:
+            raise HTTPException(422, 'send a JSON array of events or {"events": [...]}')
+        out = ingest(raw)
+        runtime.metrics.latency.labels("/v1/events").observe(time.perf_counter() - started)
+        return out
+
+    def now_iso() -> str:
+        return datetime.now(UTC).isoformat()
+
+    @secured.post("/v1/items", response_model=IngestResponse)
+    def post_items(body: list[ItemBody]) -> IngestResponse:
+        stamp = now_iso()
+        return ingest(
+            [
+                {"event_id": f"item:{b.item_id}:{uuid.uuid4().hex}", "kind": "item", "timestamp": stamp}
+                | b.model_dump(exclude_none=True, mode="json")
+                for b in body
+            ]
+        )
+
+    @secured.post("/v1/users", response_model=IngestResponse)
+    def post_users(body: list[UserBody]) -> IngestResponse:
+        stamp = now_iso()
+        return ingest(
+            [
+                {"event_id": f"user:{b.user_id}:{uuid.uuid4().hex}", "kind": "user", "timestamp": stamp}
+                | b.model_dump(mode="json")
+                for b in body
+            ]
+        )
+
+    def recommend(body: RecommendBody) -> RecommendResponse:
+        started = time.perf_counter()
+        n = body.n or cfg.default_n
+        if n > cfg.max_n:
+            raise HTTPException(422, f"n = {n} is more than [serving] max_n = {cfg.max_n}")
+        pipeline = runtime.pipeline
+        if pipeline is None:
+            detail = "no model is being served yet: train and promote one (recstack train, recstack promote)"
+            if runtime.reload_error:
+                detail += f"; the last load was refused: {runtime.reload_error}"
+            raise HTTPException(503, detail)
+        state = runtime.state
+        request_id = uuid.uuid4().hex
+        now_us = int(time.time() * US)
+        with state.lock:
+            user = state.user(body.user_id)
+            request = RecRequest(
+                body.user_id,
+                n,
+                now_us,
+                body.surface,
+                body.context,
+                tuple(user.history) if user else (),
+                frozenset(state.excluded(body.user_id)),
+                rng=np.random.default_rng(runtime.rng.integers(2**63)),
+            )
+            outcome = pipeline.run(request, state)
+            served = outcome.candidates
+            item_ids = [state.item_ids[i] for i in served.items]
+            logged = _feature_rows(request, served.items, pipeline, state)
+        for stage in STAGES:
+            if stage in outcome.timings_ms:
+                runtime.metrics.stage.labels(stage).observe(outcome.timings_ms[stage] / 1e3)
+                runtime.metrics.candidates.labels(stage).observe(outcome.sizes[stage])
+        for stage in outcome.degraded:
+            runtime.metrics.degraded.labels(stage).inc()
+        explore = served.explore if served.explore is not None else np.zeros(len(served), dtype=bool)
+        stamp = datetime.fromtimestamp(now_us / US, UTC).isoformat()
+        version = pipeline.bundle.version
+        if body.user_id is not None:
+            impressions = [
+                {
+                    "event_id": f"{request_id}:{pos}",
+                    "kind": "impression",
+                    "timestamp": stamp,
+                    "request_id": request_id,
+                    "user_id": body.user_id,
+                    "item_id": item,
+                    "position": pos,
+                    "surface": body.surface,
+                    "model_versions": {"feed": version},
+                    "context": body.context,
+                    "features": logged[pos],
+                }
+                for pos, item in enumerate(item_ids)
+            ]
+            with runtime.impression_lock:
+                runtime.impressions.extend(impressions)
+        response = RecommendResponse(
+            request_id=request_id,
+            user_id=body.user_id,
+            items=[
+                RecommendedItem(
+                    item_id=item, score=float(score), source=source, position=pos, explore=bool(e)
+                )
+                for pos, (item, score, source, e) in enumerate(
+                    zip(item_ids, served.scores.tolist(), served.sources, explore.tolist(), strict=True)
+                )
+            ],
+            model_version=version,
+            degraded=bool(outcome.degraded) or not runtime.bus_ok,
+            degraded_stages=outcome.degraded,
+        )
+        runtime.metrics.latency.labels("/v1/recommend").observe(time.perf_counter() - started)
+        return response
+
+    @secured.get("/v1/recommend", response_model=RecommendResponse)
+    def get_recommend(
+        user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        n: Annotated[int | None, Query(ge=1)] = None,
+        surface: Annotated[str, Query(min_length=1, max_length=64)] = "feed",
+    ) -> RecommendResponse:
+        return recommend(RecommendBody(user_id=user_id, n=n, surface=surface))
+
+    @secured.post("/v1/recommend", response_model=RecommendResponse)
+    def post_recommend(body: RecommendBody) -> RecommendResponse:
+        return recommend(body)
+
+    @secured.get("/v1/items/{item_id}/similar")
+    def similar(item_id: str, n: Annotated[int, Query(ge=1)] = 10) -> dict[str, Any]:
+        if n > cfg.max_n:
+            raise HTTPException(422, f"n = {n} is more than [serving] max_n = {cfg.max_n}")
+        pipeline = runtime.pipeline
+        if pipeline is None:
+            raise HTTPException(503, "no model is being served yet")
+        bundle = pipeline.bundle
+        row = bundle.retriever.item_index.get(item_id)
+        if row is None:
+            raise HTTPException(404, f"item '{item_id}' is not in the served model")
+        scores, ids = bundle.retriever.index.search(bundle.vectors[row][None, :], n + 1)
+        items = [
+            {"item_id": bundle.retriever.item_ids[i], "score": float(s)}
+            for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True)
+            if i >= 0 and i != row
+        ][:n]
+        return {"item_id": item_id, "items": items, "model_version": bundle.version}
+
+    @app.get("/health/live")
+    def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    def ready() -> JSONResponse:
+        ok = runtime.pipeline is not None
+        body = {
+            "status": "ready" if ok else "not ready",
+            "model_version": runtime.version,
+            "catalog_items": runtime.state.n_items,
+            "bus": "ok" if runtime.bus_ok else "unavailable",
+            "reload_error": runtime.reload_error,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        runtime.metrics.items.set(runtime.state.n_items)
+        return PlainTextResponse(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------ Gorse-compatible aliases
+    @secured.post("/api/feedback")
+    def gorse_feedback(body: list[GorseFeedback]) -> dict[str, Any]:
+        raw = []
+        for n, f in enumerate(body):
+            kind = GORSE_KINDS.get(f.FeedbackType.lower(), f.FeedbackType.lower())
+            stamp = f.Timestamp or now_iso()
+            raw.append(
+                {
+                    "event_id": f"gorse:{f.UserId}:{f.ItemId}:{kind}:{stamp}:{n}",
+                    "kind": kind,
+                    "timestamp": stamp,
+                    "user_id": f.UserId,
+                    "item_id": f.ItemId,
+                }
+            )
+        out = ingest(raw)
+        return {"RowAffected": out.accepted, "rejected": out.rejected}
+
+    @secured.get("/api/recommend/{user_id}")
+    def gorse_recommend(user_id: str, n: Annotated[int, Query(ge=1)] = 10) -> list[str]:
+        return [item.item_id for item in recommend(RecommendBody(user_id=user_id, n=n)).items]
+
+    app.include_router(secured)
+    return app
+
+
+def _feature_rows(
+    request: RecRequest, items: np.ndarray, pipeline: Pipeline, state: FeedState
+) -> list[dict[str, float]]:
+    """The dense feature values the ranker used for each served item (computed for items that
+    skipped ranking, such as exploration picks)."""
+    if not len(items):
+        return []
+    frame = features(
+        request,
+        Candidates(items, np.zeros(len(items)), [""] * len(items)),
+        pipeline.bundle,
+        state,
+        pipeline.alignment.catalog_of,
+    )
+    values = frame[list(DENSE)].to_numpy(np.float64)
+    return [{name: round(float(v), 6) for name, v in zip(DENSE, row, strict=True)} for row in values]
+
+
+def bus_for(settings: Settings) -> EventLog:
+    """The bus the settings name: the Parquet log (embedded) or the Redis stream."""
+    if settings.event_log.backend is EventLogBackend.redis:
+        from recstack.events.redis_stream import RedisStreamLog
+
+        return RedisStreamLog(settings.event_log.redis_url, settings.event_log.stream)
+    from recstack.events.parquet import ParquetEventLog
+
+    return ParquetEventLog(settings.event_log_path(), settings.event_log.dedupe_days_cached)
+
+
+def registry_source(settings: Settings) -> Callable[[], tuple[str, Path] | None]:
+    """The registry's champion as (version, local folder)."""
+    from recstack.registry import Registry
+
+    registry = Registry(settings)
+
+    def champion() -> tuple[str, Path] | None:
+        version = registry.alias("champion")
+        return None if version is None else (version, registry.fetch(version))
+
+    return champion
+
+
+__all__ = ["Runtime", "bus_for", "create_app", "registry_source"]

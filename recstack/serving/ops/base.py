@@ -1,0 +1,69 @@
+"""The request and candidate containers every operator shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from recstack.serving.state import FeedState
+
+
+@dataclass
+class RecRequest:
+    """One recommendation request as the operators see it. ``now_us``: request time (microseconds);
+    ``history``: the user's recent engaged item indices, most recent first; ``exclude``: item indices
+    never to show (seen, blocked by the user)."""
+
+    user_id: str | None
+    n: int
+    now_us: int
+    surface: str = "feed"
+    context: dict[str, str] = field(default_factory=dict)
+    history: tuple[int, ...] = ()
+    exclude: frozenset[int] = frozenset()
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    cache: dict[str, Any] = field(default_factory=dict)  # per-request values stages share
+
+
+@dataclass
+class Candidates:
+    """Columnar candidate set: ``items`` (N,) catalog indices, ``scores`` (N,) the current stage's
+    scores, ``sources`` the retrieval source of each, ``probs`` (N, T) heavy-ranker probabilities
+    (``tasks`` names the columns) once ranked, ``explore`` marks items placed by exploration."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    sources: list[str]
+    probs: np.ndarray | None = None
+    tasks: tuple[str, ...] = ()
+    retrieval_scores: np.ndarray | None = None
+    explore: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+
+    def take(self, order: np.ndarray) -> Candidates:
+        """The candidates at positions ``order`` (a subset, reordered)."""
+        order = np.asarray(order, dtype=np.int64)
+        return Candidates(
+            self.items[order],
+            self.scores[order],
+            [self.sources[i] for i in order],
+            None if self.probs is None else self.probs[order],
+            self.tasks,
+            None if self.retrieval_scores is None else self.retrieval_scores[order],
+            None if self.explore is None else self.explore[order],
+        )
+
+
+class Operator(Protocol):
+    name: str
+    critical: bool
+
+    def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates: ...

@@ -1,0 +1,117 @@
+"""Re-rank for diversity, with creator spacing.
+
+- MMR (Carbonell & Goldstein, 1998): repeatedly take the candidate maximizing
+  lambda * value - (1 - lambda) * (max cosine similarity to the items already placed), values scaled
+  to [0, 1] over the candidates.
+- DPP: greedy MAP inference (Chen, Zhang & Zhou, 2018) for the kernel L = diag(q) S diag(q), with
+  S the cosine similarity of item-tower vectors and q = exp(value scaled to [0, 1] / (1 - lambda)),
+  the incremental Cholesky form: O(N n D) for n picks among N.
+
+Both enforce creator spacing: no two items of one creator within ``creator_gap`` slots (positions
+of the same creator differ by at least ``creator_gap``). When every remaining candidate would break
+it, the list ends there: a shorter list rather than a broken rule. Items without a vector (not in
+the served model) are similar to nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recstack.config import Diversity
+from recstack.serving.bundle import ServingBundle
+from recstack.serving.ops.base import Candidates, RecRequest
+from recstack.serving.state import FeedState
+
+
+def _scaled(values: np.ndarray) -> np.ndarray:
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else np.ones_like(values)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    out: np.ndarray = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return out
+
+
+def _feasible(creators: np.ndarray, picked: list[int], gap: int) -> np.ndarray:
+    """(N,) True where a candidate's creator is absent from the last gap - 1 picks."""
+    if gap <= 1 or not picked:
+        return np.ones(len(creators), dtype=bool)
+    recent = creators[picked[-(gap - 1) :]]
+    return ~np.isin(creators, recent)
+
+
+def mmr(
+    values: np.ndarray, vectors: np.ndarray, creators: np.ndarray, n: int, lam: float, gap: int
+) -> list[int]:
+    """Indices of the chosen candidates, in order."""
+    unit = _unit(vectors.astype(np.float64))
+    relevance = _scaled(values)
+    max_sim = np.zeros(len(values))
+    available = np.ones(len(values), dtype=bool)
+    picked: list[int] = []
+    while len(picked) < n:
+        ok = available & _feasible(creators, picked, gap)
+        if not ok.any():
+            break
+        score = np.where(ok, lam * relevance - (1 - lam) * max_sim, -np.inf)
+        j = int(np.argmax(score))
+        picked.append(j)
+        available[j] = False
+        max_sim = np.maximum(max_sim, unit @ unit[j])
+    return picked
+
+
+def dpp(
+    values: np.ndarray, vectors: np.ndarray, creators: np.ndarray, n: int, lam: float, gap: int
+) -> list[int]:
+    unit = _unit(vectors.astype(np.float64))
+    quality = np.exp(_scaled(values) / max(1 - lam, 1e-3))
+    quality /= quality.max()
+    size = len(values)
+    cholesky = np.zeros((size, n))
+    gains = quality**2  # L_ii (S_ii = 1)
+    available = np.ones(size, dtype=bool)
+    picked: list[int] = []
+    while len(picked) < n:
+        ok = available & _feasible(creators, picked, gap) & (gains > 1e-10)
+        if not ok.any():
+            break
+        j = int(np.argmax(np.where(ok, gains, -np.inf)))
+        row = quality[j] * quality * (unit @ unit[j])
+        row[j] = quality[j] ** 2
+        t = len(picked)
+        e = (row - cholesky[:, :t] @ cholesky[j, :t]) / np.sqrt(gains[j])
+        cholesky[:, t] = e
+        gains = gains - e**2
+        picked.append(j)
+        available[j] = False
+    return picked
+
+
+class RerankOp:
+    name = "rerank"
+    critical = False
+
+    def __init__(self, bundle: ServingBundle, method: Diversity, lam: float, creator_gap: int) -> None:
+        self.bundle = bundle
+        self.method = method
+        self.lam = lam
+        self.gap = creator_gap
+
+    def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
+        if not len(candidates):
+            return candidates
+        creators = state.creator.values[candidates.items]
+        rows = request.cache["bundle_of"][candidates.items]
+        vectors = np.zeros((len(candidates), self.bundle.vectors.shape[1]), dtype=np.float32)
+        vectors[rows >= 0] = self.bundle.vectors[rows[rows >= 0]]
+        n = request.n
+        if self.method is Diversity.none:
+            pick = mmr(candidates.scores, vectors, creators, n, 1.0, self.gap)
+        elif self.method is Diversity.mmr:
+            pick = mmr(candidates.scores, vectors, creators, n, self.lam, self.gap)
+        else:
+            pick = dpp(candidates.scores, vectors, creators, n, self.lam, self.gap)
+        return candidates.take(np.array(pick, dtype=np.int64))

@@ -1,0 +1,170 @@
+"""Retrieve: the candidate sources with their quotas, merged (index/sources.py does the merge).
+
+The sources here read the live :class:`FeedState` and the served bundle:
+
+- ``BundleTwoTower``: the user tower (ONNX) on the user's id and recent engagements, searched in the
+  bundle's ANN index; the bundle's item ids are mapped to catalog indices.
+- ``StateTrending`` / ``StateFresh``: trending counts and fresh items of the live state. Their
+  rankings are cached for ``refresh_s`` (exponential decay keeps the order between updates, so
+  the cache only misses new engagements for that long) so that a request does not sort the catalog.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from recstack.index.retriever import TwoTowerRetriever
+from recstack.index.sources import US, Request, Source, merge
+from recstack.serving.bundle import ServingBundle
+from recstack.serving.ops.base import Candidates, RecRequest
+from recstack.serving.state import FeedState
+
+if TYPE_CHECKING:
+    from recstack.serving.graph import Alignment
+
+
+class BundleTwoTower:
+    name = "two_tower"
+
+    def __init__(self, retriever: TwoTowerRetriever, catalog_of: np.ndarray, state: FeedState) -> None:
+        self.retriever = retriever
+        self.catalog_of = catalog_of  # bundle item index -> catalog index (-1: not in the catalog)
+        self.state = state
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        r = self.retriever
+        known_user = request.user_id is not None and request.user_id in r.user_index
+        history = [self.state.item_ids[i] for i in request.history]
+        if not known_user and not any(i in r.item_index for i in history):
+            return []
+        scores, ids = r.index.search(r.user_vector(request.user_id, history)[None, :], k)
+        out = []
+        for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
+            if 0 <= i < len(self.catalog_of) and (c := int(self.catalog_of[i])) >= 0:
+                out.append((c, s))
+        return out
+
+
+class BundleItemToItem:
+    """Neighbours, in the item tower's space, of the user's ``recent`` last engagements; an item
+    proposed by several of them sums its similarities."""
+
+    name = "item_to_item"
+
+    def __init__(
+        self, bundle: ServingBundle, alignment: Alignment, state: FeedState, recent: int = 10
+    ) -> None:
+        self.bundle = bundle
+        self.alignment = alignment
+        self.state = state
+        self.recent = recent
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        bundle_of = self.alignment.bundle_of
+        rows = [int(bundle_of[i]) for i in request.history[: self.recent] if i < len(bundle_of)]
+        rows = [r for r in rows if r >= 0]
+        if not rows:
+            return []
+        per_item = max(k // len(rows), 10)
+        scores, ids = self.bundle.retriever.index.search(self.bundle.vectors[rows], per_item)
+        totals: dict[int, float] = {}
+        catalog_of = self.alignment.catalog_of
+        for i, s in zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True):
+            if i >= 0 and (c := int(catalog_of[i])) >= 0:
+                totals[c] = totals.get(c, 0.0) + s
+        return sorted(totals.items(), key=lambda kv: -kv[1])[:k]
+
+
+class _Cached:
+    def __init__(self, refresh_s: float) -> None:
+        self.refresh_s = refresh_s
+        self.at = -1.0
+        self.items = np.zeros(0, dtype=np.int64)
+        self.scores = np.zeros(0)
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.at > self.refresh_s
+
+
+class StateTrending:
+    name = "trending"
+
+    def __init__(self, state: FeedState, depth: int = 2_000, refresh_s: float = 1.0) -> None:
+        self.state = state
+        self.depth = depth
+        self.cache = _Cached(refresh_s)
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        if self.cache.stale() or k > len(self.cache.items) == self.depth:
+            trending = self.state.trending
+            scores = trending.scores
+            depth = min(max(self.depth, k), len(scores))
+            if depth:
+                top = np.argpartition(-scores, depth - 1)[:depth]
+                top = top[np.argsort(-scores[top], kind="stable")]
+                top = top[scores[top] > 0]
+            else:
+                top = np.zeros(0, dtype=np.int64)
+            self.cache.items, self.cache.scores = top, scores[top].copy()
+            self.cache.at = time.monotonic()
+        removed = self.state.removed.values
+        return [
+            (int(i), float(s))
+            for i, s in zip(self.cache.items[:k], self.cache.scores[:k], strict=True)
+            if not removed[i]
+        ]
+
+
+class StateFresh:
+    """Items created within ``window_s`` of the request, newest first."""
+
+    name = "fresh"
+
+    def __init__(self, state: FeedState, window_s: float, refresh_s: float = 1.0) -> None:
+        self.state = state
+        self.window_us = int(window_s * US)
+        self.cache = _Cached(refresh_s)
+        self.as_of_us = 0
+
+    def fresh_items(self, now_us: int) -> np.ndarray:
+        """Fresh, not removed item indices, newest first (cached for refresh_s)."""
+        if self.cache.stale() or abs(now_us - self.as_of_us) > self.cache.refresh_s * US:
+            created = self.state.created_us.values
+            mask = (created <= now_us) & (created > now_us - self.window_us) & ~self.state.removed.values
+            fresh = np.flatnonzero(mask)
+            self.cache.items = fresh[np.argsort(-created[fresh], kind="stable")]
+            self.cache.scores = (created[self.cache.items] - now_us) / US
+            self.cache.at = time.monotonic()
+            self.as_of_us = now_us
+        return self.cache.items
+
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+        items = self.fresh_items(request.now_us)[:k]
+        return [(int(i), float(s)) for i, s in zip(items, self.cache.scores[:k], strict=True)]
+
+
+class RetrieveOp:
+    name = "retrieve"
+    critical = False
+
+    def __init__(self, sources: list[tuple[Source, int]]) -> None:
+        self.sources = sources
+
+    def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
+        del candidates  # the first stage starts from nothing
+        merged = merge(
+            self.sources,
+            Request(None, request.history, request.now_us, request.exclude, request.user_id),
+        )
+        if not merged:
+            return Candidates.empty()
+        scores = np.array([c.score for c in merged])
+        return Candidates(
+            np.array([c.item for c in merged], dtype=np.int64),
+            scores,
+            [c.source for c in merged],
+            retrieval_scores=scores.copy(),
+        )

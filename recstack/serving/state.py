@@ -1,0 +1,277 @@
+"""The live state serving reads: the catalog, each user's recent engagements and seen items, trending
+counts and the exploration posteriors, all updated from events by one ``apply``.
+
+``FeedState.apply`` is the only writer (the worker calls it; in the embedded default the worker runs
+in the API process). It skips event ids it has already applied, so at-least-once delivery changes the
+state once per event; the applied ids are part of the snapshot, so a snapshot taken before the
+deliveries are acknowledged makes a restart neither lose nor double-count an event.
+
+Items live in a dense index space (0..n-1) in arrival order; columns grow by doubling. Users are
+created on first sight. Unknown item ids in engagements are counted (``unknown_items``), not errors.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recstack.errors import CheckpointError
+from recstack.index.sources import US, TrendingSource
+from recstack.schema import Engagement, Event, Impression, ItemUpsert, UserUpsert
+
+POSITIVE = ("click", "like", "share", "comment")  # engagements that enter a user's history
+NEGATIVE = ("hide", "report")  # engagements that block the item for the user
+
+
+class _Column:
+    """A numpy column that grows by doubling; ``values`` is the live prefix."""
+
+    def __init__(self, dtype: Any, fill: Any = 0) -> None:
+        self.data = np.full(1024, fill, dtype=dtype)
+        self.fill = fill
+        self.n = 0
+
+    def append(self, value: Any) -> None:
+        if self.n == len(self.data):
+            grown = np.full(2 * len(self.data), self.fill, dtype=self.data.dtype)
+            grown[: self.n] = self.data
+            self.data = grown
+        self.data[self.n] = value
+        self.n += 1
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.data[: self.n]
+
+    @classmethod
+    def of(cls, values: np.ndarray, fill: Any = 0) -> _Column:
+        column = cls(values.dtype, fill)
+        column.data = np.concatenate([values, np.full(max(1024, len(values)), fill, dtype=values.dtype)])
+        column.n = len(values)
+        return column
+
+
+@dataclass
+class UserState:
+    history: deque[int]  # engaged item indices, most recent first
+    seen: OrderedDict[int, None] = field(default_factory=OrderedDict)  # bounded, oldest first
+    blocked: set[int] = field(default_factory=set)  # hidden or reported by this user
+
+
+class FeedState:
+    def __init__(
+        self,
+        history: int = 50,
+        seen_limit: int = 5_000,
+        half_life_s: float = 21_600.0,
+        trending_weights: dict[str, float] | None = None,
+        item_fields: Sequence[str] = ("topic",),
+    ) -> None:
+        self.history_length = history
+        self.seen_limit = seen_limit
+        self.trending_weights = trending_weights or {"click": 1.0, "like": 2.0, "comment": 2.0, "share": 3.0}
+        self.item_fields = tuple(item_fields)
+        self.item_ids: list[str] = []
+        self.item_index: dict[str, int] = {}
+        self.creators: list[str] = []
+        self.creator_code: dict[str, int] = {}
+        self.creator = _Column(np.int32, -1)
+        self.created_us = _Column(np.int64, 0)
+        self.unsafe = _Column(np.float32, 0.0)
+        self.removed = _Column(np.bool_, False)
+        self.fields: dict[str, list[str]] = {f: [] for f in self.item_fields}
+        self.impressions = _Column(np.float64, 0.0)  # exploration posteriors: Beta(1 + clicks, 1 + misses)
+        self.clicks = _Column(np.float64, 0.0)
+        self.trending = TrendingSource(0, half_life_s)
+        self.users: dict[str, UserState] = {}
+        self.applied: set[str] = set()
+        self.unknown_items = 0
+        self.lock = threading.RLock()
+        self.version = 0  # bumped by every apply
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def user(self, user_id: str | None) -> UserState | None:
+        return self.users.get(user_id) if user_id is not None else None
+
+    def history_ids(self, user_id: str | None) -> list[str]:
+        state = self.user(user_id)
+        return [self.item_ids[i] for i in state.history] if state else []
+
+    def excluded(self, user_id: str | None) -> set[int]:
+        state = self.user(user_id)
+        return (set(state.seen) | state.blocked) if state else set()
+
+    # ------------------------------------------------------------------ writes
+    def _add_item(self, event: ItemUpsert) -> None:
+        index = self.item_index.get(event.item_id)
+        creator = event.creator_id or f"_item:{event.item_id}"  # no creator: the item is its own
+        code = self.creator_code.setdefault(creator, len(self.creators))
+        if code == len(self.creators):
+            self.creators.append(creator)
+        unsafe = event.attributes.get("unsafe_score", event.attributes.get("unsafe", 0.0))
+        unsafe_score = float(unsafe) if isinstance(unsafe, int | float | bool) else 0.0
+        created = int((event.created_at or event.timestamp).timestamp() * US)
+        removed = bool(event.attributes.get("removed", False))
+        if index is None:
+            self.item_index[event.item_id] = len(self.item_ids)
+            self.item_ids.append(event.item_id)
+            self.creator.append(code)
+            self.created_us.append(created)
+            self.unsafe.append(unsafe_score)
+            self.removed.append(removed)
+            self.impressions.append(0.0)
+            self.clicks.append(0.0)
+            for name in self.item_fields:
+                self.fields[name].append(str(event.attributes.get(name, "")))
+        else:  # an update: attributes change, engagement counts stay
+            self.creator.data[index] = code
+            self.created_us.data[index] = created
+            self.unsafe.data[index] = unsafe_score
+            self.removed.data[index] = removed
+            for name in self.item_fields:
+                self.fields[name][index] = str(event.attributes.get(name, ""))
+
+    def _user(self, user_id: str) -> UserState:
+        state = self.users.get(user_id)
+        if state is None:
+            state = self.users[user_id] = UserState(deque(maxlen=self.history_length))
+        return state
+
+    def _see(self, state: UserState, item: int) -> None:
+        if self.seen_limit == 0:
+            return
+        state.seen[item] = None
+        state.seen.move_to_end(item)
+        while len(state.seen) > self.seen_limit:
+            state.seen.popitem(last=False)
+
+    def apply(self, events: Iterable[Event]) -> int:
+        """Apply events not applied before, in order; returns how many were new."""
+        new = 0
+        trend_items: list[int] = []
+        trend_times: list[int] = []
+        trend_weights: list[float] = []
+        with self.lock:
+            for event in events:
+                if event.event_id in self.applied:
+                    continue
+                self.applied.add(event.event_id)
+                new += 1
+                if isinstance(event, ItemUpsert):
+                    self._add_item(event)
+                    continue
+                if isinstance(event, UserUpsert):
+                    self._user(event.user_id)
+                    continue
+                if not isinstance(event, Impression | Engagement):
+                    continue
+                item = self.item_index.get(event.item_id)
+                if item is None:
+                    self.unknown_items += 1
+                    continue
+                state = self._user(event.user_id)
+                if isinstance(event, Impression):
+                    self._see(state, item)
+                    self.impressions.data[item] += 1
+                    continue
+                kind = event.kind
+                if kind == "click":
+                    self.clicks.data[item] += 1
+                if kind in POSITIVE:
+                    if item in state.history:
+                        state.history.remove(item)
+                    state.history.appendleft(item)
+                    self._see(state, item)
+                elif kind in NEGATIVE:
+                    state.blocked.add(item)
+                    self._see(state, item)
+                weight = self.trending_weights.get(kind)
+                if weight:
+                    trend_items.append(item)
+                    trend_times.append(int(event.timestamp.timestamp() * US))
+                    trend_weights.append(weight)
+            if trend_items:
+                self.trending.observe(
+                    np.array(trend_items, dtype=np.int64),
+                    np.array(trend_times, dtype=np.int64),
+                    np.array(trend_weights),
+                )
+            if new:
+                self.version += 1
+        return new
+
+    # ------------------------------------------------------------------ snapshots
+    def to_bytes(self) -> bytes:
+        """Everything, including the applied event ids, in one blob (numpy arrays + JSON)."""
+        with self.lock:
+            meta = {
+                "history_length": self.history_length,
+                "seen_limit": self.seen_limit,
+                "trending_weights": self.trending_weights,
+                "item_fields": list(self.item_fields),
+                "item_ids": self.item_ids,
+                "creators": self.creators,
+                "fields": self.fields,
+                "users": {
+                    u: [list(s.history), list(s.seen), sorted(s.blocked)] for u, s in self.users.items()
+                },
+                "applied": sorted(self.applied),
+                "unknown_items": self.unknown_items,
+                "trending_rate": self.trending.rate,
+                "trending_as_of_us": self.trending.as_of_us,
+                "version": self.version,
+            }
+            buffer = io.BytesIO()
+            np.savez(
+                buffer,
+                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                creator=self.creator.values,
+                created_us=self.created_us.values,
+                unsafe=self.unsafe.values,
+                removed=self.removed.values,
+                impressions=self.impressions.values,
+                clicks=self.clicks.values,
+                trending=self.trending.scores,
+            )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FeedState:
+        try:
+            arrays = np.load(io.BytesIO(blob), allow_pickle=False)
+            meta = json.loads(arrays["meta"].tobytes().decode())
+            state = cls(meta["history_length"], meta["seen_limit"], 1.0, meta["trending_weights"])
+            state.item_fields = tuple(meta["item_fields"])
+            state.item_ids = meta["item_ids"]
+            state.item_index = {item: n for n, item in enumerate(state.item_ids)}
+            state.creators = meta["creators"]
+            state.creator_code = {c: n for n, c in enumerate(state.creators)}
+            state.fields = meta["fields"]
+            for name in ("creator", "created_us", "unsafe", "removed", "impressions", "clicks"):
+                setattr(state, name, _Column.of(arrays[name], getattr(state, name).fill))
+            state.trending.rate = meta["trending_rate"]
+            state.trending.scores = arrays["trending"].copy()
+            state.trending.as_of_us = meta["trending_as_of_us"]
+            for user, (history, seen, blocked) in meta["users"].items():
+                state.users[user] = UserState(
+                    deque(history, maxlen=state.history_length),
+                    OrderedDict.fromkeys(seen),
+                    set(blocked),
+                )
+            state.applied = set(meta["applied"])
+            state.unknown_items = meta["unknown_items"]
+            state.version = meta["version"]
+        except Exception as exc:  # numpy, zipfile and json raise several types for damaged blobs
+            raise CheckpointError(f"feed state snapshot is corrupt: {exc}") from exc
+        return state

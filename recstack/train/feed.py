@@ -1,0 +1,313 @@
+"""Train the served feed bundle from the event log: two-tower retrieval, the multi-task heavy ranker,
+the distilled light ranker and per-task calibration, evaluated on a temporal holdout.
+
+Data: the log's events in [start, end). Positives for retrieval are click, like, share and comment;
+ranking rows are the impressions labelled with what they caused (``join_engagements``). Both are
+split by time: the first 80% of impressions train, the next 10% select epochs and fit calibration,
+the last 10% are the holdout the promotion gate reads (``auc_<task>``, ``logloss_<task>``).
+
+Features (serving/features.py): an impression served by recstack carries the dense values serving
+used (logged with it), which training reads as they are; history without them gets the same
+values computed as of the impression (item age, item click rate from earlier impressions) and the
+retrieval score from the towers just trained.
+
+Incremental (``champion`` given): the towers and both rankers continue from the champion's weights
+in its id spaces and feature vocabularies (users and items it never saw use the unseen row / the
+history path), on the log since the champion's data range ended.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from recstack.config import PositionCorrection, RankerKind, Settings
+from recstack.data.interactions import Interactions
+from recstack.errors import RecstackError
+from recstack.eval.metrics import auc, logloss
+from recstack.events.base import EventLog
+from recstack.events.join import join_engagements
+from recstack.index.retriever import TwoTowerRetriever
+from recstack.index.sources import US
+from recstack.models.calibration import Platt
+from recstack.models.two_tower import TwoTower
+from recstack.serving.bundle import FORMAT
+from recstack.serving.features import DENSE, categorical_columns, ctr_as_of
+from recstack.serving.ranker import OnnxRanker
+from recstack.train.ranking import NeuralRanker
+from recstack.train.recipes import train_two_tower
+
+POSITIVE_KINDS = ("click", "like", "share", "comment")
+TASKS = ("click", "like", "share", "hide")
+LIGHT_FEATURES = ("item_id", "creator_id")
+
+
+@dataclass
+class BundleReport:
+    folder: Path
+    metrics: dict[str, float]
+    data_start: str | None
+    data_end: str
+    rows: dict[str, int] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def catalog_frame(log: EventLog, item_fields: tuple[str, ...]) -> pd.DataFrame:
+    """The latest upsert of every item in the log: item_id, creator_id, created_us and the fields."""
+    table = log.table(kinds=["item"])
+    if table.num_rows == 0:
+        raise RecstackError("the event log holds no items: upsert the catalog first")
+    frame = table.select(["item_id", "creator_id", "created_at", "timestamp", "attributes"]).to_pandas()
+    frame = frame.sort_values("timestamp", kind="stable").drop_duplicates("item_id", keep="last")
+    created = frame["created_at"].fillna(frame["timestamp"])
+    frame["created_us"] = created.astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
+    attributes = frame["attributes"].map(lambda a: json.loads(a) if a else {})
+    for name in item_fields:
+        frame[name] = attributes.map(lambda a, n=name: str(a.get(n, "")))
+    frame["creator_id"] = frame["creator_id"].fillna("_item:" + frame["item_id"])
+    return frame.reset_index(drop=True)[["item_id", "creator_id", "created_us", *item_fields]]
+
+
+def _frame_from_join(joined: pa.Table) -> pd.DataFrame:
+    frame = joined.to_pandas()
+    frame["timestamp_us"] = frame["timestamp"].astype("datetime64[us, UTC]").astype(np.int64)
+    context = frame["context"].map(lambda c: json.loads(c) if c else {})
+    frame["device"] = context.map(lambda c: c.get("device", ""))
+    frame["logged"] = frame["features"].map(lambda f: json.loads(f) if f else {})
+    return frame
+
+
+def _split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    order = np.argsort(frame["timestamp_us"].to_numpy(), kind="stable")
+    n = len(frame)
+    a, b = int(n * 0.8), int(n * 0.9)
+    parts = (order[:a], order[a:b], order[b:])
+    return tuple(frame.iloc[p].reset_index(drop=True) for p in parts)
+
+
+def _holdout_metrics(y: pd.DataFrame, probs: np.ndarray, tasks: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for t, task in enumerate(tasks):
+        labels = y[task].to_numpy(np.float64)
+        if len(np.unique(labels)) < 2:
+            continue
+        out[f"auc_{task}"] = auc(labels, probs[:, t])
+        out[f"logloss_{task}"] = logloss(labels, probs[:, t])
+    return out
+
+
+def feed_settings(settings: Settings) -> Settings:
+    """The feed's heads (click, like, share, hide) on MMoE where ``[ranking]`` keeps its default of a
+    click-only DCN-v2; an explicit ``[ranking]`` choice is kept as it is."""
+    if settings.ranking.tasks != {"click": 1.0}:
+        return settings
+    ranking = settings.ranking.model_copy(
+        update={
+            "model": RankerKind.mmoe,
+            "tasks": {t: 1.0 for t in TASKS},
+            "position": PositionCorrection.none,
+        }
+    )
+    return settings.model_copy(update={"ranking": ranking})
+
+
+def _ranker_settings(settings: Settings, light: bool) -> Settings:
+    if not light:
+        return settings
+    ranking = settings.ranking.model_copy(
+        update={
+            "model": RankerKind.shared_bottom,
+            "tasks": {"heavy_top_k": 1.0},
+            "hidden": [32],
+            "tower_hidden": [16],
+            "embedding_dim": 8,
+        }
+    )
+    return settings.model_copy(update={"ranking": ranking})
+
+
+def train_bundle(
+    settings: Settings,
+    log: EventLog,
+    folder: Path,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    champion: Path | None = None,
+    champion_version: str | None = None,
+    light_top_k: int = 3,
+) -> BundleReport:
+    """Train a bundle into ``folder`` (replaced) from the log's events in [start, end)."""
+    settings = feed_settings(settings)
+    item_fields = tuple(settings.serving.item_fields)
+    catalog = catalog_frame(log, item_fields)
+    events = log.table(start=start, end=end)
+    joined = _frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
+    if len(joined) < 100:
+        raise RecstackError(
+            f"{len(joined)} impressions in the selected range: at least 100 are needed to train a ranker"
+        )
+    data_end = end or joined["timestamp"].max().to_pydatetime() + pd.Timedelta(microseconds=1)
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+    # ---------------------------------------------------------------- retrieval
+    positives = (
+        events.filter(pc.is_in(events["kind"], pa.array(POSITIVE_KINDS)))
+        .select(["user_id", "item_id", "timestamp"])
+        .to_pandas()
+    )
+    if champion is not None:
+        ids = json.loads((champion / "retriever" / "ids.json").read_text())
+        user_ids, item_ids = list(ids["users"]), list(ids["items"])
+    else:
+        item_ids = catalog["item_id"].tolist()
+        user_ids = sorted(set(joined["user_id"]) | set(positives["user_id"]))
+    user_index = {u: n for n, u in enumerate(user_ids)}
+    item_index = {i: n for n, i in enumerate(item_ids)}
+    positives = positives[positives["user_id"].isin(user_index) & positives["item_id"].isin(item_index)]
+    positives = positives.sort_values("timestamp", kind="stable").drop_duplicates(["user_id", "item_id"])
+    if len(positives) < 20:
+        raise RecstackError(f"{len(positives)} positive engagements: too few to train retrieval")
+    cut = int(len(positives) * 0.9)
+    encoded = pd.DataFrame(
+        {"user_id": positives["user_id"].map(user_index), "item_id": positives["item_id"].map(item_index)}
+    )
+    parts = [
+        Interactions.from_indices(p, len(user_ids), len(item_ids))
+        for p in (encoded.iloc[:cut], encoded.iloc[cut:])
+    ]
+    warm = None
+    if champion is not None:
+        warm = torch.load(champion / "retriever" / "model.pt", map_location="cpu", weights_only=True)
+    tower = train_two_tower(
+        parts[0],
+        parts[1],
+        parts[1],
+        settings,
+        run_name="feed_two_tower",
+        mask_validation=False,
+        warm_start=warm,
+    )
+    model: TwoTower = tower.model  # type: ignore[assignment]
+    retriever = TwoTowerRetriever.build(
+        model, user_ids, item_ids, settings.retrieval.index, settings.two_tower.history
+    )
+    retriever.save(folder / "retriever")
+    with torch.no_grad():
+        vectors = tower.model.eval().all_item_vectors().numpy().astype(np.float32)  # type: ignore[operator]
+    np.save(folder / "item_vectors.npy", vectors)
+
+    # ---------------------------------------------------------------- ranking rows and features
+    joined = joined.merge(catalog, on="item_id", how="left")
+    joined["creator_id"] = joined["creator_id"].fillna("_item:" + joined["item_id"])
+    for name in item_fields:
+        joined[name] = joined[name].fillna("")
+    computed = {
+        "age_h": (joined["timestamp_us"] - joined["created_us"].fillna(joined["timestamp_us"])) / (3600 * US),
+        "item_ctr": ctr_as_of(joined),
+        "retrieval_score": _tower_scores(retriever, vectors, joined, tower.histories),
+    }
+    for name in DENSE:
+        logged = joined["logged"].map(lambda f, n=name: f.get(n, np.nan)).to_numpy(np.float64)
+        joined[name] = np.where(np.isnan(logged), np.asarray(computed[name], dtype=np.float64), logged)
+    train, valid, holdout = _split_by_time(joined)
+    categorical = categorical_columns(item_fields)
+
+    heavy = NeuralRanker(settings, categorical, DENSE, run_name="feed_heavy_ranker")
+    heavy.fit(train, valid, warm_start=champion / "heavy" if champion is not None else None)
+    heavy.export(folder / "heavy")
+    tasks = heavy.tasks
+    p_valid, p_hold = heavy.predict_proba(valid), heavy.predict_proba(holdout)
+    calibration: dict[str, list[float]] = {}
+    for t, task in enumerate(tasks):
+        if len(np.unique(valid[task])) == 2:
+            platt = Platt().fit(p_valid[:, t], valid[task].to_numpy())
+            calibration[task] = [platt.a, platt.b]
+    (folder / "calibration.json").write_text(json.dumps(calibration))
+    metrics = _holdout_metrics(holdout, p_hold, tasks)
+    if champion is not None:  # the champion on this same holdout, for the promotion gate
+        baseline = OnnxRanker(champion / "heavy")
+        for key, value in _holdout_metrics(holdout, baseline.score(holdout), baseline.tasks).items():
+            metrics[f"baseline_{key}"] = value
+        if champion_version is not None:
+            metrics["baseline_of"] = float(champion_version)
+
+    # ---------------------------------------------------------------- light ranker (distilled)
+    light = NeuralRanker(
+        _ranker_settings(settings, light=True),
+        [c for c in categorical if c in LIGHT_FEATURES],
+        DENSE,
+        run_name="feed_light_ranker",
+    )
+    top = _top_k_of_requests(train, heavy.predict_proba(train)[:, 0], light_top_k)
+    top_valid = _top_k_of_requests(valid, p_valid[:, 0], light_top_k)
+    if top.nunique() == 2 and top_valid.nunique() == 2:
+        light.fit(
+            train.assign(heavy_top_k=top),
+            valid.assign(heavy_top_k=top_valid),
+            warm_start=champion / "light" if champion is not None and (champion / "light").exists() else None,
+        )
+        light.export(folder / "light")
+        p_light = light.predict_proba(holdout)[:, 0]
+        top_hold = _top_k_of_requests(holdout, p_hold[:, 0], light_top_k)
+        if top_hold.nunique() == 2:
+            metrics["light_auc_heavy_top_k"] = auc(top_hold.to_numpy(np.float64), p_light)
+
+    rows = {"train": len(train), "valid": len(valid), "holdout": len(holdout), "positives": len(positives)}
+    start_iso = start.isoformat() if start else joined["timestamp"].min().isoformat()
+    lineage = {
+        "data_start": start_iso,
+        "data_end": data_end.astimezone(UTC).isoformat(),
+        "rows": rows,
+        "features": {"categorical": categorical, "dense": list(DENSE)},
+        "warm_start": str(champion) if champion is not None else None,
+    }
+    meta = {
+        "format": FORMAT,
+        "tasks": tasks,
+        "item_fields": list(item_fields),
+        "metrics": metrics,
+        "retrieval": {**tower.test_metrics},
+        **lineage,
+    }
+    (folder / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+    return BundleReport(folder, metrics, start_iso, str(lineage["data_end"]), rows, lineage)
+
+
+def _tower_scores(
+    retriever: TwoTowerRetriever, vectors: np.ndarray, frame: pd.DataFrame, histories: np.ndarray
+) -> np.ndarray:
+    """The two-tower score of each (user, item) row, users with their training history (serving
+    uses the user's recent engagements); unknown pairs score 0."""
+    users = frame["user_id"].to_numpy()
+    items = frame["item_id"].map(retriever.item_index).to_numpy(np.float64)
+    out = np.zeros(len(frame))
+    unique_users = pd.unique(users)
+    known_users = [u for u in unique_users if u in retriever.user_index]
+    if not known_users:
+        return out
+    index = np.array([retriever.user_index[u] for u in known_users], dtype=np.int64)
+    user_vectors = retriever.towers.user(index, histories[index])
+    row_of = {u: n for n, u in enumerate(known_users)}
+    rows = np.array([row_of.get(u, -1) for u in users])
+    ok = (rows >= 0) & ~np.isnan(items)
+    out[ok] = (user_vectors[rows[ok]] * vectors[items[ok].astype(np.int64)]).sum(axis=1)
+    return out
+
+
+def _top_k_of_requests(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.Series:
+    from recstack.tasks.ranking import top_k_labels
+
+    return pd.Series(top_k_labels(frame["request_id"].to_numpy(), scores, k), index=frame.index)
