@@ -69,13 +69,23 @@ def demo(
     data: Annotated[
         Path | None, typer.Option(help="MovieLens-100k folder to use instead of synthetic data.")
     ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Closed-loop rounds of simulated traffic.")] = 3,
+    spine: Annotated[
+        bool, typer.Option(help="Only the spine: events, join, MF training, evaluation (no serving).")
+    ] = False,
 ) -> None:
-    """Run the spine end to end on embedded defaults: events, join, training, evaluation."""
-    from recstack.demo import run_demo
-
+    """The playground: simulated world, history, training, registry, the API in process, simulated
+    users in a closed loop over HTTP, incremental retraining, an HTML report."""
     settings = _settings(config)
     try:
-        run_demo(settings, data, console)
+        if spine:
+            from recstack.demo import run_demo
+
+            run_demo(settings, data, console)
+        else:
+            from recstack.playground import PlaygroundConfig, run_playground
+
+            run_playground(settings, console, data, PlaygroundConfig(rounds=rounds))
     except RecstackError as exc:
         raise _fail(exc) from exc
 
@@ -91,8 +101,35 @@ def train(
             "(movielens-100k); movielens1m_m1 uses its given split."
         ),
     ] = "random",
+    feed: Annotated[
+        bool, typer.Option("--feed", help="Train the served feed bundle from the event log and register it.")
+    ] = False,
+    incremental: Annotated[
+        bool, typer.Option(help="Feed: warm-start from the champion on the log since its data range ended.")
+    ] = False,
+    every: Annotated[
+        float | None, typer.Option(help="Feed: repeat every this many seconds (default: once).")
+    ] = None,
+    promote_after: Annotated[
+        bool, typer.Option("--promote/--no-promote", help="Feed: promote through the gate after training.")
+    ] = True,
 ) -> None:
-    """Train MF with BPR on a data set through the training loop and report test metrics."""
+    """Train MF with BPR on a data set and report test metrics; with --feed (or --incremental),
+    train the feed bundle from the event log, register it and promote it through the gate."""
+    if feed or incremental:
+        import time
+
+        settings = _settings(config)
+        while True:
+            try:
+                _train_feed(settings, incremental, promote_after)
+            except RecstackError as exc:
+                if every is None:
+                    raise _fail(exc) from exc
+                console.print(f"[red]training round failed:[/red] {escape(str(exc))}")
+            if every is None:
+                return
+            time.sleep(every)
     from recstack.data.interactions import Interactions
     from recstack.data.readers import read_bars_ml1m, read_movielens_100k
     from recstack.data.splits import Split, leave_last_out, random_ratio_split, temporal_split
@@ -129,6 +166,117 @@ def train(
     console.print(
         f"best epoch {run.fit.best_epoch} of {run.fit.epochs_run}; checkpoint {run.fit.checkpoint}; "
         f"MLflow run {run.fit.run_id}"
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default [serving] host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default [serving] port).")] = None,
+) -> None:
+    """Run the online API (uvicorn): the registry's champion, hot-reloaded when it changes."""
+    import uvicorn
+
+    from recstack.serving.api import create_app
+    from recstack.serving.service import make_runtime
+
+    settings = _settings(config)
+    runtime = make_runtime(settings)
+    runtime.start()
+    try:
+        uvicorn.run(
+            create_app(runtime),
+            host=host or settings.serving.host,
+            port=port or settings.serving.port,
+            log_level="warning",
+        )
+    finally:
+        runtime.close()
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    consumer: Annotated[str, typer.Option(help="Consumer name within the group.")] = "worker-1",
+) -> None:
+    """Consume the live bus into the serving state (seen-sets, histories, trending, posteriors)."""
+    import signal
+    import threading
+
+    from recstack.serving.service import run_worker
+
+    settings = _settings(config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"worker {consumer} consuming {settings.event_log.backend.value}; Ctrl-C stops it")
+    try:
+        run_worker(settings, stop, consumer)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
+def promote(
+    config: ConfigOpt = None,
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the challenger).")] = None,
+    force: Annotated[bool, typer.Option(help="Promote even if the gate fails.")] = False,
+) -> None:
+    """Make the challenger (or a version) the champion if it passes the promotion gate."""
+    from recstack.registry import Registry
+
+    try:
+        result = Registry(_settings(config)).promote(version, force)
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    console.print(("promoted: " if result.passed or force else "not promoted: ") + escape(result.reason))
+    if not (result.passed or force):
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(config: ConfigOpt = None) -> None:
+    """Make the previous champion the champion again."""
+    from recstack.registry import Registry
+
+    try:
+        version = Registry(_settings(config)).rollback()
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    console.print(f"champion is version {version} again")
+
+
+@app.command()
+def models(config: ConfigOpt = None) -> None:
+    """List registered feed bundles with their aliases, holdout metrics and data range."""
+    from recstack.registry import Registry
+
+    table = Table("version", "aliases", "auc_click", "data_start", "data_end")
+    for row in Registry(_settings(config)).versions():
+        auc_click = row["metrics"].get("auc_click")
+        table.add_row(
+            row["version"],
+            ", ".join(row["aliases"]),
+            f"{auc_click:.4f}" if auc_click is not None else "",
+            str(row["data_start"]),
+            str(row["data_end"]),
+        )
+    console.print(table)
+
+
+def _train_feed(settings: Settings, incremental: bool, promote_after: bool) -> None:
+    from recstack.serving.api import bus_for
+    from recstack.serving.service import train_and_register
+
+    result = train_and_register(settings, bus_for(settings), incremental=incremental, promote=promote_after)
+    table = Table("holdout metric", "value")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    gate = f"; gate: {escape(result.gate.reason)}" if result.gate else ""
+    console.print(
+        f"registered version {result.version} (data {result.data_start} .. {result.data_end}); "
+        f"{'promoted to champion' if result.promoted else 'challenger'}{gate}"
     )
 
 

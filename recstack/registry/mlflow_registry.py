@@ -52,6 +52,9 @@ class Registry:
         self.settings = settings
         self.name = settings.registry.model_name
         self.uri = settings.registry_uri()
+        for scheme in ("postgresql://", "postgres://"):  # SQLAlchemy's default driver is not installed
+            if self.uri.startswith(scheme):
+                self.uri = "postgresql+psycopg2://" + self.uri[len(scheme) :]
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.cache = (settings.paths.state_dir / "served").resolve()
         self._experiment_id: str | None = None

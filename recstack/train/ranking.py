@@ -176,7 +176,10 @@ class NeuralRanker:
                 seen = ~np.isnan(y)
                 out[f"auc_{task_name}"] = auc(y[seen], probs[seen, t])
                 out[f"logloss_{task_name}"] = logloss(y[seen], probs[seen, t])
-            out["auc"] = float(np.mean([out[f"auc_{t}"] for t in self.tasks]))
+            # a rare task may have one class in a small validation set: its AUC is NaN, the mean
+            # runs over the tasks that have one
+            aucs = [out[f"auc_{t}"] for t in self.tasks if not np.isnan(out[f"auc_{t}"])]
+            out["auc"] = float(np.mean(aucs)) if aucs else float("nan")
             return out
 
         trainer = make_trainer(self.settings, self.run_name, self.tracker)

@@ -130,7 +130,10 @@ class HistorySampler:
         drawn = (rng.random((len(users), length)) * count[:, None]).astype(np.int64)  # (B, L)
         position = np.where(count[:, None] <= length, slots, drawn)
         valid = slots < np.minimum(count, length)[:, None]
-        items = self.train.indices[start[:, None] + np.where(valid, position, 0)]
+        flat = start[:, None] + np.where(valid, position, 0)
+        # users without training items point one past the end; their slots are masked below
+        indices = self.train.indices if len(self.train.indices) else np.zeros(1, dtype=np.int32)
+        items = indices[np.minimum(flat, len(indices) - 1)]
         history = np.where(valid & (items != targets[:, None]), items + 1, 0)
         return columns | {"history": history.astype(np.int64)}
 

@@ -1,0 +1,58 @@
+"""A small feed trained once per session from the simulator, shared by the serving tests."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recstack.config import Settings, load_settings
+from recstack.data.simulator import PopularityPolicy, Simulator, World
+from recstack.events.parquet import ParquetEventLog
+
+
+def feed_settings(state_dir: Path) -> Settings:
+    return load_settings(
+        None,
+        {
+            "RECSTACK_PATHS__STATE_DIR": str(state_dir),
+            "RECSTACK_TRACKING__ENABLED": "false",
+            "RECSTACK_TRAIN__PROGRESS": "false",
+            "RECSTACK_TRAIN__EPOCHS": "2",
+            "RECSTACK_TRAIN__BATCH_SIZE": "1024",
+            "RECSTACK_TWO_TOWER__DIM": "16",
+            "RECSTACK_TWO_TOWER__HIDDEN": "[32]",
+            "RECSTACK_TWO_TOWER__HISTORY": "10",
+            "RECSTACK_RETRIEVAL__INDEX": "flat",
+            "RECSTACK_SERVING__RELOAD_S": "0.2",
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def feed_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, Path, Path]:
+    """(world, event log folder, trained bundle folder); treat both folders as read-only."""
+    from recstack.train.feed import train_bundle
+
+    root = tmp_path_factory.mktemp("feed")
+    world = World.generate(n_users=200, n_items=400, n_creators=60, seed=3)
+    sim = Simulator(world, seed=3, requests_per_day=5_000)
+    log = ParquetEventLog(root / "events")
+    log.append_table(sim.catalog_events())
+    for table in sim.run(PopularityPolicy(world.n_items, seed=3), 3_000, 1_000):
+        log.append_table(table)
+    train_bundle(feed_settings(root / "state"), log, root / "bundle")
+    return world, root / "events", root / "bundle"
+
+
+@pytest.fixture
+def feed_log(feed_world: tuple[World, Path, Path], tmp_path: Path) -> Iterator[ParquetEventLog]:
+    """A private copy of the session's event log (tests append to it)."""
+    target = tmp_path / "events"
+    shutil.copytree(feed_world[1], target, ignore=shutil.ignore_patterns("_groups"))
+    (target / "_groups").mkdir(exist_ok=True)
+    log = ParquetEventLog(target)
+    yield log
+    log.close()

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from recstack.data.simulator import World
+from recstack.errors import BackendUnavailableError
+from recstack.events.parquet import ParquetEventLog
+from recstack.features.stores import MemoryStore
+from recstack.serving.api import Runtime, create_app
+from tests.serving.conftest import feed_settings
+
+KEY = {"X-API-Key": "recstack-local"}
+
+
+@pytest.fixture
+def served(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> Iterator[tuple[TestClient, Runtime, dict[str, Path]]]:
+    source = {"version": ("1", feed_world[2])}
+    runtime = Runtime(
+        feed_settings(tmp_path), feed_log, store=MemoryStore(), bundle_source=lambda: source["version"]
+    )
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    runtime.start()
+    with TestClient(create_app(runtime)) as client:
+        yield client, runtime, source  # type: ignore[misc]
+    runtime.close()
+
+
+def test_recommend_returns_items_sources_and_logs_impressions(
+    served: tuple[TestClient, Runtime, dict],
+) -> None:
+    client, runtime, _ = served
+    body = client.get("/v1/recommend", params={"user_id": "u3", "n": 8}, headers=KEY).json()
+    assert len(body["items"]) == 8 and body["model_version"] == "1" and not body["degraded"]
+    assert [i["position"] for i in body["items"]] == list(range(8))
+    assert {i["source"] for i in body["items"]} <= {
+        "two_tower",
+        "item_to_item",
+        "trending",
+        "fresh",
+        "explore",
+    }
+    logged = list(runtime.impressions)
+    assert [e["request_id"] for e in logged] == [body["request_id"]] * 8
+    assert set(logged[0]["features"]) == {"retrieval_score", "age_h", "item_ctr"}
+    posted = client.post("/v1/recommend", json={"user_id": "never-seen", "n": 5}, headers=KEY)
+    assert posted.status_code == 200 and len(posted.json()["items"]) == 5  # cold start: trending/fresh
+
+
+def test_api_key_is_required(served: tuple[TestClient, Runtime, dict]) -> None:
+    client = served[0]
+    assert client.get("/v1/recommend", params={"user_id": "u1"}).status_code == 401
+    assert (
+        client.get("/v1/recommend", params={"user_id": "u1"}, headers={"X-API-Key": "wrong"}).status_code
+        == 401
+    )
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_bad_input_gets_4xx_with_a_message(served: tuple[TestClient, Runtime, dict]) -> None:
+    client = served[0]
+    huge = client.get("/v1/recommend", params={"user_id": "u1", "n": 10**9}, headers=KEY)
+    assert huge.status_code == 422 and "max_n" in huge.json()["detail"]
+    assert client.get("/v1/recommend", params={"n": "ten"}, headers=KEY).status_code == 422
+    bad_json = client.post("/v1/events", content=b"{nope", headers=KEY | {"content-type": "application/json"})
+    assert bad_json.status_code == 422
+    unknown = client.get("/v1/items/no-such-item/similar", headers=KEY)
+    assert unknown.status_code == 404 and "no-such-item" in unknown.json()["detail"]
+    assert client.post("/v1/recommend", json={"user_id": "", "n": 3}, headers=KEY).status_code == 422
+
+
+def test_events_report_each_rejection_with_its_index_and_are_idempotent(
+    served: tuple[TestClient, Runtime, dict],
+) -> None:
+    client, _runtime, _ = served
+    batch = [
+        {
+            "event_id": "ok-1",
+            "kind": "click",
+            "timestamp": "2026-11-23T10:00:00Z",
+            "user_id": "u1",
+            "item_id": "i1",
+        },
+        {"event_id": "bad-1", "kind": "click", "timestamp": "2026-11-23T10:00:00Z", "user_id": "u1"},
+        {"event_id": "ok-2", "kind": "like", "timestamp": 1_790_000_000, "user_id": "u1", "item_id": "i2"},
+    ]
+    first = client.post("/v1/events", json=batch, headers=KEY).json()
+    assert first["accepted"] == 2 and [r["index"] for r in first["rejected"]] == [1]
+    assert "item_id" in first["rejected"][0]["error"]
+    again = client.post("/v1/events", json={"events": batch}, headers=KEY).json()
+    assert again["accepted"] == 0 and again["duplicates"] == 2
+
+
+def test_gorse_aliases(served: tuple[TestClient, Runtime, dict]) -> None:
+    client = served[0]
+    fed = client.post(
+        "/api/feedback", json=[{"FeedbackType": "like", "UserId": "u2", "ItemId": "i5"}], headers=KEY
+    )
+    assert fed.status_code == 200 and fed.json()["RowAffected"] == 1
+    listed = client.get("/api/recommend/u2", params={"n": 4}, headers=KEY)
+    assert (
+        listed.status_code == 200
+        and len(listed.json()) == 4
+        and all(isinstance(i, str) for i in listed.json())
+    )
+
+
+def test_corrupt_model_is_refused_and_the_champion_keeps_serving(
+    served: tuple[TestClient, Runtime, dict], tmp_path: Path
+) -> None:
+    client, runtime, source = served
+    broken = tmp_path / "broken"
+    shutil.copytree(source["version"][1], broken)
+    (broken / "heavy" / "model.onnx").write_bytes(b"garbage")
+    source["version"] = ("2", broken)
+    assert runtime.reload() is False
+    assert runtime.version == "1" and "corrupt" in (runtime.reload_error or "")
+    assert client.get("/v1/recommend", params={"user_id": "u1"}, headers=KEY).json()["model_version"] == "1"
+    source["version"] = ("3", tmp_path.parent)  # not a bundle at all
+    assert runtime.reload() is False and runtime.version == "1"
+
+
+def test_hot_reload_swaps_the_champion_between_requests(
+    served: tuple[TestClient, Runtime, dict], tmp_path: Path
+) -> None:
+    client, runtime, source = served
+    copy = tmp_path / "v2"
+    shutil.copytree(source["version"][1], copy)
+    source["version"] = ("2", copy)
+    deadline = time.monotonic() + 10
+    while runtime.version != "2" and time.monotonic() < deadline:  # the watcher polls every 0.2 s
+        assert client.get("/v1/recommend", params={"user_id": "u1"}, headers=KEY).status_code == 200
+        time.sleep(0.05)
+    assert runtime.version == "2"
+    assert client.get("/v1/recommend", params={"user_id": "u1"}, headers=KEY).json()["model_version"] == "2"
+
+
+def test_dead_bus_answers_from_memory_and_refuses_writes(served: tuple[TestClient, Runtime, dict]) -> None:
+    client, runtime, _ = served
+
+    def down(_: object) -> None:
+        raise BackendUnavailableError("Redis at redis://127.0.0.1:1 is unreachable during append")
+
+    runtime.bus.append = down  # type: ignore[method-assign]
+    write = client.post(
+        "/v1/events",
+        json=[{"event_id": "x", "kind": "click", "timestamp": 1, "user_id": "u", "item_id": "i1"}],
+        headers=KEY,
+    )
+    assert write.status_code == 503 and "nothing in this batch was accepted" in write.json()["detail"]
+    read = client.get("/v1/recommend", params={"user_id": "u1", "n": 5}, headers=KEY).json()
+    assert len(read["items"]) == 5 and read["degraded"] is True
+    kept = len(runtime.impressions)
+    assert runtime.flush_impressions() == 0 and len(runtime.impressions) == kept  # kept for retry
+
+
+def test_no_model_yet_is_a_clear_503(feed_log: ParquetEventLog, tmp_path: Path) -> None:
+    runtime = Runtime(feed_settings(tmp_path), feed_log, store=MemoryStore(), bundle_source=lambda: None)
+    client = TestClient(create_app(runtime))
+    answer = client.get("/v1/recommend", params={"user_id": "u1"}, headers=KEY)
+    assert answer.status_code == 503 and "no model" in answer.json()["detail"]
+    assert client.get("/health/ready").status_code == 503

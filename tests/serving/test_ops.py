@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recstack.data.simulator import World
+from recstack.events.parquet import ParquetEventLog
+from recstack.serving.bundle import ServingBundle
+from recstack.serving.graph import StageFailed, build_pipeline
+from recstack.serving.ops.base import Candidates, RecRequest
+from recstack.serving.ops.filter import FilterOp
+from recstack.serving.ops.rerank import dpp, mmr
+from recstack.serving.state import FeedState
+from tests.serving.conftest import feed_settings
+
+
+def test_mmr_with_lambda_one_is_value_order_and_spacing_holds() -> None:
+    values = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    vectors = np.eye(6)
+    creators = np.array([0, 0, 1, 2, 1, 3])
+    assert mmr(values, vectors, np.arange(6), 6, 1.0, 0) == [0, 1, 2, 3, 4, 5]
+    picked = mmr(values, vectors, creators, 6, 1.0, 3)
+    # creator 0 at slot 0 may return only from slot 3 on; creator 1 likewise
+    positions = {c: [n for n, j in enumerate(picked) if creators[j] == c] for c in set(creators)}
+    for slots in positions.values():
+        assert all(b - a >= 3 for a, b in itertools.pairwise(slots))
+    assert picked[:3] == [0, 2, 3]
+
+
+def test_mmr_and_dpp_prefer_a_dissimilar_item_over_a_near_duplicate() -> None:
+    # items 0 and 1 point the same way, item 2 elsewhere; values 1.0, 0.95, 0.8
+    vectors = np.array([[1.0, 0.0], [0.99, 0.01], [0.0, 1.0]])
+    values = np.array([1.0, 0.95, 0.8])
+    creators = np.arange(3)
+    assert mmr(values, vectors, creators, 2, 0.5, 0) == [0, 2]
+    assert dpp(values, vectors, creators, 2, 0.5, 0) == [0, 2]
+    # with diversity off (lambda = 1) value order wins
+    assert mmr(values, vectors, creators, 2, 1.0, 0) == [0, 1]
+
+
+def test_spacing_ends_the_list_rather_than_break_the_rule() -> None:
+    values = np.array([0.9, 0.8, 0.7])
+    assert mmr(values, np.eye(3), np.array([5, 5, 5]), 3, 1.0, 2) == [0]
+
+
+def _state_from(log: ParquetEventLog) -> FeedState:
+    state = FeedState(item_fields=("topic",))
+    state.apply(log.replay())
+    return state
+
+
+def test_pipeline_serves_distinct_unseen_safe_items_with_stage_timings(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    world, _, bundle_dir = feed_world
+    settings = feed_settings(tmp_path)
+    state = _state_from(feed_log)
+    pipeline = build_pipeline(settings, ServingBundle.load(bundle_dir, ("topic",)), state)
+    user = next(u for u, s in state.users.items() if len(s.seen) > 5)
+    request = RecRequest(
+        user,
+        20,
+        state.trending.as_of_us,
+        history=tuple(state.users[user].history),
+        exclude=frozenset(state.excluded(user)),
+        rng=np.random.default_rng(0),
+    )
+    outcome = pipeline.run(request, state)
+    items = outcome.candidates.items
+    assert len(items) == 20 and len(set(items.tolist())) == 20
+    assert not set(items.tolist()) & state.excluded(user)
+    assert not world.item_unsafe[[int(state.item_ids[i][1:]) for i in items]].any()
+    assert set(outcome.timings_ms) == {
+        "retrieve",
+        "filter",
+        "light_rank",
+        "heavy_rank",
+        "value",
+        "rerank",
+        "explore",
+    }
+    assert outcome.sizes["light_rank"] <= settings.serving.light_keep
+    assert not outcome.degraded
+    creators = state.creator.values[items]
+    gap = settings.serving.creator_gap
+    for a in range(len(items)):
+        assert creators[a] not in creators[a + 1 : a + gap]
+
+
+def test_a_failing_stage_degrades_but_a_failing_filter_fails_the_request(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    state = _state_from(feed_log)
+    pipeline = build_pipeline(feed_settings(tmp_path), ServingBundle.load(feed_world[2], ("topic",)), state)
+
+    pipeline.stages = [_Broken("heavy_rank", False) if s.name == "heavy_rank" else s for s in pipeline.stages]
+    outcome = pipeline.run(RecRequest("u1", 10, state.trending.as_of_us), state)
+    assert outcome.degraded == ["heavy_rank"] and len(outcome.candidates) == 10
+    pipeline.stages = [_Broken("filter", True) if s.name == "filter" else s for s in pipeline.stages]
+    with pytest.raises(StageFailed, match="filter"):
+        pipeline.run(RecRequest("u1", 10, state.trending.as_of_us), state)
+
+
+class _Broken:
+    def __init__(self, name: str, critical: bool) -> None:
+        self.name, self.critical = name, critical
+
+    def __call__(self, *_: object) -> Candidates:
+        raise RuntimeError(f"{self.name} exploded")
+
+
+def test_filter_drops_unsafe_removed_and_excluded_items() -> None:
+    from recstack.schema import parse_event
+
+    state = FeedState()
+    state.apply(
+        parse_event(
+            {"event_id": f"e{i}", "kind": "item", "timestamp": 0, "item_id": f"i{i}", "attributes": attrs}
+        )
+        for i, attrs in enumerate([{}, {"unsafe_score": 0.9}, {"removed": True}, {}, {"unsafe": True}])
+    )
+    out = FilterOp(0.5)(
+        RecRequest("u", 5, 0, exclude=frozenset({3})), Candidates(np.arange(5), np.zeros(5), ["x"] * 5), state
+    )
+    assert out.items.tolist() == [0]
+
+
+def test_thompson_exploration_favours_the_item_with_more_clicks(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    from recstack.schema import parse_event
+    from recstack.serving.ops.explore import ExploreOp
+    from recstack.serving.ops.retrieve import StateFresh
+
+    state = FeedState()
+    now = 1_800_000_000
+    state.apply(
+        parse_event(
+            {"event_id": f"e{i}", "kind": "item", "timestamp": now, "item_id": f"n{i}", "creator_id": f"c{i}"}
+        )
+        for i in range(2)
+    )
+    state.impressions.data[:2] = [100, 100]
+    state.clicks.data[:2] = [30, 5]  # posteriors Beta(31, 71) vs Beta(6, 96): means 0.30 vs 0.06
+    op = ExploreOp(1, StateFresh(state, 3600), FilterOp(0.5), 0)
+    wins = 0
+    for seed in range(200):
+        request = RecRequest("u", 3, (now + 10) * 1_000_000, rng=np.random.default_rng(seed))
+        out = op(request, Candidates(np.zeros(0, dtype=np.int64), np.zeros(0), []), state)
+        assert out.sources == ["explore"]
+        wins += int(out.items[0] == 0)
+    # P(theta_0 > theta_1) for these posteriors is above 0.999
+    assert wins >= 195
