@@ -65,6 +65,15 @@ class TabularEncoder:
         self.mean: dict[str, float] = {}
         self.std: dict[str, float] = {}
         self.last_report = EncodeReport()
+        self._indexes: dict[str, pd.Index] = {}
+
+    def _lookup(self, name: str) -> pd.Index:
+        """The vocabulary of ``name`` as a hashed index, built once (serving encodes small batches
+        often; rebuilding the hash table per call would cost O(vocabulary) each time)."""
+        cached = self._indexes.get(name)
+        if cached is None or len(cached) != len(self.vocab[name]):
+            cached = self._indexes[name] = pd.Index(self.vocab[name], dtype=object)
+        return cached
 
     @property
     def fitted(self) -> bool:
@@ -84,6 +93,7 @@ class TabularEncoder:
         for name in self.categorical:
             values = frame[name]
             self.vocab[name] = sorted(values[values.notna()].astype(str).unique().tolist())
+            self._indexes.pop(name, None)
         for name in self.dense:
             values = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64)
             finite = values[np.isfinite(values)]
@@ -101,7 +111,7 @@ class TabularEncoder:
         for j, name in enumerate(self.categorical):
             values = frame[name]
             text = values.astype(str).where(values.notna(), None)
-            codes = pd.Categorical(text, categories=self.vocab[name]).codes.astype(np.int64) + 1  # -1 -> 0
+            codes = self._lookup(name).get_indexer(text).astype(np.int64) + 1  # -1 (unseen, missing) -> 0
             sparse[:, j] = codes
             report.unseen[name] = int((codes == 0).sum())
         dense = np.zeros((len(frame), len(self.dense)), dtype=np.float32)

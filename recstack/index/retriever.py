@@ -108,6 +108,7 @@ class TwoTowerRetriever:
         item_ids: Sequence[str],
         history_length: int = 50,
         towers: TorchTowers | OnnxTowers | None = None,
+        id_items: int | None = None,
     ) -> None:
         if towers is None:
             if model is None:
@@ -120,6 +121,9 @@ class TwoTowerRetriever:
         self.item_ids = list(item_ids)
         self.item_index = {i: n for n, i in enumerate(self.item_ids)}
         self.history_length = history_length
+        # items with an id embedding in the user tower's history path; items added later (by text,
+        # or in a larger served catalog) are searchable but skipped in histories
+        self.id_items = len(self.item_ids) if id_items is None else id_items
 
     @classmethod
     def build(
@@ -138,16 +142,21 @@ class TwoTowerRetriever:
     def user_vector(self, user_id: str | None, history: Sequence[str]) -> np.ndarray:
         """(D,) from the user's id (if known) and up to history_length recent known items."""
         user = self.user_index.get(user_id, -1) if user_id is not None else -1
-        items = [self.item_index[i] + 1 for i in history if i in self.item_index][: self.history_length]
+        known = (self.item_index.get(i, self.id_items) for i in history)
+        items = [n + 1 for n in known if n < self.id_items][: self.history_length]
         padded = np.zeros((1, self.history_length), dtype=np.int64)
         padded[0, : len(items)] = items
         out: np.ndarray = self.towers.user(np.array([user], dtype=np.int64), padded)[0]
         return out
 
+    def knows(self, user_id: str | None, history: Sequence[str]) -> bool:
+        """Whether the user tower has anything to go on: a known user or a history item it embeds."""
+        if user_id is not None and user_id in self.user_index:
+            return True
+        return any(self.item_index.get(i, self.id_items) < self.id_items for i in history)
+
     def retrieve(self, user_id: str | None, history: Sequence[str], k: int) -> list[tuple[str, float]]:
-        if (user_id is None or user_id not in self.user_index) and not any(
-            i in self.item_index for i in history
-        ):
+        if not self.knows(user_id, history):
             return []  # nothing known about this request: trending and fresh sources take over
         scores, ids = self.index.search(self.user_vector(user_id, history)[None, :], k)
         return [(self.item_ids[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
@@ -188,7 +197,14 @@ class TwoTowerRetriever:
         self.towers.export(folder, self.history_length)
         users = sorted(self.user_index, key=self.user_index.__getitem__)
         (folder / "ids.json").write_text(
-            json.dumps({"users": users, "items": self.item_ids, "history_length": self.history_length})
+            json.dumps(
+                {
+                    "users": users,
+                    "items": self.item_ids,
+                    "history_length": self.history_length,
+                    "id_items": self.id_items,
+                }
+            )
         )
 
     @classmethod
@@ -209,4 +225,6 @@ class TwoTowerRetriever:
                 f"retriever in {folder} is missing, corrupt or does not fit the model: {exc}"
             ) from exc
         index = ItemIndex.load(folder / "index")
-        return cls(model, index, ids["users"], ids["items"], ids["history_length"], towers)
+        return cls(
+            model, index, ids["users"], ids["items"], ids["history_length"], towers, ids.get("id_items")
+        )

@@ -142,6 +142,51 @@ class FeedState:
             for name in self.item_fields:
                 self.fields[name][index] = str(event.attributes.get(name, ""))
 
+    def load_items(
+        self,
+        item_ids: Sequence[str],
+        creators: Sequence[str],
+        created_us: np.ndarray,
+        fields: dict[str, Sequence[str]] | None = None,
+        unsafe: np.ndarray | None = None,
+    ) -> int:
+        """Bulk-add new items column-wise (a catalog import; ids already known are skipped).
+        Returns how many were added."""
+        with self.lock:
+            new = [n for n, i in enumerate(item_ids) if i not in self.item_index]
+            if not new:
+                return 0
+            start = len(self.item_ids)
+            added = [item_ids[n] for n in new]
+            self.item_ids.extend(added)
+            self.item_index.update((item, start + k) for k, item in enumerate(added))
+            codes = np.empty(len(new), dtype=np.int32)
+            for k, n in enumerate(new):
+                code = self.creator_code.get(creators[n])
+                if code is None:
+                    code = self.creator_code[creators[n]] = len(self.creators)
+                    self.creators.append(creators[n])
+                codes[k] = code
+            picked = np.asarray(new)
+            columns = {
+                "creator": codes,
+                "created_us": np.asarray(created_us, dtype=np.int64)[picked],
+                "unsafe": (np.zeros(len(new)) if unsafe is None else np.asarray(unsafe)[picked]).astype(
+                    np.float32
+                ),
+                "removed": np.zeros(len(new), dtype=np.bool_),
+                "impressions": np.zeros(len(new)),
+                "clicks": np.zeros(len(new)),
+            }
+            for name, values in columns.items():
+                column: _Column = getattr(self, name)
+                setattr(self, name, _Column.of(np.concatenate([column.values, values]), column.fill))
+            for name in self.item_fields:
+                given = (fields or {}).get(name)
+                self.fields[name].extend(str(given[n]) if given is not None else "" for n in new)
+            self.version += 1
+        return len(new)
+
     def _user(self, user_id: str) -> UserState:
         state = self.users.get(user_id)
         if state is None:

@@ -7,10 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from recstack.config import Settings, load_settings
 from recstack.data.simulator import PopularityPolicy, Simulator, World
 from recstack.events.parquet import ParquetEventLog
+from recstack.features.stores import MemoryStore
+from recstack.serving.api import Runtime, create_app
 
 
 def feed_settings(state_dir: Path) -> Settings:
@@ -45,6 +48,25 @@ def feed_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, Path, P
         log.append_table(table)
     train_bundle(feed_settings(root / "state"), log, root / "bundle")
     return world, root / "events", root / "bundle"
+
+
+KEY = {"X-API-Key": "recstack-local"}
+
+
+@pytest.fixture
+def served(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> Iterator[tuple[TestClient, Runtime, dict[str, Path]]]:
+    source = {"version": ("1", feed_world[2])}
+    runtime = Runtime(
+        feed_settings(tmp_path), feed_log, store=MemoryStore(), bundle_source=lambda: source["version"]
+    )
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    runtime.start()
+    with TestClient(create_app(runtime)) as client:
+        yield client, runtime, source  # type: ignore[misc]
+    runtime.close()
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
-from recstack.data.simulator import World
 from recstack.errors import BackendUnavailableError
 from recstack.events.parquet import ParquetEventLog
 from recstack.features.stores import MemoryStore
@@ -16,22 +13,6 @@ from recstack.serving.api import Runtime, create_app
 from tests.serving.conftest import feed_settings
 
 KEY = {"X-API-Key": "recstack-local"}
-
-
-@pytest.fixture
-def served(
-    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
-) -> Iterator[tuple[TestClient, Runtime, dict[str, Path]]]:
-    source = {"version": ("1", feed_world[2])}
-    runtime = Runtime(
-        feed_settings(tmp_path), feed_log, store=MemoryStore(), bundle_source=lambda: source["version"]
-    )
-    assert runtime.worker is not None
-    runtime.worker.drain()
-    runtime.start()
-    with TestClient(create_app(runtime)) as client:
-        yield client, runtime, source  # type: ignore[misc]
-    runtime.close()
 
 
 def test_recommend_returns_items_sources_and_logs_impressions(

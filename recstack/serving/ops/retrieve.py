@@ -36,9 +36,8 @@ class BundleTwoTower:
 
     def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
         r = self.retriever
-        known_user = request.user_id is not None and request.user_id in r.user_index
         history = [self.state.item_ids[i] for i in request.history]
-        if not known_user and not any(i in r.item_index for i in history):
+        if not r.knows(request.user_id, history):
             return []
         scores, ids = r.index.search(r.user_vector(request.user_id, history)[None, :], k)
         out = []

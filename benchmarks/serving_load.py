@@ -1,0 +1,274 @@
+"""Load test of the feed API with the full funnel at catalog scale.
+
+Set-up: a feed bundle is trained on a simulator world (2,000 users, 2,000 items), then scaled to
+``--items`` by adding synthetic items (vectors drawn around the trained item vectors, 100,000
+creators, 20 topics, creation times spread over 30 days so a tenth is fresh); the catalog index is
+IVF. The API runs in its own process (uvicorn, one worker, the worker thread in process) with that
+catalog in its state. A bounded open-loop generator on loopback sends ``GET /v1/recommend`` at
+``--rps`` for ``--duration`` seconds (at most ``--concurrency`` in flight; 10% of requests from users
+the model never saw), then reads latency percentiles on the client, the per-stage means and the
+server's resident memory (/proc).
+
+Ends with ``RESULT items=<n> rps=<n> p50_ms=<x> p99_ms=<x> rss_mb=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _results import bench_settings, record  # noqa: E402
+
+US = 1_000_000
+KEY = "recstack-local"
+
+
+def settings_for(folder: Path) -> object:
+    settings = bench_settings(
+        {
+            "RECSTACK_TRAIN__EPOCHS": "3",
+            "RECSTACK_TRAIN__BATCH_SIZE": "2048",
+            "RECSTACK_TWO_TOWER__DIM": "32",
+            "RECSTACK_TWO_TOWER__HIDDEN": "[64]",
+            "RECSTACK_TWO_TOWER__HISTORY": "20",
+            "RECSTACK_RETRIEVAL__INDEX": "ivf",
+            "RECSTACK_SERVING__STATE_SYNC_S": "10",
+            "RECSTACK_SERVING__RELOAD_S": "3600",
+        }
+    )
+    return settings.model_copy(  # type: ignore[attr-defined]
+        update={"paths": settings.paths.model_copy(update={"state_dir": folder / "state"})}  # type: ignore[attr-defined]
+    )
+
+
+def build(folder: Path, n_items: int) -> None:
+    """Train a small bundle, scale it to n_items, and snapshot the serving state."""
+    from recstack.config import IndexKind
+    from recstack.data.simulator import PopularityPolicy, Simulator, World
+    from recstack.events.parquet import ParquetEventLog
+    from recstack.features.stores import SQLiteStore
+    from recstack.index.faiss_index import IndexParams, ItemIndex
+    from recstack.serving.service import new_state
+    from recstack.serving.worker import FeedWorker
+    from recstack.train.feed import train_bundle
+
+    settings = settings_for(folder)
+    world = World.generate(n_users=2_000, n_items=2_000, seed=11)
+    sim = Simulator(world, seed=11, requests_per_day=20_000)
+    log = ParquetEventLog(folder / "events")
+    log.append_table(sim.catalog_events())
+    for table in sim.run(PopularityPolicy(world.n_items, seed=11), 20_000, 5_000):
+        log.append_table(table)
+    small = folder / "small"
+    started = time.perf_counter()
+    train_bundle(settings, log, small)  # type: ignore[arg-type]
+    print(f"trained the small bundle in {time.perf_counter() - started:.0f} s")
+
+    big = folder / "bundle"
+    shutil.copytree(small, big)
+    ids = json.loads((small / "retriever" / "ids.json").read_text())
+    trained = np.load(small / "item_vectors.npy")
+    rng = np.random.default_rng(0)
+    extra = n_items - len(trained)
+    noise = rng.normal(scale=0.3 * trained.std(), size=(extra, trained.shape[1])).astype(np.float32)
+    vectors = np.concatenate([trained, trained[rng.integers(len(trained), size=extra)] + noise])
+    started = time.perf_counter()
+    index = ItemIndex(vectors.shape[1], IndexKind.ivf, IndexParams(nprobe=16))
+    index.build(vectors, check_queries=200)
+    print(
+        f"IVF over {n_items:,} items in {time.perf_counter() - started:.0f} s, "
+        f"recall@100 {index.build_recall:.3f}"
+    )
+    shutil.rmtree(big / "retriever" / "index")
+    index.save(big / "retriever" / "index")
+    synthetic = [f"x{n}" for n in range(extra)]
+    ids["id_items"] = len(ids["items"])
+    ids["items"] = ids["items"] + synthetic
+    (big / "retriever" / "ids.json").write_text(json.dumps(ids))
+    np.save(big / "item_vectors.npy", vectors)
+
+    state = new_state(settings)  # type: ignore[arg-type]
+    store = SQLiteStore(folder / "state" / "feed_state.sqlite")
+    worker = FeedWorker(log, state, store)
+    worker.drain()
+    now_us = int(time.time() * US)
+    state.load_items(
+        synthetic,
+        [f"k{n % 100_000}" for n in range(extra)],
+        now_us - rng.integers(0, 30 * 86_400 * US, size=extra),
+        {"topic": [f"t{n % 20}" for n in range(extra)]},
+    )
+    worker.checkpoint()
+    print(f"serving state: {state.n_items:,} items, {len(state.users):,} users")
+
+
+def serve(folder: Path, port: int) -> None:
+    import uvicorn
+
+    from recstack.events.parquet import ParquetEventLog
+    from recstack.features.stores import SQLiteStore
+    from recstack.serving.api import Runtime, create_app
+
+    settings = settings_for(folder)
+    runtime = Runtime(
+        settings,  # type: ignore[arg-type]
+        ParquetEventLog(folder / "served-events"),
+        store=SQLiteStore(folder / "state" / "feed_state.sqlite"),
+        bundle_source=lambda: ("1", folder / "bundle"),
+    )
+    runtime.start()
+    uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def rss(pid: int) -> tuple[float, float]:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def stage_means(metrics: str) -> dict[str, tuple[float, float]]:
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in metrics.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            if line.startswith(f"recstack_stage_seconds{suffix}"):
+                stage = line.split('stage="')[1].split('"')[0]
+                into[stage] = float(line.split()[-1])
+    return {s: (sums[s], counts.get(s, 0.0)) for s in sums}
+
+
+async def drive(
+    port: int, rps: float, duration: float, concurrency: int, users: int
+) -> tuple[list[float], int]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    gate = asyncio.Semaphore(concurrency)
+    rng = np.random.default_rng(1)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, limits=limits, timeout=10
+    ) as client:
+
+        async def one(user: str) -> None:
+            nonlocal errors
+            async with gate:
+                started = time.perf_counter()
+                response = await client.get("/v1/recommend", params={"user_id": user, "n": 20})
+                latencies.append((time.perf_counter() - started) * 1e3)
+                errors += response.status_code != 200
+
+        tasks = []
+        total = int(rps * duration)
+        t0 = time.perf_counter()
+        for i in range(total):
+            delay = t0 + i / rps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            u = int(rng.integers(users))
+            user = f"u{u}" if rng.random() > 0.1 else f"new{u}"
+            tasks.append(asyncio.create_task(one(user)))
+        await asyncio.gather(*tasks)
+        achieved = total / (time.perf_counter() - t0)
+    print(f"sent {total} requests, achieved {achieved:.0f} requests/s")
+    return latencies, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="100k items, 8 s of load")
+    parser.add_argument("--items", type=int, default=None)
+    parser.add_argument("--rps", type=float, default=200.0)
+    parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--serve", nargs=2, metavar=("FOLDER", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, default=HERE.parent / ".bench" / "serving_load")
+    args = parser.parse_args()
+    if args.serve:
+        serve(Path(args.serve[0]), int(args.serve[1]))
+        return
+    items = args.items or (100_000 if args.quick else 1_000_000)
+    duration = args.duration or (8.0 if args.quick else 30.0)
+    folder = args.folder / str(items)
+    if not (folder / "bundle" / "bundle.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        build(folder, items)
+    shutil.rmtree(folder / "served-events", ignore_errors=True)
+
+    import httpx
+
+    port = 18_000 + os.getpid() % 1000
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(folder), str(port)],
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the API did not become ready")
+            time.sleep(0.5)
+        startup_rss = rss(server.pid)[0]
+        asyncio.run(drive(port, 50, 4, 8, 2_000))  # warm-up
+        before = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+        latencies, errors = asyncio.run(drive(port, args.rps, duration, args.concurrency, 2_000))
+        after = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+        rss_now, rss_peak = rss(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lat = np.asarray(latencies)
+    p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
+    print(
+        f"\n/v1/recommend at {args.rps:.0f} requests/s, {items:,} items: p50 {p50:.1f} ms, "
+        f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, errors {errors}; API RSS {rss_now:.0f} MB "
+        f"(peak {rss_peak:.0f} MB, after start-up {startup_rss:.0f} MB)"
+    )
+    print("per stage, mean ms per request:")
+    stages = {}
+    for stage, (total, count) in after.items():
+        b_total, b_count = before.get(stage, (0.0, 0.0))
+        stages[stage] = 1e3 * (total - b_total) / max(count - b_count, 1)
+        print(f"  {stage:11s} {stages[stage]:6.2f}")
+    quick = " --quick" if args.quick else ""
+    record(
+        f"serving_load{quick}",
+        {
+            "items": items,
+            "rps": round(args.rps),
+            "p50_ms": round(p50, 1),
+            "p95_ms": round(p95, 1),
+            "p99_ms": round(p99, 1),
+            "errors": errors,
+            "rss_mb": round(rss_now),
+            "rss_peak_mb": round(rss_peak),
+        }
+        | {f"{s}_ms": round(v, 2) for s, v in stages.items()},
+        f"{duration:.0f} s open loop on loopback, n=20, 10% unknown users, IVF nprobe 16; "
+        "server and load generator share the 2 cores",
+    )
+
+
+if __name__ == "__main__":
+    main()
