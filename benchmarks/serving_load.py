@@ -140,6 +140,12 @@ def rss(pid: int) -> tuple[float, float]:
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stage_means(metrics: str) -> dict[str, tuple[float, float]]:
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
@@ -232,7 +238,9 @@ def main() -> None:
         startup_rss = rss(server.pid)[0]
         asyncio.run(drive(port, 50, 4, 8, 2_000))  # warm-up
         before = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+        server_cpu, client_cpu = cpu_s(server.pid), time.process_time()
         latencies, errors = asyncio.run(drive(port, args.rps, duration, args.concurrency, 2_000))
+        server_cpu, client_cpu = cpu_s(server.pid) - server_cpu, time.process_time() - client_cpu
         after = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         rss_now, rss_peak = rss(server.pid)
     finally:
@@ -245,6 +253,8 @@ def main() -> None:
         f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, errors {errors}; API RSS {rss_now:.0f} MB "
         f"(peak {rss_peak:.0f} MB, after start-up {startup_rss:.0f} MB)"
     )
+    sent = len(latencies)
+    print(f"CPU per request: API {1e3 * server_cpu / sent:.2f} ms, load generator {1e3 * client_cpu / sent:.2f} ms")
     print("per stage, mean ms per request:")
     stages = {}
     for stage, (total, count) in after.items():
@@ -263,6 +273,7 @@ def main() -> None:
             "errors": errors,
             "rss_mb": round(rss_now),
             "rss_peak_mb": round(rss_peak),
+            "api_cpu_ms_per_request": round(1e3 * server_cpu / len(latencies), 2),
         }
         | {f"{s}_ms": round(v, 2) for s, v in stages.items()},
         f"{duration:.0f} s open loop on loopback, n=20, 10% unknown users, IVF nprobe 16; "

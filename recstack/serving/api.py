@@ -21,6 +21,7 @@ threads (impression flusher, in-process worker, champion watcher, state sync).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import pyarrow as pa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -49,11 +51,12 @@ from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
 from recstack.features.stores import KVStore, SQLiteStore
 from recstack.index.sources import US
+from recstack.schema import EVENT_SCHEMA
 from recstack.serving.bundle import ServingBundle
 from recstack.serving.features import DENSE
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
-from recstack.serving.ops.base import Candidates, RecRequest
-from recstack.serving.ops.rank import features
+from recstack.serving.ops.base import RecRequest
+from recstack.serving.ops.rank import dense_features
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker, load_state, state_version
 
@@ -177,7 +180,8 @@ class Runtime:
         if not batch:
             return 0
         try:
-            self.bus.append(batch)
+            # rows in the log's schema, written as one table (validated column-wise by the log)
+            self.bus.append_table(pa.Table.from_pylist(batch, schema=EVENT_SCHEMA))
             self.bus_ok = True
         except BackendUnavailableError as exc:
             self.bus_ok = False
@@ -376,7 +380,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             ]
         )
 
-    def recommend(body: RecommendBody) -> RecommendResponse:
+    def recommend(body: RecommendBody) -> dict[str, Any]:
         started = time.perf_counter()
         n = body.n or cfg.default_n
         if n > cfg.max_n:
@@ -413,9 +417,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         for stage in outcome.degraded:
             runtime.metrics.degraded.labels(stage).inc()
         explore = served.explore if served.explore is not None else np.zeros(len(served), dtype=bool)
-        stamp = datetime.fromtimestamp(now_us / US, UTC).isoformat()
+        stamp = datetime.fromtimestamp(now_us / US, UTC)
         version = pipeline.bundle.version
         if body.user_id is not None:
+            versions, context = json.dumps({"feed": version}), json.dumps(body.context)
             impressions = [
                 {
                     "event_id": f"{request_id}:{pos}",
@@ -426,43 +431,43 @@ def create_app(runtime: Runtime) -> FastAPI:
                     "item_id": item,
                     "position": pos,
                     "surface": body.surface,
-                    "model_versions": {"feed": version},
-                    "context": body.context,
-                    "features": logged[pos],
+                    "model_versions": versions,
+                    "context": context,
+                    "features": json.dumps(logged[pos]),
                 }
                 for pos, item in enumerate(item_ids)
             ]
             with runtime.impression_lock:
                 runtime.impressions.extend(impressions)
-        response = RecommendResponse(
-            request_id=request_id,
-            user_id=body.user_id,
-            items=[
-                RecommendedItem(
-                    item_id=item, score=float(score), source=source, position=pos, explore=bool(e)
-                )
+        response = {  # the RecommendResponse shape, built without model validation (hot path)
+            "request_id": request_id,
+            "user_id": body.user_id,
+            "items": [
+                {"item_id": item, "score": score, "source": source, "position": pos, "explore": e}
                 for pos, (item, score, source, e) in enumerate(
                     zip(item_ids, served.scores.tolist(), served.sources, explore.tolist(), strict=True)
                 )
             ],
-            model_version=version,
-            degraded=bool(outcome.degraded) or not runtime.bus_ok,
-            degraded_stages=outcome.degraded,
-        )
+            "model_version": version,
+            "degraded": bool(outcome.degraded) or not runtime.bus_ok,
+            "degraded_stages": outcome.degraded,
+        }
         runtime.metrics.latency.labels("/v1/recommend").observe(time.perf_counter() - started)
         return response
 
+    # async: the funnel runs on the event loop (a few ms of CPU, serialized by the state lock
+    # anyway), sparing the thread-pool hop per request
     @secured.get("/v1/recommend", response_model=RecommendResponse)
-    def get_recommend(
+    async def get_recommend(
         user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         n: Annotated[int | None, Query(ge=1)] = None,
         surface: Annotated[str, Query(min_length=1, max_length=64)] = "feed",
-    ) -> RecommendResponse:
-        return recommend(RecommendBody(user_id=user_id, n=n, surface=surface))
+    ) -> JSONResponse:
+        return JSONResponse(recommend(RecommendBody(user_id=user_id, n=n, surface=surface)))
 
     @secured.post("/v1/recommend", response_model=RecommendResponse)
-    def post_recommend(body: RecommendBody) -> RecommendResponse:
-        return recommend(body)
+    async def post_recommend(body: RecommendBody) -> JSONResponse:
+        return JSONResponse(recommend(body))
 
     @secured.get("/v1/items/{item_id}/similar")
     def similar(item_id: str, n: Annotated[int, Query(ge=1)] = 10) -> dict[str, Any]:
@@ -525,7 +530,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @secured.get("/api/recommend/{user_id}")
     def gorse_recommend(user_id: str, n: Annotated[int, Query(ge=1)] = 10) -> list[str]:
-        return [item.item_id for item in recommend(RecommendBody(user_id=user_id, n=n)).items]
+        return [item["item_id"] for item in recommend(RecommendBody(user_id=user_id, n=n))["items"]]
 
     app.include_router(secured)
     return app
@@ -534,18 +539,12 @@ def create_app(runtime: Runtime) -> FastAPI:
 def _feature_rows(
     request: RecRequest, items: np.ndarray, pipeline: Pipeline, state: FeedState
 ) -> list[dict[str, float]]:
-    """The dense feature values the ranker used for each served item (computed for items that
-    skipped ranking, such as exploration picks)."""
+    """The dense feature values the ranker used for each served item (computed the same way for
+    items that skipped ranking, such as exploration picks)."""
     if not len(items):
         return []
-    frame = features(
-        request,
-        Candidates(items, np.zeros(len(items)), [""] * len(items)),
-        pipeline.bundle,
-        state,
-        pipeline.alignment.catalog_of,
-    )
-    values = frame[list(DENSE)].to_numpy(np.float64)
+    dense = dense_features(request, items, pipeline.bundle, state)
+    values = np.column_stack([dense[name] for name in DENSE])
     return [{name: round(float(v), 6) for name, v in zip(DENSE, row, strict=True)} for row in values]
 
 

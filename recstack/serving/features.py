@@ -11,6 +11,7 @@ snapshot, :func:`training_frame` computes the same values as of each impression'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,3 +72,81 @@ def ctr_as_of(frame: pd.DataFrame) -> np.ndarray:
     out = np.empty(len(frame))
     out[order] = smoothed_ctr(clicks_before, shown_before)
     return out
+
+
+ITEM_LEVEL = ("item_id", "creator_id")  # plus the catalog's item fields
+REQUEST_LEVEL = ("user_id", "surface", "device")
+
+
+class ColumnarEncoder:
+    """A ranker's TabularEncoder applied column-wise to catalog arrays, without building a frame.
+
+    Item-level categorical codes (item, creator, item fields) are computed once for the whole
+    catalog and extended as it grows; request-level ones (user, surface, device) are one lookup per
+    request; dense values are standardized as the encoder does (non-finite -> the training mean,
+    clipped at ``clip`` sd). ``encode`` equals ``encoder.transform(serving_frame(...))`` (tested).
+    """
+
+    def __init__(self, encoder: Any, item_fields: Sequence[str]) -> None:
+        self.encoder = encoder
+        self.item_columns = set(ITEM_LEVEL) | set(item_fields)
+        unknown = set(encoder.categorical) - self.item_columns - set(REQUEST_LEVEL)
+        if unknown:
+            raise ValueError(
+                f"the ranker reads categorical columns serving does not compute: {sorted(unknown)}"
+            )
+        self.codes: dict[str, np.ndarray] = {
+            c: np.zeros(0, dtype=np.int64) for c in encoder.categorical if c in self.item_columns
+        }
+        self.lookups: dict[str, dict[str, int]] = {
+            c: {v: n + 1 for n, v in enumerate(encoder.vocab[c])}
+            for c in encoder.categorical
+            if c in REQUEST_LEVEL
+        }
+        self.mean = np.array([encoder.mean[c] for c in encoder.dense])
+        self.std = np.array([encoder.std[c] for c in encoder.dense])
+
+    def _raw(self, column: str, state: Any, start: int) -> list[str]:
+        if column == "item_id":
+            return list(state.item_ids[start:])
+        if column == "creator_id":
+            return [state.creators[c] for c in state.creator.values[start:]]
+        return [str(v) for v in state.fields[column][start:]]
+
+    def refresh(self, state: Any) -> None:
+        for column, codes in self.codes.items():
+            if len(codes) < state.n_items:
+                raw = self._raw(column, state, len(codes))
+                new = self.encoder._lookup(column).get_indexer(pd.Index(raw, dtype=object)) + 1
+                self.codes[column] = np.concatenate([codes, new.astype(np.int64)])
+
+    def encode(self, items: np.ndarray, request_values: dict[str, str], dense: dict[str, np.ndarray]) -> Any:
+        from recstack.features.tabular import Encoded
+
+        n = len(items)
+        sparse = np.zeros((n, len(self.encoder.categorical)), dtype=np.int64)
+        for j, column in enumerate(self.encoder.categorical):
+            if column in self.codes:
+                sparse[:, j] = self.codes[column][items]
+            else:
+                sparse[:, j] = self.lookups[column].get(request_values.get(column, ""), 0)
+        values = (
+            np.column_stack([dense[c] for c in self.encoder.dense])
+            if self.encoder.dense
+            else np.zeros((n, 0))
+        )
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = np.clip((values - self.mean) / self.std, -self.encoder.clip, self.encoder.clip)
+        scaled = np.where(np.isfinite(values), scaled, 0.0).astype(np.float32)
+        return Encoded(sparse, scaled)
+
+
+def dense_values(
+    scores: np.ndarray, created_us: np.ndarray, now_us: int, clicks: np.ndarray, impressions: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The dense features as arrays (the same formulas as ``serving_frame``)."""
+    return {
+        "retrieval_score": scores.astype(np.float64),
+        "age_h": (now_us - created_us) / (3600 * US),
+        "item_ctr": smoothed_ctr(clicks, impressions),
+    }

@@ -22,6 +22,7 @@ from recstack.config import Settings, SourceKind
 from recstack.errors import ConfigError, RecstackError
 from recstack.index.sources import Source, build_sources
 from recstack.serving.bundle import ServingBundle
+from recstack.serving.features import ColumnarEncoder
 from recstack.serving.ops.base import Candidates, Operator, RecRequest
 from recstack.serving.ops.explore import ExploreOp
 from recstack.serving.ops.filter import FilterOp, UnsafeHook, catalog_unsafe
@@ -125,11 +126,21 @@ def build_pipeline(
         value = ValueOp(bundle, cfg.value_weights)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    fields = bundle.meta.get("item_fields", [])
+    try:
+        heavy_encoder = ColumnarEncoder(bundle.heavy.encoder, fields)
+        light_encoder = ColumnarEncoder(bundle.light.encoder, fields) if bundle.light is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    with state.lock:
+        heavy_encoder.refresh(state)
+        if light_encoder is not None:
+            light_encoder.refresh(state)
     stages: list[Operator] = [
         RetrieveOp(sources),
         safety,
-        LightRankOp(bundle, alignment.catalog_of, cfg.light_keep),
-        HeavyRankOp(bundle, alignment.catalog_of),
+        LightRankOp(bundle, light_encoder, cfg.light_keep),
+        HeavyRankOp(bundle, heavy_encoder),
         value,
         RerankOp(bundle, cfg.diversity, cfg.diversity_lambda, cfg.creator_gap),
         ExploreOp(cfg.explore_slots, fresh, safety, cfg.creator_gap),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_recommend_returns_items_sources_and_logs_impressions(
     }
     logged = list(runtime.impressions)
     assert [e["request_id"] for e in logged] == [body["request_id"]] * 8
-    assert set(logged[0]["features"]) == {"retrieval_score", "age_h", "item_ctr"}
+    assert set(json.loads(logged[0]["features"])) == {"retrieval_score", "age_h", "item_ctr"}
     posted = client.post("/v1/recommend", json={"user_id": "never-seen", "n": 5}, headers=KEY)
     assert posted.status_code == 200 and len(posted.json()["items"]) == 5  # cold start: trending/fresh
 
@@ -132,6 +133,7 @@ def test_dead_bus_answers_from_memory_and_refuses_writes(served: tuple[TestClien
         raise BackendUnavailableError("Redis at redis://127.0.0.1:1 is unreachable during append")
 
     runtime.bus.append = down  # type: ignore[method-assign]
+    runtime.bus.append_table = down  # type: ignore[method-assign]
     write = client.post(
         "/v1/events",
         json=[{"event_id": "x", "kind": "click", "timestamp": 1, "user_id": "u", "item_id": "i1"}],

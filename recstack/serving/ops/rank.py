@@ -1,17 +1,18 @@
 """Light and heavy ranking: the ONNX rankers of the served bundle over the features of features.py.
 
-The feature frame is built once per request for the candidates that reach the light ranker and
-sliced for the heavy one. The light ranker (distilled from the heavy one) keeps ``keep`` candidates;
-without a light ranker the retrieval order is kept. The heavy ranker sets one probability per task.
+Features are encoded column-wise from the catalog's arrays (``ColumnarEncoder``): no frame per
+request. The dense values are computed once per request for the candidates that reach the light
+ranker and sliced for the heavy one. The light ranker (distilled from the heavy one) keeps ``keep``
+candidates; without a light ranker the retrieval order is kept. The heavy ranker sets one
+probability per task.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from recstack.serving.bundle import ServingBundle
-from recstack.serving.features import serving_frame
+from recstack.serving.features import ColumnarEncoder, dense_values
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.state import FeedState
 
@@ -25,62 +26,54 @@ def user_vector(request: RecRequest, bundle: ServingBundle, state: FeedState) ->
     return out
 
 
-def features(
-    request: RecRequest,
-    candidates: Candidates,
-    bundle: ServingBundle,
-    state: FeedState,
-    catalog_of: np.ndarray,
-) -> pd.DataFrame:
-    """The ranker features of the candidates; ``catalog_of`` maps bundle items to catalog indices and
-    its inverse (``request.cache['bundle_of']``) finds each candidate's item vector."""
-    items = candidates.items
-    bundle_of: np.ndarray = request.cache["bundle_of"]
-    rows = bundle_of[items]
+def dense_features(
+    request: RecRequest, items: np.ndarray, bundle: ServingBundle, state: FeedState
+) -> dict[str, np.ndarray]:
+    """retrieval_score, age_h and item_ctr of ``items`` for this request."""
+    rows = request.cache["bundle_of"][items]
     known = rows >= 0
     scores = np.zeros(len(items))
     if known.any():
         scores[known] = bundle.vectors[rows[known]] @ user_vector(request, bundle, state)
-    frame = serving_frame(
-        request.user_id,
-        request.surface,
-        request.context,
-        [state.item_ids[i] for i in items],
-        [state.creators[c] for c in state.creator.values[items]],
-        {f: [state.fields[f][i] for i in items] for f in bundle.meta.get("item_fields", [])},
+    return dense_values(
         scores,
         state.created_us.values[items],
         request.now_us,
         state.clicks.values[items],
         state.impressions.values[items],
     )
-    request.cache["features"] = frame
-    return frame
+
+
+def request_values(request: RecRequest) -> dict[str, str]:
+    return {
+        "user_id": request.user_id or "",
+        "surface": request.surface,
+        "device": request.context.get("device", ""),
+    }
 
 
 class LightRankOp:
     name = "light_rank"
     critical = False
 
-    def __init__(self, bundle: ServingBundle, catalog_of: np.ndarray, keep: int) -> None:
+    def __init__(self, bundle: ServingBundle, encoder: ColumnarEncoder | None, keep: int) -> None:
         self.bundle = bundle
-        self.catalog_of = catalog_of
+        self.encoder = encoder
         self.keep = keep
 
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
-        frame = features(request, candidates, self.bundle, state, self.catalog_of)
-        if self.bundle.light is None or len(candidates) <= self.keep:
+        dense = dense_features(request, candidates.items, self.bundle, state)
+        if self.bundle.light is None or self.encoder is None or len(candidates) <= self.keep:
             order = np.arange(min(len(candidates), self.keep))
         else:
-            scores = self.bundle.light.score(frame)[:, 0]
+            self.encoder.refresh(state)
+            encoded = self.encoder.encode(candidates.items, request_values(request), dense)
+            scores = self.bundle.light.score_encoded(encoded)[:, 0]
             order = np.argsort(-scores, kind="stable")[: self.keep]
             candidates = Candidates(
-                candidates.items,
-                scores,
-                candidates.sources,
-                retrieval_scores=candidates.retrieval_scores,
+                candidates.items, scores, candidates.sources, retrieval_scores=candidates.retrieval_scores
             )
-        request.cache["features"] = frame.iloc[order].reset_index(drop=True)
+        request.cache["dense"] = {k: v[order] for k, v in dense.items()}
         return candidates.take(order)
 
 
@@ -88,17 +81,20 @@ class HeavyRankOp:
     name = "heavy_rank"
     critical = False
 
-    def __init__(self, bundle: ServingBundle, catalog_of: np.ndarray) -> None:
+    def __init__(self, bundle: ServingBundle, encoder: ColumnarEncoder) -> None:
         self.bundle = bundle
-        self.catalog_of = catalog_of
+        self.encoder = encoder
 
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
         if not len(candidates):
             return candidates
-        frame = request.cache.get("features")
-        if frame is None or len(frame) != len(candidates):
-            frame = features(request, candidates, self.bundle, state, self.catalog_of)
-        probs = self.bundle.heavy.score(frame)
+        dense = request.cache.get("dense")
+        if dense is None or len(next(iter(dense.values()))) != len(candidates):
+            dense = dense_features(request, candidates.items, self.bundle, state)
+        self.encoder.refresh(state)
+        probs = self.bundle.heavy.score_encoded(
+            self.encoder.encode(candidates.items, request_values(request), dense)
+        )
         candidates.probs = probs
         candidates.tasks = tuple(self.bundle.tasks)
         candidates.scores = probs[:, 0].copy()

@@ -34,12 +34,22 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def _feasible(creators: np.ndarray, picked: list[int], gap: int) -> np.ndarray:
-    """(N,) True where a candidate's creator is absent from the last gap - 1 picks."""
-    if gap <= 1 or not picked:
-        return np.ones(len(creators), dtype=bool)
-    recent = creators[picked[-(gap - 1) :]]
-    return ~np.isin(creators, recent)
+class _Spacing:
+    """Which candidates may take the next slot: those whose creator is absent from the last
+    gap - 1 picks. Creators are coded 0..C-1 once, so each step is a few array operations."""
+
+    def __init__(self, creators: np.ndarray, gap: int) -> None:
+        self.gap = gap
+        _, self.code = np.unique(creators, return_inverse=True)
+        self.blocked = np.zeros(int(self.code.max()) + 1 if len(self.code) else 0, dtype=bool)
+
+    def feasible(self, picked: list[int]) -> np.ndarray:
+        if self.gap <= 1 or not picked:
+            return np.ones(len(self.code), dtype=bool)
+        self.blocked[:] = False
+        self.blocked[self.code[picked[-(self.gap - 1) :]]] = True
+        out: np.ndarray = ~self.blocked[self.code]
+        return out
 
 
 def mmr(
@@ -50,9 +60,10 @@ def mmr(
     relevance = _scaled(values)
     max_sim = np.zeros(len(values))
     available = np.ones(len(values), dtype=bool)
+    spacing = _Spacing(creators, gap)
     picked: list[int] = []
     while len(picked) < n:
-        ok = available & _feasible(creators, picked, gap)
+        ok = available & spacing.feasible(picked)
         if not ok.any():
             break
         score = np.where(ok, lam * relevance - (1 - lam) * max_sim, -np.inf)
@@ -73,9 +84,10 @@ def dpp(
     cholesky = np.zeros((size, n))
     gains = quality**2  # L_ii (S_ii = 1)
     available = np.ones(size, dtype=bool)
+    spacing = _Spacing(creators, gap)
     picked: list[int] = []
     while len(picked) < n:
-        ok = available & _feasible(creators, picked, gap) & (gains > 1e-10)
+        ok = available & spacing.feasible(picked) & (gains > 1e-10)
         if not ok.any():
             break
         j = int(np.argmax(np.where(ok, gains, -np.inf)))
