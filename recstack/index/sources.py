@@ -60,8 +60,8 @@ class Candidate:
 class Source(Protocol):
     name: str
 
-    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
-        """Up to k (item, score) pairs, best first."""
+    def propose(self, request: Request, k: int) -> list[tuple[int, float]] | tuple[np.ndarray, np.ndarray]:
+        """Up to k (item, score) pairs, best first, as a list or as (items, scores) arrays."""
         ...
 
 
@@ -168,37 +168,91 @@ class FreshSource:
         return [(int(fresh[i]), float(scores[i])) for i in order]
 
 
-def merge(sources: Sequence[tuple[Source, int]], request: Request, k: int | None = None) -> list[Candidate]:
+Proposal = list[tuple[int, float]] | tuple[np.ndarray, np.ndarray]
+
+
+def _arrays(proposal: Proposal) -> tuple[np.ndarray, np.ndarray]:
+    """A source's proposal as (items int64, scores float64) arrays; sources may return either."""
+    if isinstance(proposal, tuple):
+        return np.asarray(proposal[0], dtype=np.int64), np.asarray(proposal[1], dtype=np.float64)
+    if not proposal:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    items, scores = zip(*proposal, strict=True)
+    return np.array(items, dtype=np.int64), np.array(scores, dtype=np.float64)
+
+
+@dataclass
+class Merged:
+    """The merge, column-wise: items and scores in merge order, the source of each, and for items
+    several sources proposed, the other sources (``also_from[item]``)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    sources: list[str]
+    also_from: dict[int, list[str]]
+
+
+def merge_arrays(sources: Sequence[tuple[Source, int]], request: Request, k: int | None = None) -> Merged:
     """Take each source's quota in order, de-duplicated; ``k`` caps the total (default: sum of quotas).
 
-    A source asked for its quota plus room for the items it might lose to exclusions and duplicates;
-    what a source leaves unused falls to the sources after it.
+    A source is asked for its quota plus room for the items it might lose to exclusions and
+    duplicates (capped, so that a user with thousands of seen items does not turn one ANN search
+    into a scan); what a source leaves unused falls to the sources after it. Vectorized: a request
+    merges hundreds of proposals.
     """
     total = k if k is not None else sum(q for _, q in sources)
-    out: list[Candidate] = []
-    by_item: dict[int, Candidate] = {}
+    excluded = np.fromiter(request.exclude, dtype=np.int64, count=len(request.exclude))
+    # membership by marks in one array over item indices (grown on demand): 1 = excluded,
+    # 2 = already chosen; cheaper than set or isin calls for the few hundred items of a request
+    marks = np.zeros(int(excluded.max()) + 1 if len(excluded) else 0, dtype=np.int8)
+    marks[excluded] = 1
+    items_out: list[np.ndarray] = []
+    scores_out: list[np.ndarray] = []
+    names: list[str] = []
+    also_from: dict[int, list[str]] = {}
+    first_source: dict[int, str] = {}
+    n_chosen = 0
     spare = 0
     for source, quota in sources:
         want = quota + spare
-        taken = 0
-        # room for exclusions, capped so that a user with thousands of seen items does not turn
-        # one ANN search into a scan; what a source then cannot fill spills to the next ones
-        room = min(len(request.exclude), 2 * want) + len(by_item)
-        for item, score in source.propose(request, want + room):
-            if item in request.exclude:
-                continue
-            if item in by_item:
-                if source.name not in by_item[item].also_from and by_item[item].source != source.name:
-                    by_item[item].also_from.append(source.name)
-                continue
-            if taken >= want or len(out) >= total:
-                continue
-            candidate = Candidate(item, score, source.name)
-            by_item[item] = candidate
-            out.append(candidate)
-            taken += 1
-        spare = want - taken
-    return out
+        room = min(len(excluded), 2 * want) + n_chosen
+        items, scores = _arrays(source.propose(request, want + room))
+        if len(items) and items.max() >= len(marks):
+            marks = np.concatenate([marks, np.zeros(int(items.max()) + 1 - len(marks), dtype=np.int8)])
+        mark = marks[items]
+        if len(items) > 1 and len(np.unique(items)) < len(items):  # a source proposing an item twice
+            _, first = np.unique(items, return_index=True)
+            first.sort()
+            items, scores, mark = items[first], scores[first], mark[first]
+        for item in items[mark == 2].tolist():
+            if first_source.get(item) != source.name and source.name not in also_from.setdefault(item, []):
+                also_from[item].append(source.name)
+        take = max(min(want, total - n_chosen), 0)
+        fresh = mark == 0
+        new_items, new_scores = items[fresh][:take], scores[fresh][:take]
+        if len(new_items):
+            items_out.append(new_items)
+            scores_out.append(new_scores)
+            names.extend([source.name] * len(new_items))
+            first_source.update(dict.fromkeys(new_items.tolist(), source.name))
+            marks[new_items] = 2
+            n_chosen += len(new_items)
+        spare = want - len(new_items)
+    also_from = {item: names_ for item, names_ in also_from.items() if names_}
+    if not items_out:
+        return Merged(np.zeros(0, dtype=np.int64), np.zeros(0), [], also_from)
+    return Merged(np.concatenate(items_out), np.concatenate(scores_out), names, also_from)
+
+
+def merge(sources: Sequence[tuple[Source, int]], request: Request, k: int | None = None) -> list[Candidate]:
+    """``merge_arrays`` as a list of Candidate records."""
+    merged = merge_arrays(sources, request, k)
+    return [
+        Candidate(item, score, source, list(merged.also_from.get(item, [])))
+        for item, score, source in zip(
+            merged.items.tolist(), merged.scores.tolist(), merged.sources, strict=True
+        )
+    ]
 
 
 class TrendingConsumer(IdempotentConsumer):

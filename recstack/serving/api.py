@@ -58,7 +58,7 @@ from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import dense_features
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker, load_state, state_version
+from recstack.serving.worker import STATE_KEY, FeedWorker, load_state, state_version
 
 log = logging.getLogger(__name__)
 
@@ -199,14 +199,17 @@ class Runtime:
                 log.error("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
 
     def _sync_state(self) -> None:
-        """A separate worker owns the state: load its snapshot when the version moved."""
+        """A separate worker owns the state: take over its snapshot when the version moved (the
+        catalog is decoded again only when it changed)."""
         version = state_version(self.store)
-        if version is not None and version != self.state.version:
-            fresh = load_state(self.store)
-            if fresh is not None:
-                self.state = fresh
-                if self.pipeline is not None and self.version is not None:
-                    self.serve_bundle(self.pipeline.bundle.folder, self.version)
+        if version is None or version == self.state.version:
+            return
+        blob, catalog = self.store.get_many([STATE_KEY, STATE_KEY + ":catalog"])
+        if blob is None:
+            return
+        same = FeedState.snapshot_catalog_version(blob) == self.state.catalog_version
+        fresh = FeedState.from_bytes(blob, None if same else catalog, self.state if same else None)
+        self.state.update_from(fresh)
 
     def start(self) -> None:
         cfg = self.settings.serving
@@ -221,7 +224,9 @@ class Runtime:
             thread.start()
             self.threads.append(thread)
         if self.worker is not None:
-            thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
+            thread = threading.Thread(
+                target=self.worker.run, args=(self.stop,), kwargs={"batch": 100}, daemon=True
+            )
             thread.start()
             self.threads.append(thread)
 

@@ -13,6 +13,7 @@ created on first sight. Unknown item ids in engagements are counted (``unknown_i
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 from collections import OrderedDict, deque
@@ -95,6 +96,7 @@ class FeedState:
         self.unknown_items = 0
         self.lock = threading.RLock()
         self.version = 0  # bumped by every apply
+        self.catalog_version = 0  # bumped when items are added or changed
 
     # ------------------------------------------------------------------ reads
     @property
@@ -114,6 +116,7 @@ class FeedState:
 
     # ------------------------------------------------------------------ writes
     def _add_item(self, event: ItemUpsert) -> None:
+        self.catalog_version += 1
         index = self.item_index.get(event.item_id)
         creator = event.creator_id or f"_item:{event.item_id}"  # no creator: the item is its own
         code = self.creator_code.setdefault(creator, len(self.creators))
@@ -185,6 +188,7 @@ class FeedState:
                 given = (fields or {}).get(name)
                 self.fields[name].extend(str(given[n]) if given is not None else "" for n in new)
             self.version += 1
+            self.catalog_version += 1
         return len(new)
 
     def _user(self, user_id: str) -> UserState:
@@ -257,62 +261,139 @@ class FeedState:
         return new
 
     # ------------------------------------------------------------------ snapshots
+    def catalog_bytes(self) -> bytes:
+        """The catalog (ids, creators, fields, creation times, unsafe scores, removals): it changes
+        rarely, so the worker writes it only when ``catalog_version`` moved."""
+        with self.lock:
+            meta = {
+                "item_fields": list(self.item_fields),
+                "item_ids": self.item_ids,
+                "creators": self.creators,
+                "fields": self.fields,
+                "catalog_version": self.catalog_version,
+            }
+            return _pack(
+                meta,
+                creator=self.creator.values,
+                created_us=self.created_us.values,
+                unsafe=self.unsafe.values,
+                removed=self.removed.values,
+            )
+
     def to_bytes(self) -> bytes:
-        """Everything, including the applied event ids, in one blob (numpy arrays + JSON)."""
+        """Everything but the catalog: users, counters (stored sparsely: most items have none),
+        trending, and the ids applied since the last acknowledgement."""
         with self.lock:
             meta = {
                 "history_length": self.history_length,
                 "seen_limit": self.seen_limit,
                 "trending_weights": self.trending_weights,
-                "item_fields": list(self.item_fields),
-                "item_ids": self.item_ids,
-                "creators": self.creators,
-                "fields": self.fields,
-                "users": {
-                    u: [list(s.history), list(s.seen), sorted(s.blocked)] for u, s in self.users.items()
-                },
+                "users": list(self.users),
                 "applied": sorted(self.applied),
                 "unknown_items": self.unknown_items,
                 "trending_rate": self.trending.rate,
                 "trending_as_of_us": self.trending.as_of_us,
                 "version": self.version,
+                "catalog_version": self.catalog_version,
+                "n_items": self.n_items,
+                "n_trending": len(self.trending.scores),
             }
-            buffer = io.BytesIO()
-            np.savez(
-                buffer,
-                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                creator=self.creator.values,
-                created_us=self.created_us.values,
-                unsafe=self.unsafe.values,
-                removed=self.removed.values,
-                impressions=self.impressions.values,
-                clicks=self.clicks.values,
-                trending=self.trending.scores,
-            )
-        return buffer.getvalue()
+            arrays: dict[str, np.ndarray] = {}
+            # per-user lists as one flat array each plus offsets (JSON of them stalls serving)
+            for name, lists in (
+                ("history", [s.history for s in self.users.values()]),
+                ("seen", [s.seen for s in self.users.values()]),
+                ("blocked", [s.blocked for s in self.users.values()]),
+            ):
+                sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+                arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum(sizes)])
+                flat: list[int] = []
+                for x in lists:
+                    flat.extend(x)
+                arrays[f"{name}_items"] = np.array(flat, dtype=np.int64)
+            for name, values in (
+                ("impressions", self.impressions.values),
+                ("clicks", self.clicks.values),
+                ("trending", self.trending.scores),
+            ):
+                where = np.flatnonzero(values)
+                arrays[f"{name}_at"], arrays[f"{name}_value"] = where, values[where]
+            return _pack(meta, **arrays)
+
+    CATALOG = (
+        "item_fields",
+        "item_ids",
+        "item_index",
+        "creators",
+        "creator_code",
+        "fields",
+        "creator",
+        "created_us",
+        "unsafe",
+        "removed",
+    )
+
+    def update_from(self, other: FeedState) -> None:
+        """Take over ``other``'s contents in place (readers holding this object see the new state)."""
+        with self.lock:
+            for name, value in vars(other).items():
+                if name != "lock":
+                    setattr(self, name, value)
+
+    @staticmethod
+    def snapshot_catalog_version(blob: bytes) -> int:
+        meta, _ = _unpack(blob)
+        return int(meta["catalog_version"])
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> FeedState:
+    def from_bytes(
+        cls, blob: bytes, catalog: bytes | None = None, same_catalog: FeedState | None = None
+    ) -> FeedState:
+        """Rebuild a state from ``to_bytes`` and ``catalog_bytes``; ``same_catalog``: a state whose
+        catalog is the snapshot's (its catalog columns are shared instead of decoded again)."""
         try:
-            arrays = np.load(io.BytesIO(blob), allow_pickle=False)
-            meta = json.loads(arrays["meta"].tobytes().decode())
+            meta, arrays = _unpack(blob)
             state = cls(meta["history_length"], meta["seen_limit"], 1.0, meta["trending_weights"])
-            state.item_fields = tuple(meta["item_fields"])
-            state.item_ids = meta["item_ids"]
-            state.item_index = {item: n for n, item in enumerate(state.item_ids)}
-            state.creators = meta["creators"]
-            state.creator_code = {c: n for n, c in enumerate(state.creators)}
-            state.fields = meta["fields"]
-            for name in ("creator", "created_us", "unsafe", "removed", "impressions", "clicks"):
-                setattr(state, name, _Column.of(arrays[name], getattr(state, name).fill))
+            if same_catalog is not None and same_catalog.catalog_version == meta["catalog_version"]:
+                for name in cls.CATALOG:
+                    setattr(state, name, getattr(same_catalog, name))
+            elif catalog is not None:
+                cmeta, carrays = _unpack(catalog)
+                if cmeta["catalog_version"] != meta["catalog_version"]:
+                    raise ValueError(
+                        f"catalog version {cmeta['catalog_version']} does not match the state's "
+                        f"{meta['catalog_version']}"
+                    )
+                state.item_fields = tuple(cmeta["item_fields"])
+                state.item_ids = cmeta["item_ids"]
+                state.item_index = {item: n for n, item in enumerate(state.item_ids)}
+                state.creators = cmeta["creators"]
+                state.creator_code = {c: n for n, c in enumerate(state.creators)}
+                state.fields = cmeta["fields"]
+                for name in ("creator", "created_us", "unsafe", "removed"):
+                    setattr(state, name, _Column.of(carrays[name], getattr(state, name).fill))
+            elif meta["n_items"]:
+                raise ValueError("the state holds items but no catalog was given")
+            state.catalog_version = meta["catalog_version"]
+            n = meta["n_items"]
+            for name in ("impressions", "clicks"):
+                values = np.zeros(n)
+                values[arrays[f"{name}_at"]] = arrays[f"{name}_value"]
+                setattr(state, name, _Column.of(values, 0.0))
+            trending = np.zeros(meta["n_trending"])
+            trending[arrays["trending_at"]] = arrays["trending_value"]
             state.trending.rate = meta["trending_rate"]
-            state.trending.scores = arrays["trending"].copy()
+            state.trending.scores = trending
             state.trending.as_of_us = meta["trending_as_of_us"]
-            for user, (history, seen, blocked) in meta["users"].items():
+            parts = {}
+            for name in ("history", "seen", "blocked"):
+                offsets, items = arrays[f"{name}_offsets"], arrays[f"{name}_items"].tolist()
+                parts[name] = [items[a:b] for a, b in itertools.pairwise(offsets)]
+            for n, user in enumerate(meta["users"]):
                 state.users[user] = UserState(
-                    deque(history, maxlen=state.history_length),
-                    OrderedDict.fromkeys(seen),
-                    set(blocked),
+                    deque(parts["history"][n], maxlen=state.history_length),
+                    OrderedDict.fromkeys(parts["seen"][n]),
+                    set(parts["blocked"][n]),
                 )
             state.applied = set(meta["applied"])
             state.unknown_items = meta["unknown_items"]
@@ -320,3 +401,15 @@ class FeedState:
         except Exception as exc:  # numpy, zipfile and json raise several types for damaged blobs
             raise CheckpointError(f"feed state snapshot is corrupt: {exc}") from exc
         return state
+
+
+def _pack(meta: dict[str, Any], **arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # the stubs type **kwds as allow_pickle
+    return buffer.getvalue()
+
+
+def _unpack(blob: bytes) -> tuple[dict[str, Any], Any]:
+    arrays = np.load(io.BytesIO(blob), allow_pickle=False)
+    return json.loads(arrays["meta"].tobytes().decode()), arrays

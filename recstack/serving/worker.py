@@ -26,8 +26,8 @@ STATE_KEY = "recstack:feed_state"
 
 
 def load_state(store: KVStore, key: str = STATE_KEY) -> FeedState | None:
-    (blob,) = store.get_many([key])
-    return FeedState.from_bytes(blob) if blob is not None else None
+    blob, catalog = store.get_many([key, key + ":catalog"])
+    return FeedState.from_bytes(blob, catalog) if blob is not None else None
 
 
 def state_version(store: KVStore, key: str = STATE_KEY) -> int | None:
@@ -63,6 +63,7 @@ class FeedWorker:
         self.last_snapshot = time.monotonic()
         self.applied = 0
         self.delivered = 0
+        self.catalog_written = state.catalog_version if has_state else -1
 
     def poll(self, count: int = 1000, block_ms: int = 0) -> int:
         """Read and apply one batch; snapshot and acknowledge when due. Returns deliveries read."""
@@ -76,18 +77,25 @@ class FeedWorker:
         return len(deliveries)
 
     def checkpoint(self) -> None:
-        """Write the state, then acknowledge what it includes."""
-        blob = self.state.to_bytes()
-        self.store.put_many(
-            {
-                self.key: blob,
+        """Write the state (the catalog only when it changed), then acknowledge what it includes.
+        Acknowledged deliveries never come back, so the applied ids are then forgotten: the next
+        snapshot holds only ids applied after this one (memory and snapshot size stay bounded)."""
+        with self.state.lock:
+            writes = {
+                self.key: self.state.to_bytes(),
                 self.key + ":version": str(self.state.version).encode(),
                 self.key + ":group": self.group.encode(),
             }
-        )
+            catalog_version = self.state.catalog_version
+            if catalog_version != self.catalog_written:
+                writes[self.key + ":catalog"] = self.state.catalog_bytes()
+        self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
+        self.catalog_written = catalog_version
         if self.pending:
             self.log.ack(self.group, self.pending)
             self.pending = []
+            with self.state.lock:
+                self.state.applied.clear()
         self.last_snapshot = time.monotonic()
 
     def drain(self, count: int = 1000) -> int:
@@ -97,11 +105,15 @@ class FeedWorker:
         self.checkpoint()
         return total
 
-    def run(self, stop: threading.Event, idle_s: float = 0.05) -> None:
+    def run(self, stop: threading.Event, idle_s: float = 0.05, batch: int = 1000) -> None:
+        """Poll until ``stop``; ``batch`` deliveries at a time (in the API's process a small batch
+        keeps each GIL-holding step short, so requests are not held up behind it)."""
         while not stop.is_set():
             try:
-                if not self.poll(block_ms=0):
+                if not self.poll(count=batch, block_ms=0):
                     stop.wait(idle_s)
+                else:
+                    time.sleep(0)  # let the serving thread in between batches
             except Exception as exc:  # keep consuming: a dead bus comes back, a bad batch is logged
                 log.error("worker poll failed: %s", exc)
                 stop.wait(1.0)

@@ -76,11 +76,21 @@ def test_snapshot_round_trip_and_corrupt_snapshot(tmp_path: Path) -> None:
 
     state = FeedState()
     state.apply(parse_event(e) for e in _events(5, 40))
-    copy = FeedState.from_bytes(state.to_bytes())
+    copy = FeedState.from_bytes(state.to_bytes(), state.catalog_bytes())
     assert copy.item_ids == state.item_ids and copy.applied == state.applied
     assert copy.trending.scores.tolist() == state.trending.scores.tolist()
+    assert copy.clicks.values.tolist() == state.clicks.values.tolist()
+    assert {u: list(s.history) for u, s in copy.users.items()} == {
+        u: list(s.history) for u, s in state.users.items()
+    }
     with pytest.raises(CheckpointError, match="corrupt"):
         FeedState.from_bytes(b"not a snapshot")
+    with pytest.raises(CheckpointError, match="no catalog"):
+        FeedState.from_bytes(state.to_bytes())
+    stale = state.catalog_bytes()
+    state.apply([parse_event({"event_id": "late", "kind": "item", "timestamp": 5, "item_id": "new"})])
+    with pytest.raises(CheckpointError, match="does not match"):
+        FeedState.from_bytes(state.to_bytes(), stale)
 
 
 @pytest.mark.services

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recstack.index.retriever import TwoTowerRetriever
-from recstack.index.sources import US, Request, Source, merge
+from recstack.index.sources import US, Request, Source, merge_arrays
 from recstack.serving.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.state import FeedState
@@ -34,17 +34,17 @@ class BundleTwoTower:
         self.catalog_of = catalog_of  # bundle item index -> catalog index (-1: not in the catalog)
         self.state = state
 
-    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+    def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
         r = self.retriever
         history = [self.state.item_ids[i] for i in request.history]
         if not r.knows(request.user_id, history):
-            return []
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         scores, ids = r.index.search(r.user_vector(request.user_id, history)[None, :], k)
-        out = []
-        for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
-            if 0 <= i < len(self.catalog_of) and (c := int(self.catalog_of[i])) >= 0:
-                out.append((c, s))
-        return out
+        ids, scores = ids[0], scores[0]
+        ok = (ids >= 0) & (ids < len(self.catalog_of))
+        catalog = self.catalog_of[ids[ok]]
+        known = catalog >= 0
+        return catalog[known], scores[ok][known].astype(np.float64)
 
 
 class BundleItemToItem:
@@ -61,20 +61,26 @@ class BundleItemToItem:
         self.state = state
         self.recent = recent
 
-    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+    def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
         bundle_of = self.alignment.bundle_of
         rows = [int(bundle_of[i]) for i in request.history[: self.recent] if i < len(bundle_of)]
         rows = [r for r in rows if r >= 0]
         if not rows:
-            return []
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         per_item = max(k // len(rows), 10)
         scores, ids = self.bundle.retriever.index.search(self.bundle.vectors[rows], per_item)
-        totals: dict[int, float] = {}
-        catalog_of = self.alignment.catalog_of
-        for i, s in zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True):
-            if i >= 0 and (c := int(catalog_of[i])) >= 0:
-                totals[c] = totals.get(c, 0.0) + s
-        return sorted(totals.items(), key=lambda kv: -kv[1])[:k]
+        ids, scores = ids.ravel(), scores.ravel().astype(np.float64)
+        ok = ids >= 0
+        catalog = self.alignment.catalog_of[ids[ok]]
+        known = catalog >= 0
+        catalog, scores = catalog[known], scores[ok][known]
+        if not len(catalog):
+            return catalog, scores
+        unique, inverse = np.unique(catalog, return_inverse=True)
+        totals = np.zeros(len(unique))
+        np.add.at(totals, inverse, scores)  # an item near several recent ones sums its similarities
+        order = np.argsort(-totals, kind="stable")[:k]
+        return unique[order], totals[order]
 
 
 class _Cached:
@@ -96,7 +102,7 @@ class StateTrending:
         self.depth = depth
         self.cache = _Cached(refresh_s)
 
-    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
+    def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.cache.stale() or k > len(self.cache.items) == self.depth:
             trending = self.state.trending
             scores = trending.scores
@@ -109,12 +115,9 @@ class StateTrending:
                 top = np.zeros(0, dtype=np.int64)
             self.cache.items, self.cache.scores = top, scores[top].copy()
             self.cache.at = time.monotonic()
-        removed = self.state.removed.values
-        return [
-            (int(i), float(s))
-            for i, s in zip(self.cache.items[:k], self.cache.scores[:k], strict=True)
-            if not removed[i]
-        ]
+        items, scores = self.cache.items[:k], self.cache.scores[:k]
+        live = ~self.state.removed.values[items]
+        return items[live], scores[live]
 
 
 class StateFresh:
@@ -140,9 +143,8 @@ class StateFresh:
             self.as_of_us = now_us
         return self.cache.items
 
-    def propose(self, request: Request, k: int) -> list[tuple[int, float]]:
-        items = self.fresh_items(request.now_us)[:k]
-        return [(int(i), float(s)) for i, s in zip(items, self.cache.scores[:k], strict=True)]
+    def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.fresh_items(request.now_us)[:k], self.cache.scores[:k]
 
 
 class RetrieveOp:
@@ -154,16 +156,11 @@ class RetrieveOp:
 
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
         del candidates  # the first stage starts from nothing
-        merged = merge(
+        merged = merge_arrays(
             self.sources,
             Request(None, request.history, request.now_us, request.exclude, request.user_id),
         )
-        if not merged:
+        if not len(merged.items):
             return Candidates.empty()
-        scores = np.array([c.score for c in merged])
-        return Candidates(
-            np.array([c.item for c in merged], dtype=np.int64),
-            scores,
-            [c.source for c in merged],
-            retrieval_scores=scores.copy(),
-        )
+        request.cache["also_from"] = merged.also_from
+        return Candidates(merged.items, merged.scores, merged.sources, retrieval_scores=merged.scores.copy())
