@@ -113,7 +113,17 @@ def build(folder: Path, n_items: int) -> None:
     print(f"serving state: {state.n_items:,} items, {len(state.users):,} users")
 
 
-def serve(folder: Path, port: int) -> None:
+def _redis_parts(namespace: str) -> tuple[object, object]:
+    from recstack.events.redis_stream import RedisStreamLog
+    from recstack.features.stores import RedisStore
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return RedisStreamLog(url, stream=f"{namespace}:events"), RedisStore(url, prefix=f"{namespace}:state:")
+
+
+def serve(folder: Path, port: int, namespace: str) -> None:
+    """The API process: embedded (namespace '-': Parquet log, worker in process) or, the production
+    topology, over Redis with the worker in its own process."""
     import uvicorn
 
     from recstack.events.parquet import ParquetEventLog
@@ -121,28 +131,38 @@ def serve(folder: Path, port: int) -> None:
     from recstack.serving.api import Runtime, create_app
 
     settings = settings_for(folder)
+    if namespace == "-":
+        bus, store, in_process = (
+            ParquetEventLog(folder / "served-events"),
+            SQLiteStore(folder / "state" / "feed_state.sqlite"),
+            True,
+        )
+    else:
+        (bus, store), in_process = _redis_parts(namespace), False
     runtime = Runtime(
         settings,  # type: ignore[arg-type]
-        ParquetEventLog(folder / "served-events"),
-        store=SQLiteStore(folder / "state" / "feed_state.sqlite"),
+        bus,  # type: ignore[arg-type]
+        store=store,  # type: ignore[arg-type]
         bundle_source=lambda: ("1", folder / "bundle"),
-        in_process_worker=os.environ.get("RECSTACK_BENCH_NO_WORKER") != "1",
+        in_process_worker=in_process,
     )
     runtime.start()
-    if os.environ.get("RECSTACK_BENCH_PROFILE"):
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
-        try:
-            uvicorn.run(
-                create_app(runtime), host="127.0.0.1", port=port, log_level="warning", access_log=False
-            )
-        finally:
-            profiler.disable()
-            profiler.dump_stats(os.environ["RECSTACK_BENCH_PROFILE"])
-        return
     uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def work(namespace: str) -> None:
+    """The worker process of the separate topology."""
+    import signal
+    import threading
+
+    from recstack.serving.worker import FeedWorker, load_state
+
+    bus, store = _redis_parts(namespace)
+    state = load_state(store)  # type: ignore[arg-type]
+    assert state is not None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    FeedWorker(bus, state, store, snapshot_s=1.0).run(stop)  # type: ignore[arg-type]
 
 
 def rss(pid: int) -> tuple[float, float]:
@@ -238,11 +258,22 @@ def main() -> None:
     parser.add_argument("--rps", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--serve", nargs=2, metavar=("FOLDER", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--topology",
+        choices=("embedded", "separate"),
+        default="embedded",
+        help="embedded: Parquet log, worker in the API process; separate: Redis bus and state, "
+        "the worker in its own process (production)",
+    )
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, default=HERE.parent / ".bench" / "serving_load")
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve[0]), int(args.serve[1]))
+        serve(Path(args.serve[0]), int(args.serve[1]), args.serve[2])
+        return
+    if args.work:
+        work(args.work)
         return
     items = args.items or (100_000 if args.quick else 1_000_000)
     duration = args.duration or (8.0 if args.quick else 30.0)
@@ -256,9 +287,21 @@ def main() -> None:
     import httpx
 
     port = 18_000 + os.getpid() % 1000
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    namespace = "-"
+    worker = None
+    if args.topology == "separate":  # the built snapshot, copied into Redis for both processes
+        from recstack.features.stores import SQLiteStore
+        from recstack.serving.worker import STATE_KEY
+
+        namespace = f"recstack:bench:{os.getpid()}"
+        _, store = _redis_parts(namespace)
+        keys = [STATE_KEY + suffix for suffix in ("", ":catalog", ":version", ":group")]
+        blobs = SQLiteStore(folder / "state" / "feed_state.sqlite").get_many(keys)
+        store.put_many({k: v for k, v in zip(keys, blobs, strict=True) if v is not None})  # type: ignore[attr-defined]
+        worker = subprocess.Popen([sys.executable, __file__, "--work", namespace], env=env)
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(folder), str(port)],
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        [sys.executable, __file__, "--serve", str(folder), str(port), namespace], env=env
     )
     try:
         deadline = time.monotonic() + 300
@@ -279,9 +322,16 @@ def main() -> None:
         server_cpu, client_cpu = cpu_s(server.pid) - server_cpu, time.process_time() - client_cpu
         after = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         rss_now, rss_peak = rss(server.pid)
+        worker_cpu = cpu_s(worker.pid) if worker is not None else 0.0
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+            bus, store = _redis_parts(namespace)
+            bus.drop()  # type: ignore[attr-defined]
+            store.drop()  # type: ignore[attr-defined]
     lat = np.asarray(latencies)
     p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
     print(
@@ -300,12 +350,15 @@ def main() -> None:
         b_total, b_count = before.get(stage, (0.0, 0.0))
         stages[stage] = 1e3 * (total - b_total) / max(count - b_count, 1)
         print(f"  {stage:11s} {stages[stage]:6.2f}")
+    if worker is not None:
+        print(f"worker process: {worker_cpu:.1f} CPU s in all")
     quick = " --quick" if args.quick else ""
     record(
         f"serving_load{quick}",
         {
             "items": items,
             "rps": round(args.rps),
+            "topology": args.topology,
             "p50_ms": round(p50, 1),
             "p95_ms": round(p95, 1),
             "p99_ms": round(p99, 1),

@@ -442,6 +442,9 @@ def create_app(runtime: Runtime) -> FastAPI:
                 }
                 for pos, item in enumerate(item_ids)
             ]
+            # applied now, so the user's next request cannot repeat it whatever the worker's lag
+            # (a separate worker's next snapshot includes the same impressions)
+            state.record_served(body.user_id, served.items.tolist(), [e["event_id"] for e in impressions])
             with runtime.impression_lock:
                 runtime.impressions.extend(impressions)
         response = {  # the RecommendResponse shape, built without model validation (hot path)

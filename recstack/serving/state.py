@@ -260,6 +260,20 @@ class FeedState:
                 self.version += 1
         return new
 
+    def record_served(self, user_id: str, items: Sequence[int], event_ids: Sequence[str]) -> None:
+        """What serving just showed, applied at once (the user's next request must not repeat it,
+        whatever the worker's lag); the impression events reach the log too and are skipped when
+        the worker reads them, by their ids."""
+        with self.lock:
+            state = self._user(user_id)
+            for item, event_id in zip(items, event_ids, strict=True):
+                if event_id in self.applied:
+                    continue
+                self.applied.add(event_id)
+                self._see(state, item)
+                self.impressions.data[item] += 1
+            self.version += 1
+
     # ------------------------------------------------------------------ snapshots
     def catalog_bytes(self) -> bytes:
         """The catalog (ids, creators, fields, creation times, unsafe scores, removals): it changes

@@ -60,6 +60,7 @@ class FeedWorker:
         self.snapshot_s = snapshot_s
         self.key = key
         self.pending: list[str] = []
+        self.pending_ids: list[str] = []
         self.last_snapshot = time.monotonic()
         self.applied = 0
         self.delivered = 0
@@ -71,6 +72,7 @@ class FeedWorker:
         if deliveries:
             self.applied += self.state.apply(d.event for d in deliveries)
             self.pending.extend(d.delivery_id for d in deliveries)
+            self.pending_ids.extend(d.event.event_id for d in deliveries)
             self.delivered += len(deliveries)
         if self.pending and time.monotonic() - self.last_snapshot >= self.snapshot_s:
             self.checkpoint()
@@ -78,8 +80,8 @@ class FeedWorker:
 
     def checkpoint(self) -> None:
         """Write the state (the catalog only when it changed), then acknowledge what it includes.
-        Acknowledged deliveries never come back, so the applied ids are then forgotten: the next
-        snapshot holds only ids applied after this one (memory and snapshot size stay bounded)."""
+        Acknowledged deliveries never come back, so their ids are then forgotten: the next
+        snapshot holds only ids applied and not yet acknowledged (memory and size stay bounded)."""
         with self.state.lock:
             writes = {
                 self.key: self.state.to_bytes(),
@@ -94,8 +96,9 @@ class FeedWorker:
         if self.pending:
             self.log.ack(self.group, self.pending)
             self.pending = []
-            with self.state.lock:
-                self.state.applied.clear()
+            with self.state.lock:  # ids applied by others (the API's impressions) stay until read
+                self.state.applied.difference_update(self.pending_ids)
+            self.pending_ids = []
         self.last_snapshot = time.monotonic()
 
     def drain(self, count: int = 1000) -> int:

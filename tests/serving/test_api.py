@@ -152,3 +152,18 @@ def test_no_model_yet_is_a_clear_503(feed_log: ParquetEventLog, tmp_path: Path) 
     answer = client.get("/v1/recommend", params={"user_id": "u1"}, headers=KEY)
     assert answer.status_code == 503 and "no model" in answer.json()["detail"]
     assert client.get("/health/ready").status_code == 503
+
+
+def test_served_items_are_not_repeated_and_counted_once(served: tuple[TestClient, Runtime, dict]) -> None:
+    client, runtime, _ = served
+    first = client.get("/v1/recommend", params={"user_id": "u9", "n": 10}, headers=KEY).json()
+    second = client.get("/v1/recommend", params={"user_id": "u9", "n": 10}, headers=KEY).json()
+    shown = [i["item_id"] for i in first["items"]]
+    assert not set(shown) & {i["item_id"] for i in second["items"]}  # before the worker catches up
+    state = runtime.state
+    before = {i: state.impressions.values[state.item_index[i]] for i in shown}
+    assert runtime.worker is not None
+    runtime.flush_impressions()
+    runtime.worker.drain()  # the worker reads the same impressions from the log: skipped by id
+    after = {i: state.impressions.values[state.item_index[i]] for i in shown}
+    assert after == before
