@@ -172,7 +172,9 @@ def run_playground(
         total=-(-cfg.history_requests // 2_000),
     ):
         log.append_table(table)
-    console.print(f"history: {log.count():,} events in the log")
+    kinds = log.table(kinds=["impression", "click"])["kind"].to_numpy(zero_copy_only=False)
+    history_ctr = float((kinds == "click").sum() / max((kinds == "impression").sum(), 1))
+    console.print(f"history: {log.count():,} events in the log; the random feed's CTR {history_ctr:.4f}")
 
     first = train_and_register(settings, log)
     table = Table("holdout metric (temporal last 10%)", "value", title=f"offline: version {first.version}")
@@ -226,7 +228,6 @@ def run_playground(
             runtime.flush_impressions()
             trained = train_and_register(settings, log, incremental=True)
             runtime.reload()
-            result.version = runtime.version or "?"
             result.auc_click = trained.metrics.get("auc_click")
             result.promoted = trained.promoted
             result.gate = trained.gate.reason if trained.gate else ""
@@ -263,8 +264,9 @@ def run_playground(
             f"{r.auc_click:.4f}" if r.auc_click else "",
             "yes" if r.promoted else "no",
         )
+    table.add_row("history", "random feed", f"{history_ctr:.4f}", "", "", "", "", "")
     console.print(table)
-    report = write_report(root / "report.html", first.metrics, results)
+    report = write_report(root / "report.html", first.metrics, results, history_ctr)
     console.print(f"report: {report} ({time.perf_counter() - started:.0f} s in all)")
     return results
 
@@ -355,7 +357,9 @@ def _histograms(runtime: Runtime) -> dict[str, dict[str, float]]:
     return out
 
 
-def write_report(path: Path, offline: dict[str, float], rounds: list[RoundResult]) -> Path:
+def write_report(
+    path: Path, offline: dict[str, float], rounds: list[RoundResult], history_ctr: float | None = None
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -390,6 +394,8 @@ def write_report(path: Path, offline: dict[str, float], rounds: list[RoundResult
     ax.plot(xs, [r.ctr for r in rounds], marker="o", label="online CTR")
     ax.plot(xs, [r.true_ctr for r in rounds], marker="o", label="true expected CTR")
     ax.plot(xs, [r.auc_click or np.nan for r in rounds], marker="s", label="holdout AUC (click)")
+    if history_ctr is not None:
+        ax.axhline(history_ctr, color="grey", linestyle="--", label="random feed CTR (history)")
     ax.set_xlabel("round")
     ax.legend()
     ax.set_title("metrics per round")
@@ -409,7 +415,12 @@ def write_report(path: Path, offline: dict[str, float], rounds: list[RoundResult
         "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}td,th{padding:2px 8px}</style>"
         "</head><body><h1>recstack playground</h1>"
         f"<h2>Offline (first model, temporal holdout)</h2><table>{offline_rows}</table>"
-        "<h2>Online rounds</h2><table><tr><th>round</th><th>served by</th><th>CTR</th><th>true CTR</th>"
+        + (
+            f"<p>The random feed of the history had CTR {history_ctr:.4f}.</p>"
+            if history_ctr is not None
+            else ""
+        )
+        + "<h2>Online rounds</h2><table><tr><th>round</th><th>served by</th><th>CTR</th><th>true CTR</th>"
         "<th>hides/request</th><th>explore share</th><th>holdout AUC</th><th>promoted</th><th>gate</th></tr>"
         f"{rows}</table><h2>Plots</h2>{images}</body></html>"
     )
