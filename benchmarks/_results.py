@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,19 @@ def bench_settings(env: dict[str, str]) -> Any:
         "RECSTACK_TRAIN__PROGRESS": "false",
     }
     return load_settings(None, base | env)
+
+
+def wait_until_up(url: str, process: Any, timeout_s: float = 300.0) -> None:
+    """Poll ``url`` until it answers 200; exit if ``process`` (a Popen) dies or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise SystemExit(f"{url} did not come up")
+        time.sleep(0.3)

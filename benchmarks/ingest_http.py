@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _results import record  # noqa: E402
+from _results import record, wait_until_up  # noqa: E402
 
 KEY = "recstack-local"
 
@@ -106,22 +106,11 @@ def main() -> None:
         return
     batches = args.batches or (40 if args.quick else 400)
 
-    import httpx
-
     folder = Path(tempfile.mkdtemp(prefix="recstack-ingest-"))
     port = 19_000 + os.getpid() % 1000
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(folder), str(port), args.bus])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the API did not start")
-            time.sleep(0.3)
+        wait_until_up(f"http://127.0.0.1:{port}/health/live", server, 120)
         asyncio.run(drive(port, 4, args.batch, 1))  # warm-up
         accepted, seconds = asyncio.run(drive(port, batches, args.batch, args.clients))
     finally:

@@ -28,7 +28,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _results import bench_settings, record  # noqa: E402
+from _results import bench_settings, record, wait_until_up  # noqa: E402
 
 US = 1_000_000
 KEY = "recstack-local"
@@ -304,16 +304,7 @@ def main() -> None:
         [sys.executable, __file__, "--serve", str(folder), str(port), namespace], env=env
     )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the API did not become ready")
-            time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/health/ready", server, 300)
         startup_rss = rss(server.pid)[0]
         asyncio.run(drive(port, 50, 4, 8, 2_000))  # warm-up
         before = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)

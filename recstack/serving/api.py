@@ -143,6 +143,7 @@ class Runtime:
         self.bus_ok = True
         self.rng = np.random.default_rng()
         self.reload_error: str | None = None
+        self.synced_version: int | None = None  # the separate worker's snapshot last taken over
 
     # ------------------------------------------------------------------ models
     def serve_bundle(self, folder: Path, version: str) -> None:
@@ -202,7 +203,7 @@ class Runtime:
         """A separate worker owns the state: take over its snapshot when the version moved (the
         catalog is decoded again only when it changed)."""
         version = state_version(self.store)
-        if version is None or version == self.state.version:
+        if version is None or version == self.synced_version:
             return
         blob, catalog = self.store.get_many([STATE_KEY, STATE_KEY + ":catalog"])
         if blob is None:
@@ -210,6 +211,7 @@ class Runtime:
         same = FeedState.snapshot_catalog_version(blob) == self.state.catalog_version
         fresh = FeedState.from_bytes(blob, None if same else catalog, self.state if same else None)
         self.state.update_from(fresh)
+        self.synced_version = version
 
     def start(self) -> None:
         cfg = self.settings.serving
@@ -521,12 +523,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     @secured.post("/api/feedback")
     def gorse_feedback(body: list[GorseFeedback]) -> dict[str, Any]:
         raw = []
-        for n, f in enumerate(body):
+        for f in body:
             kind = GORSE_KINDS.get(f.FeedbackType.lower(), f.FeedbackType.lower())
             stamp = f.Timestamp or now_iso()
             raw.append(
-                {
-                    "event_id": f"gorse:{f.UserId}:{f.ItemId}:{kind}:{stamp}:{n}",
+                {  # Gorse keeps one feedback per (type, user, item): a repeat is a duplicate here too
+                    "event_id": f"gorse:{kind}:{f.UserId}:{f.ItemId}",
                     "kind": kind,
                     "timestamp": stamp,
                     "user_id": f.UserId,

@@ -20,7 +20,11 @@ from tests.serving.conftest import KEY, feed_settings
 
 @pytest.mark.services
 def test_api_serves_what_a_separate_worker_consumed(
-    redis_url: str, unique: str, feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+    redis_url: str,
+    unique: str,
+    feed_world: tuple[World, Path, Path],
+    feed_log: ParquetEventLog,
+    tmp_path: Path,
 ) -> None:
     bus = RedisStreamLog(redis_url, stream=f"test:{unique}:events")
     store = RedisStore(redis_url, prefix=f"test:{unique}:state:")
@@ -29,7 +33,10 @@ def test_api_serves_what_a_separate_worker_consumed(
         worker = FeedWorker(bus, FeedState(item_fields=("topic",)), store)
         worker.drain()
         runtime = Runtime(
-            feed_settings(tmp_path), bus, store=store, bundle_source=lambda: ("1", feed_world[2]),
+            feed_settings(tmp_path),
+            bus,
+            store=store,
+            bundle_source=lambda: ("1", feed_world[2]),
             in_process_worker=False,
         )
         runtime.reload()
@@ -37,7 +44,15 @@ def test_api_serves_what_a_separate_worker_consumed(
         assert runtime.state.n_items == worker.state.n_items > 0
         posted = client.post(
             "/v1/events",
-            json=[{"event_id": f"{unique}-hide", "kind": "hide", "timestamp": 1_795_000_000, "user_id": "u7", "item_id": "i3"}],
+            json=[
+                {
+                    "event_id": f"{unique}-hide",
+                    "kind": "hide",
+                    "timestamp": 1_795_000_000,
+                    "user_id": "u7",
+                    "item_id": "i3",
+                }
+            ],
             headers=KEY,
         )
         assert posted.json()["accepted"] == 1
@@ -64,8 +79,12 @@ def test_redis_down_writes_get_503_and_reads_are_served_from_memory(
     state = FeedState(item_fields=("topic",))
     state.apply(feed_log.replay())
     runtime = Runtime(
-        feed_settings(tmp_path), dead, state=state, store=MemoryStore(),
-        bundle_source=lambda: ("1", feed_world[2]), in_process_worker=False,
+        feed_settings(tmp_path),
+        dead,
+        state=state,
+        store=MemoryStore(),
+        bundle_source=lambda: ("1", feed_world[2]),
+        in_process_worker=False,
     )
     runtime.reload()
     client = TestClient(create_app(runtime))
