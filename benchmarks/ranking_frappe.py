@@ -104,14 +104,16 @@ def ensure_peer() -> Path | None:
     return python
 
 
-def run_peer(python: Path, split: dict[str, pd.DataFrame], epochs: int) -> dict[str, float] | None:
+def run_peer(
+    python: Path, split: dict[str, pd.DataFrame], epochs: int, seed: int = 2026
+) -> dict[str, float] | None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in split.items():
             np.savez(
                 Path(tmp) / f"{name}.npz", x=frame[FIELDS].to_numpy(np.int64), y=frame["label"].to_numpy()
             )
         done = subprocess.run(
-            [str(python), str(HERE / "peers" / "fuxictr_dcnv2.py"), tmp, str(epochs)],
+            [str(python), str(HERE / "peers" / "fuxictr_dcnv2.py"), tmp, str(epochs), str(seed)],
             capture_output=True,
             text=True,
             env=os.environ | {"OMP_NUM_THREADS": "2"},

@@ -82,9 +82,10 @@ class DCNv2(BaseModel):
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     data, epochs = Path(sys.argv[1]), int(sys.argv[2])
+    seed = int(sys.argv[3]) if len(sys.argv) > 3 else 2026
     torch.set_num_threads(2)
-    torch.manual_seed(2026)
-    np.random.seed(2026)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     parts = {name: np.load(data / f"{name}.npz") for name in ("train", "valid", "test")}
     x_all = np.concatenate([p["x"] for p in parts.values()])
     fmap = FeatureMap("frappe", tempfile.mkdtemp())
@@ -107,7 +108,7 @@ def main() -> None:
         loss="binary_crossentropy",
         early_stop_patience=3,
     )
-    train = Batches(parts["train"]["x"], parts["train"]["y"], shuffle=True)
+    train = Batches(parts["train"]["x"], parts["train"]["y"], shuffle=True, seed=seed)
     valid = Batches(parts["valid"]["x"], parts["valid"]["y"], shuffle=False)
     started = time.perf_counter()
     model.fit(train, epochs=epochs, validation_data=valid, max_gradient_norm=10.0)
