@@ -192,19 +192,22 @@ class Merged:
     also_from: dict[int, list[str]]
 
 
-def merge_arrays(sources: Sequence[tuple[Source, int]], request: Request, k: int | None = None) -> Merged:
+def merge_arrays(
+    sources: Sequence[tuple[Source, int]], request: Request, k: int | None = None, n_items: int = 0
+) -> Merged:
     """Take each source's quota in order, de-duplicated; ``k`` caps the total (default: sum of quotas).
 
     A source is asked for its quota plus room for the items it might lose to exclusions and
     duplicates (capped, so that a user with thousands of seen items does not turn one ANN search
     into a scan); what a source leaves unused falls to the sources after it. Vectorized: a request
-    merges hundreds of proposals.
+    merges hundreds of proposals. ``n_items`` (the catalog size, if known) sizes the membership
+    marks once instead of growing them.
     """
     total = k if k is not None else sum(q for _, q in sources)
     excluded = np.fromiter(request.exclude, dtype=np.int64, count=len(request.exclude))
     # membership by marks in one array over item indices (grown on demand): 1 = excluded,
     # 2 = already chosen; cheaper than set or isin calls for the few hundred items of a request
-    marks = np.zeros(int(excluded.max()) + 1 if len(excluded) else 0, dtype=np.int8)
+    marks = np.zeros(max(n_items, int(excluded.max()) + 1 if len(excluded) else 0), dtype=np.int8)
     marks[excluded] = 1
     items_out: list[np.ndarray] = []
     scores_out: list[np.ndarray] = []

@@ -159,6 +159,7 @@ class RetrieveOp:
         merged = merge_arrays(
             self.sources,
             Request(None, request.history, request.now_us, request.exclude, request.user_id),
+            n_items=state.n_items,
         )
         if not len(merged.items):
             return Candidates.empty()
