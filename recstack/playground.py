@@ -37,9 +37,9 @@ from tqdm import tqdm
 from recstack.config import Settings
 from recstack.data.simulator import FunctionPolicy, RandomPolicy, Simulator, World
 from recstack.events.parquet import ParquetEventLog
-from recstack.features.stores import SQLiteStore
 from recstack.serving.api import Runtime, create_app, registry_source
-from recstack.serving.service import new_state, train_and_register
+from recstack.serving.service import train_and_register
+from recstack.serving.state import FeedState
 
 ENGAGEMENTS = ("click", "like", "share", "hide", "dwell")
 
@@ -68,6 +68,7 @@ class RoundResult:
     auc_click: float | None
     promoted: bool
     gate: str
+    history_ctr: float = 0.0  # the random feed's CTR in the history: the reference
     funnel: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
 
@@ -185,8 +186,7 @@ def run_playground(
     runtime = Runtime(
         settings,
         log,
-        state=new_state(settings),
-        store=SQLiteStore(root / "feed_state.sqlite"),
+        state=FeedState.for_settings(settings),
         bundle_source=registry_source(settings),
     )
     assert runtime.worker is not None
@@ -224,6 +224,7 @@ def run_playground(
             revealed += len(new)
             _wait_for(lambda n=revealed: runtime.state.n_items >= n)
             result = _round(round_, world, sim, client, runtime, cfg, rng)
+            result.history_ctr = history_ctr
             _wait_for(lambda: not runtime.impressions)
             runtime.flush_impressions()
             trained = train_and_register(settings, log, incremental=True)

@@ -40,13 +40,15 @@ US = 1_000_000
 class Request:
     """user: the user's index, or None when unknown; history: recently engaged item indices, most
     recent first; now_us: request time; exclude: items that must not be proposed (seen, blocked);
-    user_id: the user's external id, for sources that key on it."""
+    user_id: the user's external id, for sources that key on it; user_vector: the user tower's
+    output when the caller has it already (computed once per request)."""
 
     user: int | None
     history: tuple[int, ...] = ()
     now_us: int = 0
     exclude: frozenset[int] = frozenset()
     user_id: str | None = None
+    user_vector: np.ndarray | None = None
 
 
 @dataclass

@@ -227,6 +227,6 @@ class Registry:
         except Exception as exc:  # MLflow raises several types for missing artifacts
             raise RegistryError(f"cannot download version {version} from {source}: {exc}") from exc
         shutil.rmtree(target, ignore_errors=True)
-        path.rename(target) if path != tmp else tmp.rename(target)
+        path.rename(target)  # the bundle folder inside tmp, or tmp itself
         shutil.rmtree(tmp, ignore_errors=True)
         return target

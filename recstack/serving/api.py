@@ -49,7 +49,7 @@ from pydantic import BaseModel, Field
 from recstack.config import EventLogBackend, Settings
 from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
-from recstack.features.stores import KVStore, SQLiteStore
+from recstack.features.stores import KVStore
 from recstack.index.sources import US
 from recstack.schema import EVENT_SCHEMA
 from recstack.serving.bundle import ServingBundle
@@ -58,7 +58,7 @@ from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import dense_features
 from recstack.serving.state import FeedState
-from recstack.serving.worker import STATE_KEY, FeedWorker, load_state, state_version
+from recstack.serving.worker import STATE_KEY, FeedWorker, load_state, state_store, state_version
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +112,9 @@ class Runtime:
         self.settings = settings
         self.bus = bus
         cfg = settings.serving
-        self.store = (
-            store if store is not None else SQLiteStore(settings.paths.state_dir / "feed_state.sqlite")
-        )
+        self.store = store if store is not None else state_store(settings)
         restored = load_state(self.store) if state is None else None
-        self.state = (
-            state
-            or restored
-            or FeedState(
-                cfg.history,
-                cfg.seen_limit,
-                settings.retrieval.trending_half_life_s,
-                settings.retrieval.trending_weights,
-                cfg.item_fields,
-            )
-        )
+        self.state = state or restored or FeedState.for_settings(settings)
         self.metrics = Metrics()
         self.bundle_source = bundle_source
         self.pipeline: Pipeline | None = None

@@ -55,23 +55,21 @@ def serving_frame(
     }
     for name, values in fields.items():
         columns[name] = np.asarray(values, dtype=object)
-    columns["retrieval_score"] = retrieval_score.astype(np.float64)
-    columns["age_h"] = (now_us - created_us) / (3600 * US)
-    columns["item_ctr"] = smoothed_ctr(clicks, impressions)
+    columns |= dense_values(retrieval_score, created_us, now_us, clicks, impressions)
     return pd.DataFrame(columns)
 
 
-def ctr_as_of(frame: pd.DataFrame) -> np.ndarray:
-    """Each impression's item_ctr from the impressions and clicks of the same item before it (the
-    frame holds impressions with a ``timestamp`` and a 0/1 ``click``; the order of rows is kept)."""
+def counts_as_of(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(clicks, impressions) of each row's item before it, in row order: what serving's counters
+    held when the impression was served (the frame holds impressions with a ``timestamp`` and a
+    0/1 ``click``)."""
     order = np.argsort(frame["timestamp"].to_numpy(), kind="stable")
     ordered = frame.iloc[order]
     grouped = ordered.groupby("item_id", sort=False)
-    shown_before = grouped.cumcount().to_numpy(np.float64)
-    clicks_before = (grouped["click"].cumsum() - ordered["click"]).to_numpy(np.float64)
-    out = np.empty(len(frame))
-    out[order] = smoothed_ctr(clicks_before, shown_before)
-    return out
+    clicks, shown = np.empty(len(frame)), np.empty(len(frame))
+    shown[order] = grouped.cumcount().to_numpy(np.float64)
+    clicks[order] = (grouped["click"].cumsum() - ordered["click"]).to_numpy(np.float64)
+    return clicks, shown
 
 
 ITEM_LEVEL = ("item_id", "creator_id")  # plus the catalog's item fields
@@ -142,9 +140,14 @@ class ColumnarEncoder:
 
 
 def dense_values(
-    scores: np.ndarray, created_us: np.ndarray, now_us: int, clicks: np.ndarray, impressions: np.ndarray
+    scores: np.ndarray,
+    created_us: np.ndarray,
+    now_us: int | np.ndarray,
+    clicks: np.ndarray,
+    impressions: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """The dense features as arrays (the same formulas as ``serving_frame``)."""
+    """The dense features as arrays, the one definition serving and training share (``now_us``: the
+    request time, or each training row's impression time)."""
     return {
         "retrieval_score": scores.astype(np.float64),
         "age_h": (now_us - created_us) / (3600 * US),

@@ -137,7 +137,7 @@ def build_pipeline(
         if light_encoder is not None:
             light_encoder.refresh(state)
     stages: list[Operator] = [
-        RetrieveOp(sources),
+        RetrieveOp(sources, bundle),
         safety,
         LightRankOp(bundle, light_encoder, cfg.light_keep),
         HeavyRankOp(bundle, heavy_encoder),

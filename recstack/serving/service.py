@@ -11,31 +11,12 @@ from pathlib import Path
 
 from recstack.config import EventLogBackend, Settings
 from recstack.events.base import EventLog
-from recstack.features.stores import KVStore, RedisStore, SQLiteStore
 from recstack.registry import GateResult, Registry
 from recstack.serving.api import Runtime, bus_for, registry_source
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker, load_state
+from recstack.serving.worker import FeedWorker, load_state, state_store
 
 log = logging.getLogger(__name__)
-
-
-def state_store(settings: Settings) -> KVStore:
-    """Where the worker's snapshots live: Redis with the Redis bus, else SQLite in the state dir."""
-    if settings.event_log.backend is EventLogBackend.redis:
-        return RedisStore(settings.event_log.redis_url, prefix="recstack:serving:")
-    return SQLiteStore(settings.paths.state_dir / "feed_state.sqlite")
-
-
-def new_state(settings: Settings) -> FeedState:
-    cfg = settings.serving
-    return FeedState(
-        cfg.history,
-        cfg.seen_limit,
-        settings.retrieval.trending_half_life_s,
-        settings.retrieval.trending_weights,
-        cfg.item_fields,
-    )
 
 
 def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
@@ -54,7 +35,7 @@ def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
 
 def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worker-1") -> FeedWorker:
     store = state_store(settings)
-    state = load_state(store) or new_state(settings)
+    state = load_state(store) or FeedState.for_settings(settings)
     worker = FeedWorker(
         bus_for(settings), state, store, consumer=consumer, snapshot_s=settings.serving.state_sync_s
     )

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack.config import Settings
 from recstack.errors import CheckpointError
 from recstack.index.sources import US, TrendingSource
 from recstack.schema import Engagement, Event, Impression, ItemUpsert, UserUpsert
@@ -98,6 +99,18 @@ class FeedState:
         self.version = 0  # bumped by every apply
         self.catalog_version = 0  # bumped when items are added or changed
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> FeedState:
+        """An empty state sized by ``[serving]`` and ``[retrieval]``."""
+        cfg = settings.serving
+        return cls(
+            cfg.history,
+            cfg.seen_limit,
+            settings.retrieval.trending_half_life_s,
+            settings.retrieval.trending_weights,
+            cfg.item_fields,
+        )
+
     # ------------------------------------------------------------------ reads
     @property
     def n_items(self) -> int:
@@ -105,10 +118,6 @@ class FeedState:
 
     def user(self, user_id: str | None) -> UserState | None:
         return self.users.get(user_id) if user_id is not None else None
-
-    def history_ids(self, user_id: str | None) -> list[str]:
-        state = self.user(user_id)
-        return [self.item_ids[i] for i in state.history] if state else []
 
     def excluded(self, user_id: str | None) -> set[int]:
         state = self.user(user_id)

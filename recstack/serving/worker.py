@@ -16,13 +16,22 @@ import threading
 import time
 import uuid
 
+from recstack.config import EventLogBackend, Settings
 from recstack.events.base import EventLog
-from recstack.features.stores import KVStore
+from recstack.features.stores import KVStore, RedisStore, SQLiteStore
 from recstack.serving.state import FeedState
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "recstack:feed_state"
+
+
+def state_store(settings: Settings) -> KVStore:
+    """Where snapshots live: Redis with the Redis bus (a separate worker and API share it), else
+    SQLite in the state dir."""
+    if settings.event_log.backend is EventLogBackend.redis:
+        return RedisStore(settings.event_log.redis_url, prefix="recstack:serving:")
+    return SQLiteStore(settings.paths.state_dir / "feed_state.sqlite")
 
 
 def load_state(store: KVStore, key: str = STATE_KEY) -> FeedState | None:

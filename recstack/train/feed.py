@@ -38,11 +38,10 @@ from recstack.eval.metrics import auc, logloss
 from recstack.events.base import EventLog
 from recstack.events.join import join_engagements
 from recstack.index.retriever import TwoTowerRetriever
-from recstack.index.sources import US
 from recstack.models.calibration import Platt
 from recstack.models.two_tower import TwoTower
 from recstack.serving.bundle import FORMAT
-from recstack.serving.features import DENSE, categorical_columns, ctr_as_of
+from recstack.serving.features import DENSE, categorical_columns, counts_as_of, dense_values
 from recstack.serving.ranker import OnnxRanker
 from recstack.train.ranking import NeuralRanker
 from recstack.train.recipes import train_two_tower
@@ -214,11 +213,15 @@ def train_bundle(
     joined["creator_id"] = joined["creator_id"].fillna("_item:" + joined["item_id"])
     for name in item_fields:
         joined[name] = joined[name].fillna("")
-    computed = {
-        "age_h": (joined["timestamp_us"] - joined["created_us"].fillna(joined["timestamp_us"])) / (3600 * US),
-        "item_ctr": ctr_as_of(joined),
-        "retrieval_score": _tower_scores(retriever, vectors, joined, tower.histories),
-    }
+    impression_us = joined["timestamp_us"].to_numpy()
+    clicks_before, shown_before = counts_as_of(joined)
+    computed = dense_values(
+        _tower_scores(retriever, vectors, joined, tower.histories),
+        joined["created_us"].fillna(joined["timestamp_us"]).to_numpy(np.int64),
+        impression_us,
+        clicks_before,
+        shown_before,
+    )
     for name in DENSE:
         logged = joined["logged"].map(lambda f, n=name: f.get(n, np.nan)).to_numpy(np.float64)
         joined[name] = np.where(np.isnan(logged), np.asarray(computed[name], dtype=np.float64), logged)

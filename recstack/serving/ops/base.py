@@ -38,7 +38,6 @@ class Candidates:
     sources: list[str]
     probs: np.ndarray | None = None
     tasks: tuple[str, ...] = ()
-    retrieval_scores: np.ndarray | None = None
     explore: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -57,7 +56,6 @@ class Candidates:
             [self.sources[i] for i in order],
             None if self.probs is None else self.probs[order],
             self.tasks,
-            None if self.retrieval_scores is None else self.retrieval_scores[order],
             None if self.explore is None else self.explore[order],
         )
 

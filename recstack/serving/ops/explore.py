@@ -43,8 +43,9 @@ class ExploreOp:
         clicks = state.clicks.values[pool.items]
         shown = state.impressions.values[pool.items]
         theta = request.rng.beta(1 + clicks, 1 + np.maximum(shown - clicks, 0))
-        chosen = pool.take(np.argsort(-theta)[:slots])
-        chosen.scores = theta[np.argsort(-theta)[:slots]]
+        best = np.argsort(-theta)[:slots]
+        chosen = pool.take(best)
+        chosen.scores = theta[best]
 
         items = candidates.items.tolist()
         scores = candidates.scores.tolist()

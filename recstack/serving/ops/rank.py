@@ -70,9 +70,7 @@ class LightRankOp:
             encoded = self.encoder.encode(candidates.items, request_values(request), dense)
             scores = self.bundle.light.score_encoded(encoded)[:, 0]
             order = np.argsort(-scores, kind="stable")[: self.keep]
-            candidates = Candidates(
-                candidates.items, scores, candidates.sources, retrieval_scores=candidates.retrieval_scores
-            )
+            candidates.scores = scores
         request.cache["dense"] = {k: v[order] for k, v in dense.items()}
         return candidates.take(order)
 

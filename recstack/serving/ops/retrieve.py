@@ -20,6 +20,7 @@ from recstack.index.retriever import TwoTowerRetriever
 from recstack.index.sources import US, Request, Source, merge_arrays
 from recstack.serving.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
+from recstack.serving.ops.rank import user_vector
 from recstack.serving.state import FeedState
 
 if TYPE_CHECKING:
@@ -39,7 +40,12 @@ class BundleTwoTower:
         history = [self.state.item_ids[i] for i in request.history]
         if not r.knows(request.user_id, history):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        scores, ids = r.index.search(r.user_vector(request.user_id, history)[None, :], k)
+        vector = (
+            request.user_vector
+            if request.user_vector is not None
+            else r.user_vector(request.user_id, history)
+        )
+        scores, ids = r.index.search(vector[None, :], k)
         ids, scores = ids[0], scores[0]
         ok = (ids >= 0) & (ids < len(self.catalog_of))
         catalog = self.catalog_of[ids[ok]]
@@ -151,17 +157,24 @@ class RetrieveOp:
     name = "retrieve"
     critical = False
 
-    def __init__(self, sources: list[tuple[Source, int]]) -> None:
+    def __init__(self, sources: list[tuple[Source, int]], bundle: ServingBundle) -> None:
         self.sources = sources
+        self.bundle = bundle
 
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
         del candidates  # the first stage starts from nothing
         merged = merge_arrays(
             self.sources,
-            Request(None, request.history, request.now_us, request.exclude, request.user_id),
+            Request(
+                None,
+                request.history,
+                request.now_us,
+                request.exclude,
+                request.user_id,
+                user_vector(request, self.bundle, state),  # shared with the rankers' features
+            ),
             n_items=state.n_items,
         )
         if not len(merged.items):
             return Candidates.empty()
-        request.cache["also_from"] = merged.also_from
-        return Candidates(merged.items, merged.scores, merged.sources, retrieval_scores=merged.scores.copy())
+        return Candidates(merged.items, merged.scores, merged.sources)
