@@ -25,6 +25,9 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # the real data sets beside the repo
+
+
 def record(benchmark: str, figures: dict[str, object], notes: str = "") -> None:
     """Append one row to RESULTS.md and print the RESULT line (the script's last line)."""
     command = " ".join([".venv/bin/python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])

@@ -28,7 +28,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import scipy.sparse as sp
 import torch
-from _results import bench_settings, record
+from _results import DATA_DIR, bench_settings, record
 
 from recstack.data.interactions import Interactions, Vocabulary
 from recstack.data.readers import read_movielens_100k
@@ -40,7 +40,7 @@ from recstack.train.recipes import train_two_tower, user_histories
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two epochs")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--new-share", type=float, default=0.2)
     args = parser.parse_args()
     ml = read_movielens_100k(args.data / "movielens-100k")

@@ -30,7 +30,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
 import pandas as pd
-from _results import bench_settings, record
+from _results import DATA_DIR, bench_settings, record
 
 from recstack.data.readers import OBD_CAMPAIGNS, read_open_bandit
 from recstack.eval.metrics import auc, bootstrap_ci, logloss
@@ -62,7 +62,7 @@ def load(folder: Path, policy: str) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="three epochs, 200 bootstrap rounds")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     args = parser.parse_args()
     folder = args.data / "open_bandit_dataset_small"
     logged, random_logs = load(folder, "bts"), load(folder, "random")

@@ -34,7 +34,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import pandas as pd
 import torch
-from _results import bench_settings, record
+from _results import DATA_DIR, bench_settings, record
 
 from recstack.data.readers import FRAPPE_FIELDS, read_frappe
 from recstack.data.splits import frappe_split
@@ -156,7 +156,7 @@ def inference_cost(ranker: NeuralRanker, frame: pd.DataFrame, folder: Path) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two epochs, small GBDT, no MMoE/PLE")
-    parser.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args()
     frappe = read_frappe(args.data / "frappe_x1_partial")

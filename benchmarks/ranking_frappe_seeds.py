@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import record
+from _results import DATA_DIR, record
 from ranking_frappe import DCN, FIELDS, ensure_peer, run_peer, settings_for
 
 from recstack.data.readers import read_frappe
@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="two seeds of two epochs")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     args = parser.parse_args()
     seeds = list(range(1, (2 if args.quick else args.seeds) + 1))
     epochs = 2 if args.quick else 40

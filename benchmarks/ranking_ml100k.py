@@ -21,7 +21,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
 import pandas as pd
-from _results import bench_settings, record
+from _results import DATA_DIR, bench_settings, record
 
 from recstack.data.readers import read_movielens_100k
 from recstack.eval.metrics import auc, ece, logloss
@@ -50,7 +50,7 @@ def frame(folder: Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two epochs, small GBDT")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     args = parser.parse_args()
     data = frame(args.data / "movielens-100k")
     n = len(data)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
-from _results import record
+from _results import DATA_DIR, record
 from ranking_frappe import DCN, FIELDS, settings_for
 
 from recstack.data.readers import read_frappe
@@ -41,7 +41,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two epochs, three variants")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     args = parser.parse_args()
     frappe = read_frappe(args.data / "frappe_x1_partial")
     train, valid, test = frappe_split(frappe.valid, frappe.test)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import scipy.sparse as sp
-from _results import record
+from _results import DATA_DIR, record
 
 from recstack.config import load_settings
 from recstack.data.readers import read_movielens_100k
@@ -33,7 +33,7 @@ KEYS = ("recall@10", "ndcg@10", "mrr@10", "hit@10")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     args = parser.parse_args()
     ratings = read_movielens_100k(args.data / "movielens-100k").ratings
     train, valid, test = encode_split(*random_ratio_split(ratings))

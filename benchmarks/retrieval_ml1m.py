@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from _results import PeakRSS, record
+from _results import DATA_DIR, PeakRSS, record
 
 from recstack.config import load_settings
 from recstack.data.interactions import Interactions
@@ -37,7 +37,7 @@ PUBLISHED = {"LightGCN": (0.2576, 0.2427), "UltraGCN": (0.2787, 0.2642), "Simple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="baselines and one two-tower epoch")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     bars = read_bars_ml1m(args.data / "movielens1m_m1")

@@ -59,7 +59,7 @@ def build(folder: Path, n_items: int) -> None:
     from recstack.events.parquet import ParquetEventLog
     from recstack.features.stores import SQLiteStore
     from recstack.index.faiss_index import IndexParams, ItemIndex
-    from recstack.serving.service import new_state
+    from recstack.serving.state import FeedState
     from recstack.serving.worker import FeedWorker
     from recstack.train.feed import train_bundle
 
@@ -98,7 +98,7 @@ def build(folder: Path, n_items: int) -> None:
     (big / "retriever" / "ids.json").write_text(json.dumps(ids))
     np.save(big / "item_vectors.npy", vectors)
 
-    state = new_state(settings)  # type: ignore[arg-type]
+    state = FeedState.for_settings(settings)  # type: ignore[arg-type]
     store = SQLiteStore(folder / "state" / "feed_state.sqlite")
     worker = FeedWorker(log, state, store)
     worker.drain()

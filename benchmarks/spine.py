@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from _results import record
+from _results import DATA_DIR, record
 
 from recstack.config import load_settings
 from recstack.data.readers import read_movielens_100k
@@ -36,7 +36,7 @@ from recstack.train.recipes import encode_split, train_mf_bpr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a run under a minute")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     args = parser.parse_args()
 
     world = SyntheticWorld(requests=5_000 if args.quick else 40_000)
