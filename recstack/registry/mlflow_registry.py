@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,14 +220,20 @@ class Registry:
         if (target / "bundle.json").exists():
             return target
         source = self._version(version).source
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a private download folder, renamed into place: two threads fetching the same version
+        # (the API's reload watcher and a training round, say) do not collide
+        tmp = Path(tempfile.mkdtemp(prefix=f"{version}.", suffix=".partial", dir=target.parent))
         try:
             path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
+            if not (target / "bundle.json").exists():
+                shutil.rmtree(target, ignore_errors=True)
+                path.rename(target)  # the bundle folder inside tmp
+        except OSError:
+            if not (target / "bundle.json").exists():  # not a lost race: a real failure
+                raise
         except Exception as exc:  # MLflow raises several types for missing artifacts
             raise RegistryError(f"cannot download version {version} from {source}: {exc}") from exc
-        shutil.rmtree(target, ignore_errors=True)
-        path.rename(target)  # the bundle folder inside tmp, or tmp itself
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return target
