@@ -87,3 +87,14 @@ def test_bad_requests_are_clear_errors(settings: Settings, tmp_path: Path) -> No
         registry.set_alias("champion", "7")
     with pytest.raises(RegistryError, match="no challenger"):
         registry.promote()
+
+
+def test_two_threads_fetching_one_version_both_get_it(settings: Settings, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry = Registry(settings)
+    version = registry.register(_bundle(tmp_path / "b", 0.7), {"auc_click": 0.7}, {})
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: registry.fetch(version), range(4)))
+    assert len(set(folders)) == 1 and (folders[0] / "bundle.json").exists()
+    assert not list(folders[0].parent.glob("*.partial"))
