@@ -48,12 +48,37 @@ class AppendResult:
         self.rejected.extend(other.rejected)
 
 
-@dataclass(frozen=True)
 class Delivery:
-    """One event handed to a consumer of a group; acknowledge it by ``delivery_id``."""
+    """One event handed to a consumer of a group; acknowledge it by ``delivery_id``.
 
-    delivery_id: str
-    event: Event
+    ``event_id`` is known at once; ``event`` is parsed (and validated) on first access, so a consumer
+    that skips the events it has already applied, by id, does not pay for parsing them.
+    """
+
+    __slots__ = ("_event", "_load", "delivery_id", "event_id")
+
+    def __init__(self, delivery_id: str, event_id: str, load: Callable[[], Event]) -> None:
+        self.delivery_id = delivery_id
+        self.event_id = event_id
+        self._load: Callable[[], Event] | None = load
+        self._event: Event | None = None
+
+    @classmethod
+    def of(cls, delivery_id: str, event: Event) -> Delivery:
+        """A delivery of an event already parsed."""
+        delivery = cls(delivery_id, event.event_id, lambda: event)
+        delivery._event, delivery._load = event, None
+        return delivery
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            assert self._load is not None
+            self._event, self._load = self._load(), None
+        return self._event
+
+    def __repr__(self) -> str:
+        return f"Delivery({self.delivery_id!r}, event_id={self.event_id!r})"
 
 
 class EventLog(Protocol):
@@ -164,7 +189,7 @@ class IdempotentConsumer:
     def poll(self, count: int = 500, block_ms: int = 0) -> int:
         """Process one batch; returns the number of deliveries read."""
         deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
-        fresh = [d.event for d in deliveries if d.event.event_id not in self.seen]
+        fresh = [d.event for d in deliveries if d.event_id not in self.seen]
         self.skipped += len(deliveries) - len(fresh)
         if fresh:
             self.apply(fresh)

@@ -22,14 +22,14 @@ import re
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recstack.errors import DataFormatError
@@ -41,13 +41,13 @@ _PART = re.compile(r"part-(\d{12})\.parquet$")
 
 class _DayIds:
     """The event ids of one day as sorted 64-bit hashes (8 bytes an id instead of a Python string),
-    with recent additions in a side buffer merged in when it grows. A 64-bit collision, which would
-    make a new event look like a duplicate, has probability about n^2 / 2^65 (3e-6 for 10M ids)."""
+    with recent additions in a side set merged in when it grows (a binary search for the sorted
+    part, a set lookup for the recent: no sort per append). A 64-bit collision, which would make a
+    new event look like a duplicate, has probability about n^2 / 2^65 (3e-6 for 10M ids)."""
 
     def __init__(self) -> None:
         self.sorted = np.empty(0, dtype=np.int64)
-        self.pending: list[np.ndarray] = []
-        self.n_pending = 0
+        self.pending: set[int] = set()
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         found = np.zeros(len(hashes), dtype=bool)
@@ -56,15 +56,26 @@ class _DayIds:
             idx[idx == len(self.sorted)] = 0
             found = self.sorted[idx] == hashes
         if self.pending:
-            found |= np.isin(hashes, np.concatenate(self.pending))
+            pending = self.pending
+            found |= np.fromiter((h in pending for h in hashes.tolist()), dtype=bool, count=len(hashes))
         return found
 
     def add(self, hashes: np.ndarray) -> None:
-        self.pending.append(hashes)
-        self.n_pending += len(hashes)
-        if self.n_pending > max(65_536, len(self.sorted) // 4):
-            self.sorted = np.union1d(self.sorted, np.concatenate(self.pending))
-            self.pending, self.n_pending = [], 0
+        self.pending.update(hashes.tolist())
+        if len(self.pending) > max(65_536, len(self.sorted) // 4):
+            new = np.sort(np.fromiter(self.pending, dtype=np.int64, count=len(self.pending)))
+            self.sorted = np.insert(self.sorted, np.searchsorted(self.sorted, new), new)
+            self.pending = set()
+
+
+def _days(timestamps: pa.ChunkedArray) -> np.ndarray:
+    """The UTC day (YYYY-MM-DD) of each timestamp, formatted once per distinct day."""
+    micros = timestamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    numbers = micros // (86_400 * 1_000_000)
+    distinct, inverse = np.unique(numbers, return_inverse=True)
+    names = [datetime.fromtimestamp(int(d) * 86_400, tz=UTC).strftime("%Y-%m-%d") for d in distinct.tolist()]
+    out: np.ndarray = np.asarray(names, dtype=object)[inverse]
+    return out
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:
@@ -139,7 +150,7 @@ class ParquetEventLog:
 
     def _append_valid(self, table: pa.Table) -> AppendResult:
         """Drop ids already in the log (or earlier in the batch), write the rest by day."""
-        days = np.asarray(pc.strftime(table.column("timestamp"), format="%Y-%m-%d").to_pylist(), dtype=object)
+        days = _days(table.column("timestamp"))
         hashes = id_hashes(table.column("event_id").to_pylist())
         keep = np.zeros(len(hashes), dtype=bool)
         with self._lock:
@@ -278,10 +289,12 @@ class ParquetEventLog:
                 table = self._file_rows(file_seq)
                 start = row if file_seq == seq else 0
                 stop = min(table.num_rows, start + count - len(out))
-                for offset, record in enumerate(table.slice(start, stop - start).to_pylist()):
+                part = table.slice(start, stop - start)
+                rows = _Rows(part)  # converted to Python only if some delivery's event is read
+                for offset, event_id in enumerate(part.column("event_id").to_pylist()):
                     pos = (file_seq, start + offset)
                     state.outstanding.append(pos)
-                    out.append(Delivery(f"{pos[0]}-{pos[1]}", row_to_event(record)))
+                    out.append(Delivery(f"{pos[0]}-{pos[1]}", event_id, partial(rows.event, offset)))
                 state.next_pos = (file_seq, stop) if stop < table.num_rows else (file_seq + 1, 0)
         return out
 
@@ -309,6 +322,19 @@ class ParquetEventLog:
 
     def close(self) -> None:
         self._file_cache = None
+
+
+class _Rows:
+    """The rows of a consumed slice, turned into Python dicts on first need, all at once."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table: pa.Table | None = table
+        self.rows: list[dict[str, Any]] = []
+
+    def event(self, offset: int) -> Event:
+        if self.table is not None:
+            self.rows, self.table = self.table.to_pylist(), None
+        return row_to_event(self.rows[offset])
 
 
 def _safe(name: str) -> str:

@@ -190,7 +190,7 @@ class RedisStreamLog:
                 block=block_ms or None,
             )
             entries = fresh[0][1] if fresh else []
-        return [Delivery(eid.decode(), self._decode(eid, fields)) for eid, fields in entries if fields]
+        return [Delivery.of(eid.decode(), self._decode(eid, fields)) for eid, fields in entries if fields]
 
     def ack(self, group: str, delivery_ids: Sequence[str]) -> int:
         if not delivery_ids:

@@ -194,55 +194,86 @@ class Merged:
     also_from: dict[int, list[str]]
 
 
+class MergeScratch:
+    """Membership marks over item indices that merges reuse: a merge marks the few hundred entries
+    it touches and clears them after, instead of allocating (and page-faulting) an array the size
+    of the catalog per request. One merge at a time per scratch."""
+
+    def __init__(self) -> None:
+        self.marks = np.zeros(0, dtype=np.int8)  # all zero between merges
+        self.slots = np.zeros(0, dtype=np.int64)
+
+    def fit(self, n: int) -> np.ndarray:
+        if n > len(self.marks):
+            size = max(n, 2 * len(self.marks))
+            grown = np.zeros(size, dtype=np.int8)
+            grown[: len(self.marks)] = self.marks  # marks of the merge in progress survive
+            self.marks, self.slots = grown, np.zeros(size, dtype=np.int64)
+        return self.marks
+
+    def has_repeats(self, items: np.ndarray) -> bool:
+        """Whether an item occurs twice: without repeats every slot keeps its own position."""
+        positions = np.arange(len(items))
+        self.slots[items] = positions
+        return not np.array_equal(self.slots[items], positions)
+
+
 def merge_arrays(
-    sources: Sequence[tuple[Source, int]], request: Request, k: int | None = None, n_items: int = 0
+    sources: Sequence[tuple[Source, int]],
+    request: Request,
+    k: int | None = None,
+    scratch: MergeScratch | None = None,
 ) -> Merged:
     """Take each source's quota in order, de-duplicated; ``k`` caps the total (default: sum of quotas).
 
     A source is asked for its quota plus room for the items it might lose to exclusions and
     duplicates (capped, so that a user with thousands of seen items does not turn one ANN search
-    into a scan); what a source leaves unused falls to the sources after it. Vectorized: a request
-    merges hundreds of proposals. ``n_items`` (the catalog size, if known) sizes the membership
-    marks once instead of growing them.
+    into a scan); what a source leaves unused falls to the sources after it. Vectorized: membership
+    is one gather from marks over item indices (0 free, 1 excluded, 2 + s placed by source s);
+    pass a ``scratch`` kept between calls to reuse the marks.
     """
+    if len(sources) > 120:
+        raise ValueError("merge_arrays takes at most 120 sources")  # source codes fit in int8
+    scratch = scratch if scratch is not None else MergeScratch()
     total = k if k is not None else sum(q for _, q in sources)
     excluded = np.fromiter(request.exclude, dtype=np.int64, count=len(request.exclude))
-    # membership by marks in one array over item indices (grown on demand): 1 = excluded,
-    # 2 = already chosen; cheaper than set or isin calls for the few hundred items of a request
-    marks = np.zeros(max(n_items, int(excluded.max()) + 1 if len(excluded) else 0), dtype=np.int8)
+    marks = scratch.fit(int(excluded.max()) + 1 if len(excluded) else 0)
     marks[excluded] = 1
     items_out: list[np.ndarray] = []
     scores_out: list[np.ndarray] = []
     names: list[str] = []
     also_from: dict[int, list[str]] = {}
-    first_source: dict[int, str] = {}
     n_chosen = 0
     spare = 0
-    for source, quota in sources:
-        want = quota + spare
-        room = min(len(excluded), 2 * want) + n_chosen
-        items, scores = _arrays(source.propose(request, want + room))
-        if len(items) and items.max() >= len(marks):
-            marks = np.concatenate([marks, np.zeros(int(items.max()) + 1 - len(marks), dtype=np.int8)])
-        mark = marks[items]
-        if len(items) > 1 and len(np.unique(items)) < len(items):  # a source proposing an item twice
-            _, first = np.unique(items, return_index=True)
-            first.sort()
-            items, scores, mark = items[first], scores[first], mark[first]
-        for item in items[mark == 2].tolist():
-            if first_source.get(item) != source.name and source.name not in also_from.setdefault(item, []):
-                also_from[item].append(source.name)
-        take = max(min(want, total - n_chosen), 0)
-        fresh = mark == 0
-        new_items, new_scores = items[fresh][:take], scores[fresh][:take]
-        if len(new_items):
-            items_out.append(new_items)
-            scores_out.append(new_scores)
-            names.extend([source.name] * len(new_items))
-            first_source.update(dict.fromkeys(new_items.tolist(), source.name))
-            marks[new_items] = 2
-            n_chosen += len(new_items)
-        spare = want - len(new_items)
+    try:
+        for code, (source, quota) in enumerate(sources, start=2):
+            want = quota + spare
+            room = min(len(excluded), 2 * want) + n_chosen
+            items, scores = _arrays(source.propose(request, want + room))
+            if len(items):
+                marks = scratch.fit(int(items.max()) + 1)
+                if len(items) > 1 and scratch.has_repeats(items):  # a source proposing an item twice
+                    _, first = np.unique(items, return_index=True)
+                    first.sort()
+                    items, scores = items[first], scores[first]
+            mark = marks[items]
+            for item, by in zip(items[mark >= 2].tolist(), mark[mark >= 2].tolist(), strict=True):
+                if by != code and source.name not in also_from.setdefault(item, []):
+                    also_from[item].append(source.name)
+            take = max(min(want, total - n_chosen), 0)
+            fresh = mark == 0
+            new_items, new_scores = items[fresh][:take], scores[fresh][:take]
+            if len(new_items):
+                items_out.append(new_items)
+                scores_out.append(new_scores)
+                names.extend([source.name] * len(new_items))
+                marks[new_items] = code
+                n_chosen += len(new_items)
+            spare = want - len(new_items)
+    finally:  # leave the marks clear for the next merge
+        marks[excluded] = 0
+        for part in items_out:
+            marks[part] = 0
     also_from = {item: names_ for item, names_ in also_from.items() if names_}
     if not items_out:
         return Merged(np.zeros(0, dtype=np.int64), np.zeros(0), [], also_from)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import pyarrow as pa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -51,10 +50,10 @@ from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
 from recstack.features.stores import KVStore
 from recstack.index.sources import US
-from recstack.schema import EVENT_SCHEMA
 from recstack.serving.bundle import ServingBundle
 from recstack.serving.features import DENSE
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
+from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import dense_features
 from recstack.serving.state import FeedState
@@ -94,6 +93,18 @@ class Metrics:
             "recstack_model_reloads", "Champion reloads by outcome", ["outcome"], registry=r
         )
         self.items = Gauge("recstack_catalog_items", "Items in the catalog", registry=r)
+        # the labelled children the hot path observes, looked up once
+        self.stage_of = {s: self.stage.labels(s) for s in STAGES}
+        self.candidates_of = {s: self.candidates.labels(s) for s in STAGES}
+        self.recommend_latency = self.latency.labels("/v1/recommend")
+
+    def observe_stage(self, stage: str, seconds: float, size: int) -> None:
+        child = self.stage_of.get(stage)
+        if child is None:  # a stage outside the standard graph
+            child = self.stage_of[stage] = self.stage.labels(stage)
+            self.candidates_of[stage] = self.candidates.labels(stage)
+        child.observe(seconds)
+        self.candidates_of[stage].observe(size)
 
 
 class Runtime:
@@ -124,8 +135,7 @@ class Runtime:
             if in_process_worker
             else None
         )
-        self.impressions: list[dict[str, Any]] = []
-        self.impression_lock = threading.Lock()
+        self.impressions = ImpressionBuffer()
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.bus_ok = True
@@ -164,21 +174,18 @@ class Runtime:
 
     # ------------------------------------------------------------------ background
     def flush_impressions(self) -> int:
-        with self.impression_lock:
-            batch, self.impressions = self.impressions, []
-        if not batch:
+        table = self.impressions.take()
+        if table is None:
             return 0
         try:
-            # rows in the log's schema, written as one table (validated column-wise by the log)
-            self.bus.append_table(pa.Table.from_pylist(batch, schema=EVENT_SCHEMA))
+            self.bus.append_table(table)  # validated column-wise by the log
             self.bus_ok = True
         except BackendUnavailableError as exc:
             self.bus_ok = False
-            with self.impression_lock:  # keep them (bounded) for the next try
-                self.impressions = (batch + self.impressions)[-1_000_000:]
+            self.impressions.give_back(table)  # kept (bounded) for the next try
             log.warning("impressions kept in memory, the bus is down: %s", exc)
             return 0
-        return len(batch)
+        return int(table.num_rows)
 
     def _loop(self, every_s: float, fn: Callable[[], Any]) -> None:
         while not self.stop.wait(every_s):
@@ -301,7 +308,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:  # async: a sync dependency costs a thread hop
         if request.headers.get("x-api-key") not in keys:
             raise HTTPException(401, "missing or invalid API key (send it in the X-API-Key header)")
 
@@ -405,38 +412,27 @@ def create_app(runtime: Runtime) -> FastAPI:
             served = outcome.candidates
             item_ids = [state.item_ids[i] for i in served.items]
             logged = _feature_rows(request, served.items, pipeline, state)
-        for stage in STAGES:
-            if stage in outcome.timings_ms:
-                runtime.metrics.stage.labels(stage).observe(outcome.timings_ms[stage] / 1e3)
-                runtime.metrics.candidates.labels(stage).observe(outcome.sizes[stage])
+        metrics = runtime.metrics
+        for stage, ms in outcome.timings_ms.items():
+            metrics.observe_stage(stage, ms / 1e3, outcome.sizes[stage])
         for stage in outcome.degraded:
             runtime.metrics.degraded.labels(stage).inc()
         explore = served.explore if served.explore is not None else np.zeros(len(served), dtype=bool)
-        stamp = datetime.fromtimestamp(now_us / US, UTC)
         version = pipeline.bundle.version
         if body.user_id is not None:
-            versions, context = json.dumps({"feed": version}), json.dumps(body.context)
-            impressions = [
-                {
-                    "event_id": f"{request_id}:{pos}",
-                    "kind": "impression",
-                    "timestamp": stamp,
-                    "request_id": request_id,
-                    "user_id": body.user_id,
-                    "item_id": item,
-                    "position": pos,
-                    "surface": body.surface,
-                    "model_versions": versions,
-                    "context": context,
-                    "features": json.dumps(logged[pos]),
-                }
-                for pos, item in enumerate(item_ids)
-            ]
+            event_ids = runtime.impressions.add(
+                request_id,
+                body.user_id,
+                item_ids,
+                now_us,
+                body.surface,
+                json.dumps({"feed": version}),
+                json.dumps(body.context),
+                logged,
+            )
             # applied now, so the user's next request cannot repeat it whatever the worker's lag
             # (a separate worker's next snapshot includes the same impressions)
-            state.record_served(body.user_id, served.items.tolist(), [e["event_id"] for e in impressions])
-            with runtime.impression_lock:
-                runtime.impressions.extend(impressions)
+            state.record_served(body.user_id, served.items.tolist(), event_ids)
         response = {  # the RecommendResponse shape, built without model validation (hot path)
             "request_id": request_id,
             "user_id": body.user_id,
@@ -450,7 +446,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             "degraded": bool(outcome.degraded) or not runtime.bus_ok,
             "degraded_stages": outcome.degraded,
         }
-        runtime.metrics.latency.labels("/v1/recommend").observe(time.perf_counter() - started)
+        metrics.recommend_latency.observe(time.perf_counter() - started)
         return response
 
     # async: the funnel runs on the event loop (a few ms of CPU, serialized by the state lock
@@ -534,16 +530,19 @@ def create_app(runtime: Runtime) -> FastAPI:
     return app
 
 
-def _feature_rows(
-    request: RecRequest, items: np.ndarray, pipeline: Pipeline, state: FeedState
-) -> list[dict[str, float]]:
-    """The dense feature values the ranker used for each served item (computed the same way for
-    items that skipped ranking, such as exploration picks)."""
+def _feature_rows(request: RecRequest, items: np.ndarray, pipeline: Pipeline, state: FeedState) -> list[str]:
+    """The dense feature values the ranker used for each served item, one JSON object each
+    (computed the same way for items that skipped ranking, such as exploration picks)."""
     if not len(items):
         return []
     dense = dense_features(request, items, pipeline.bundle, state)
-    values = np.column_stack([dense[name] for name in DENSE])
-    return [{name: round(float(v), 6) for name, v in zip(DENSE, row, strict=True)} for row in values]
+    values = np.round(np.column_stack([dense[name] for name in DENSE]), 6)
+    if not np.isfinite(values).all():  # json writes NaN / Infinity; repr would not
+        return [json.dumps(dict(zip(DENSE, row, strict=True))) for row in values.tolist()]
+    return [_FEATURE_ROW % tuple(row) for row in values.tolist()]
+
+
+_FEATURE_ROW = "{" + ", ".join(f'"{name}": %r' for name in DENSE) + "}"  # repr of a finite float is JSON
 
 
 def bus_for(settings: Settings) -> EventLog:

@@ -284,64 +284,78 @@ class FeedState:
             self.version += 1
 
     # ------------------------------------------------------------------ snapshots
+    def snapshot(self, with_catalog: bool = True) -> Snapshot:
+        """The state as bytes (and the catalog's, when asked), consistent with each other. The lock
+        is held only to copy what is mutable; encoding happens after, so serving is not held up
+        behind a snapshot."""
+        with self.lock:
+            state = self._capture_state()
+            catalog = self._capture_catalog() if with_catalog else None
+            version, catalog_version = self.version, self.catalog_version
+        return Snapshot(
+            _encode_state(*state),
+            _pack(*catalog) if catalog is not None else None,
+            version,
+            catalog_version,
+        )
+
     def catalog_bytes(self) -> bytes:
         """The catalog (ids, creators, fields, creation times, unsafe scores, removals): it changes
         rarely, so the worker writes it only when ``catalog_version`` moved."""
         with self.lock:
-            meta = {
-                "item_fields": list(self.item_fields),
-                "item_ids": self.item_ids,
-                "creators": self.creators,
-                "fields": self.fields,
-                "catalog_version": self.catalog_version,
-            }
-            return _pack(
-                meta,
-                creator=self.creator.values,
-                created_us=self.created_us.values,
-                unsafe=self.unsafe.values,
-                removed=self.removed.values,
-            )
+            catalog = self._capture_catalog()
+        return _pack(*catalog)
 
     def to_bytes(self) -> bytes:
         """Everything but the catalog: users, counters (stored sparsely: most items have none),
         trending, and the ids applied since the last acknowledgement."""
         with self.lock:
-            meta = {
-                "history_length": self.history_length,
-                "seen_limit": self.seen_limit,
-                "trending_weights": self.trending_weights,
-                "users": list(self.users),
-                "applied": sorted(self.applied),
-                "unknown_items": self.unknown_items,
-                "trending_rate": self.trending.rate,
-                "trending_as_of_us": self.trending.as_of_us,
-                "version": self.version,
-                "catalog_version": self.catalog_version,
-                "n_items": self.n_items,
-                "n_trending": len(self.trending.scores),
-            }
-            arrays: dict[str, np.ndarray] = {}
-            # per-user lists as one flat array each plus offsets (JSON of them stalls serving)
-            for name, lists in (
-                ("history", [s.history for s in self.users.values()]),
-                ("seen", [s.seen for s in self.users.values()]),
-                ("blocked", [s.blocked for s in self.users.values()]),
-            ):
-                sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-                arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum(sizes)])
-                flat: list[int] = []
-                for x in lists:
-                    flat.extend(x)
-                arrays[f"{name}_items"] = np.array(flat, dtype=np.int64)
-            for name, values in (
-                ("impressions", self.impressions.values),
-                ("clicks", self.clicks.values),
-                ("trending", self.trending.scores),
-            ):
-                where = np.flatnonzero(values)
-                arrays[f"{name}_at"], arrays[f"{name}_value"] = where, values[where]
-            return _pack(meta, **arrays)
+            state = self._capture_state()
+        return _encode_state(*state)
+
+    def _capture_catalog(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta = {
+            "item_fields": list(self.item_fields),
+            "item_ids": list(self.item_ids),
+            "creators": list(self.creators),
+            "fields": {name: list(values) for name, values in self.fields.items()},
+            "catalog_version": self.catalog_version,
+        }
+        arrays = {
+            "creator": self.creator.values.copy(),
+            "created_us": self.created_us.values.copy(),
+            "unsafe": self.unsafe.values.copy(),
+            "removed": self.removed.values.copy(),
+        }
+        return meta, arrays
+
+    def _capture_state(self) -> tuple[dict[str, Any], dict[str, list[list[int]]], dict[str, np.ndarray]]:
+        meta = {
+            "history_length": self.history_length,
+            "seen_limit": self.seen_limit,
+            "trending_weights": self.trending_weights,
+            "users": list(self.users),
+            "applied": list(self.applied),
+            "unknown_items": self.unknown_items,
+            "trending_rate": self.trending.rate,
+            "trending_as_of_us": self.trending.as_of_us,
+            "version": self.version,
+            "catalog_version": self.catalog_version,
+            "n_items": self.n_items,
+            "n_trending": len(self.trending.scores),
+        }
+        users = self.users.values()
+        lists = {
+            "history": [list(u.history) for u in users],
+            "seen": [list(u.seen) for u in users],
+            "blocked": [list(u.blocked) for u in users],
+        }
+        counters = {
+            "impressions": self.impressions.values.copy(),
+            "clicks": self.clicks.values.copy(),
+            "trending": self.trending.scores.copy(),
+        }
+        return meta, lists, counters
 
     CATALOG = (
         "item_fields",
@@ -426,9 +440,36 @@ class FeedState:
         return state
 
 
-def _pack(meta: dict[str, Any], **arrays: np.ndarray) -> bytes:
+@dataclass(frozen=True)
+class Snapshot:
+    """``FeedState.snapshot``: the state's bytes, the catalog's (None when not asked for), and the
+    versions they were taken at."""
+
+    state: bytes
+    catalog: bytes | None
+    version: int
+    catalog_version: int
+
+
+def _encode_state(
+    meta: dict[str, Any], lists: dict[str, list[list[int]]], counters: dict[str, np.ndarray]
+) -> bytes:
+    meta = meta | {"applied": sorted(meta["applied"])}
+    arrays: dict[str, np.ndarray] = {}
+    # per-user lists as one flat array each plus offsets (JSON of them stalls serving)
+    for name, per_user in lists.items():
+        sizes = np.fromiter((len(x) for x in per_user), dtype=np.int64, count=len(per_user))
+        arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum(sizes)])
+        arrays[f"{name}_items"] = np.fromiter(itertools.chain.from_iterable(per_user), dtype=np.int64)
+    for name, values in counters.items():
+        where = np.flatnonzero(values)
+        arrays[f"{name}_at"], arrays[f"{name}_value"] = where, values[where]
+    return _pack(meta, arrays)
+
+
+def _pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays = arrays | {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # the stubs type **kwds as allow_pickle
     return buffer.getvalue()
 

@@ -79,9 +79,10 @@ class FeedWorker:
         """Read and apply one batch; snapshot and acknowledge when due. Returns deliveries read."""
         deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
         if deliveries:
-            self.applied += self.state.apply(d.event for d in deliveries)
+            applied = self.state.applied  # skipped by id, unparsed (the API's own impressions)
+            self.applied += self.state.apply(d.event for d in deliveries if d.event_id not in applied)
             self.pending.extend(d.delivery_id for d in deliveries)
-            self.pending_ids.extend(d.event.event_id for d in deliveries)
+            self.pending_ids.extend(d.event_id for d in deliveries)
             self.delivered += len(deliveries)
         if self.pending and time.monotonic() - self.last_snapshot >= self.snapshot_s:
             self.checkpoint()
@@ -91,17 +92,18 @@ class FeedWorker:
         """Write the state (the catalog only when it changed), then acknowledge what it includes.
         Acknowledged deliveries never come back, so their ids are then forgotten: the next
         snapshot holds only ids applied and not yet acknowledged (memory and size stay bounded)."""
-        with self.state.lock:
-            writes = {
-                self.key: self.state.to_bytes(),
-                self.key + ":version": str(self.state.version).encode(),
-                self.key + ":group": self.group.encode(),
-            }
-            catalog_version = self.state.catalog_version
-            if catalog_version != self.catalog_written:
-                writes[self.key + ":catalog"] = self.state.catalog_bytes()
+        snapshot = self.state.snapshot(with_catalog=self.state.catalog_version != self.catalog_written)
+        if snapshot.catalog is None and snapshot.catalog_version != self.catalog_written:
+            snapshot = self.state.snapshot(with_catalog=True)  # the catalog moved meanwhile
+        writes = {
+            self.key: snapshot.state,
+            self.key + ":version": str(snapshot.version).encode(),
+            self.key + ":group": self.group.encode(),
+        }
+        if snapshot.catalog is not None:
+            writes[self.key + ":catalog"] = snapshot.catalog
         self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
-        self.catalog_written = catalog_version
+        self.catalog_written = snapshot.catalog_version
         if self.pending:
             self.log.ack(self.group, self.pending)
             self.pending = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recstack.errors import DataFormatError
@@ -52,3 +53,28 @@ def test_corrupt_file_gives_clear_error(tmp_path: Path) -> None:
     next(tmp_path.glob("day=*/part-*.parquet")).write_bytes(b"not parquet")
     with pytest.raises(DataFormatError, match="event log"):
         ParquetEventLog(tmp_path).table()
+
+
+def test_day_ids_answer_membership_across_the_merge_into_the_sorted_part() -> None:
+    from recstack.events.parquet import _DayIds
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(-(2**62), 2**62, size=200_000)
+    ids = _DayIds()
+    for chunk in np.array_split(values[:150_000], 30):  # crosses the 65,536 merge threshold twice
+        ids.add(chunk)
+    assert len(ids.sorted) > 0 and np.all(np.diff(ids.sorted) > 0)  # merged, sorted, no repeats
+    probe = np.concatenate([values[:150_000:7], values[150_000:]])
+    expected = np.isin(probe, values[:150_000])
+    assert np.array_equal(ids.contains(probe), expected)
+
+
+def test_days_are_the_utc_dates_of_the_timestamps() -> None:
+    import pyarrow as pa
+
+    from recstack.events.parquet import _days
+
+    stamps = pa.chunked_array(
+        [pa.array([0, 86_399_999_999, 86_400_000_000, -1], type=pa.timestamp("us", tz="UTC"))]
+    )
+    assert list(_days(stamps)) == ["1970-01-01", "1970-01-01", "1970-01-02", "1969-12-31"]

@@ -15,12 +15,14 @@ from recstack.index.sources import (
     US,
     FreshSource,
     ItemToItemSource,
+    MergeScratch,
     Request,
     TrendingConsumer,
     TrendingSource,
     TwoTowerSource,
     build_sources,
     merge,
+    merge_arrays,
 )
 from recstack.models.baselines import ItemCF
 
@@ -43,6 +45,19 @@ def test_merge_quotas_dedupe_exclusions_and_spill() -> None:
     short = merge([(Fixed("a", [1]), 3), (c, 2)], Request(user=None))
     assert [x.item for x in short] == [1, 7, 8, 9]
     assert len(merge([(a, 4), (c, 3)], Request(user=0), k=5)) == 5
+
+
+def test_merge_with_a_reused_scratch_is_the_same_merge_and_leaves_it_clear() -> None:
+    # r proposes items twice (the first counts) and is asked for 3 + room for 2 exclusions = 5
+    repeating = Fixed("r", [4, 9, 4, 10, 9, 11])
+    other = Fixed("o", [9, 11, 12, 10_000])  # an index past the scratch's size grows it mid-merge
+    request = Request(user=0, exclude=frozenset({10, 500}))
+    scratch = MergeScratch()
+    for _ in range(2):
+        merged = merge_arrays([(repeating, 3), (other, 3)], request, scratch=scratch)
+        assert merged.items.tolist() == [4, 9, 11, 12, 10_000]
+        assert merged.sources == ["r", "r", "o", "o", "o"] and merged.also_from == {9: ["o"]}
+        assert not scratch.marks.any()
 
 
 def test_trending_decays_with_half_life() -> None:

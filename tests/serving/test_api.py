@@ -30,7 +30,7 @@ def test_recommend_returns_items_sources_and_logs_impressions(
         "fresh",
         "explore",
     }
-    logged = list(runtime.impressions)
+    logged = runtime.impressions.rows()
     assert [e["request_id"] for e in logged] == [body["request_id"]] * 8
     assert set(json.loads(logged[0]["features"])) == {"retrieval_score", "age_h", "item_ctr"}
     posted = client.post("/v1/recommend", json={"user_id": "never-seen", "n": 5}, headers=KEY)

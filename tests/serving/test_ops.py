@@ -46,6 +46,17 @@ def test_spacing_ends_the_list_rather_than_break_the_rule() -> None:
     assert mmr(values, np.eye(3), np.array([5, 5, 5]), 3, 1.0, 2) == [0]
 
 
+def test_dpp_fills_the_list_when_the_kernel_runs_out() -> None:
+    values = np.array([0.9, 0.8, 0.7, 0.6])
+    # four copies of one vector: after the first pick no item adds volume; the rest go by value
+    copies = np.tile([[1.0, 0.0]], (4, 1))
+    assert dpp(values, copies, np.arange(4), 4, 0.5, 0) == [0, 1, 2, 3]
+    # lambda -> 1: q = exp((v - 1) / 1e-3) underflows for all but the best; no overflow, no NaN,
+    # and the order is value order (what lambda = 1 means)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        assert dpp(values, np.eye(4), np.arange(4), 4, 1.0, 0) == [0, 1, 2, 3]
+
+
 def _state_from(log: ParquetEventLog) -> FeedState:
     state = FeedState(item_fields=("topic",))
     state.apply(log.replay())
@@ -150,7 +161,29 @@ def test_thompson_exploration_favours_the_item_with_more_clicks(
     for seed in range(200):
         request = RecRequest("u", 3, (now + 10) * 1_000_000, rng=np.random.default_rng(seed))
         out = op(request, Candidates(np.zeros(0, dtype=np.int64), np.zeros(0), []), state)
-        assert out.sources == ["explore"]
+        assert list(out.sources) == ["explore"]
         wins += int(out.items[0] == 0)
     # P(theta_0 > theta_1) for these posteriors is above 0.999
     assert wins >= 195
+
+
+def test_fresh_source_keeps_the_newest_in_order_with_a_partial_sort() -> None:
+    from recstack.index.sources import US
+    from recstack.serving.ops.retrieve import StateFresh
+
+    state = FeedState()
+    n = 5_000
+    created = np.random.default_rng(3).permutation(n) * US  # distinct creation times, shuffled
+    state.load_items([f"i{k}" for k in range(n)], [f"c{k}" for k in range(n)], created)
+    removed = int(np.flatnonzero(created == (n - 20) * US)[0])  # a fresh item, removed
+    state.removed.data[removed] = True
+    now = (n - 10) * US  # the 9 items created after now are not fresh yet
+    window_s = 3_000
+    newest_first = np.argsort(-created)
+    alive = newest_first[(created[newest_first] <= now) & (created[newest_first] > now - window_s * US)]
+    alive = alive[alive != removed]
+    full = StateFresh(state, window_s, depth=n).fresh_items(now)
+    assert np.array_equal(full, alive)
+    partial = StateFresh(state, window_s, depth=100)
+    assert np.array_equal(partial.fresh_items(now), alive[:100])
+    assert np.array_equal(partial.fresh_items(now, k=300)[:300], alive[:300])  # deeper on demand

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,26 +27,47 @@ class RecRequest:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     cache: dict[str, Any] = field(default_factory=dict)  # per-request values stages share
 
+    @cached_property
+    def exclude_array(self) -> np.ndarray:
+        """``exclude`` as a sorted int64 array (built once; stages test membership against it)."""
+        out = np.fromiter(self.exclude, dtype=np.int64, count=len(self.exclude))
+        out.sort()
+        return out
+
+    def excluded(self, items: np.ndarray) -> np.ndarray:
+        """Which of ``items`` are excluded (a boolean mask), by binary search in ``exclude_array``."""
+        table = self.exclude_array
+        if not len(table):
+            return np.zeros(len(items), dtype=bool)
+        at = np.minimum(np.searchsorted(table, items), len(table) - 1)
+        out: np.ndarray = table[at] == items
+        return out
+
 
 @dataclass
 class Candidates:
     """Columnar candidate set: ``items`` (N,) catalog indices, ``scores`` (N,) the current stage's
-    scores, ``sources`` the retrieval source of each, ``probs`` (N, T) heavy-ranker probabilities
+    scores, ``sources`` (N,) the retrieval source of each (an object array of names; a list given
+    is converted), ``probs`` (N, T) heavy-ranker probabilities
     (``tasks`` names the columns) once ranked, ``explore`` marks items placed by exploration."""
 
     items: np.ndarray
     scores: np.ndarray
-    sources: list[str]
+    sources: np.ndarray
     probs: np.ndarray | None = None
     tasks: tuple[str, ...] = ()
     explore: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sources, np.ndarray):
+            self.sources = np.array(self.sources, dtype=object)
 
     def __len__(self) -> int:
         return len(self.items)
 
     @classmethod
     def empty(cls) -> Candidates:
-        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=object))
 
     def take(self, order: np.ndarray) -> Candidates:
         """The candidates at positions ``order`` (a subset, reordered)."""
@@ -53,7 +75,7 @@ class Candidates:
         return Candidates(
             self.items[order],
             self.scores[order],
-            [self.sources[i] for i in order],
+            self.sources[order],
             None if self.probs is None else self.probs[order],
             self.tasks,
             None if self.explore is None else self.explore[order],

@@ -33,11 +33,12 @@ class ExploreOp:
         slots = min(self.slots, n)
         if slots == 0:
             return candidates
-        fresh = self.fresh.fresh_items(request.now_us)[: self.pool]
+        fresh = self.fresh.fresh_items(request.now_us, self.pool)[: self.pool]
         fresh = fresh[~np.isin(fresh, candidates.items)]
         if not len(fresh):
             return candidates
-        pool = self.safety(request, Candidates(fresh, np.zeros(len(fresh)), ["explore"] * len(fresh)), state)
+        sources = np.full(len(fresh), "explore", dtype=object)
+        pool = self.safety(request, Candidates(fresh, np.zeros(len(fresh)), sources), state)
         if not len(pool):
             return candidates
         clicks = state.clicks.values[pool.items]
@@ -47,25 +48,22 @@ class ExploreOp:
         chosen = pool.take(best)
         chosen.scores = theta[best]
 
-        items = candidates.items.tolist()
-        scores = candidates.scores.tolist()
-        sources = list(candidates.sources)
-        explore = [False] * len(items)
+        # positions of the final list, as indices into candidates (< size) or chosen (size + k)
+        size = len(candidates)
+        order = list(range(size))
         creators = state.creator.values
+        owners = creators[candidates.items].tolist()
         targets = [int((k + 1) * n / (slots + 1)) for k in range(slots)]
-        for target, item, score in zip(targets, chosen.items.tolist(), chosen.scores.tolist(), strict=False):
-            for pos in range(min(target, len(items)), min(len(items), n) + 1):
-                window = items[max(0, pos - self.gap + 1) : pos + self.gap - 1]
-                if self.gap <= 1 or creators[item] not in creators[window]:
-                    items.insert(pos, item)
-                    scores.insert(pos, score)
-                    sources.insert(pos, "explore")
-                    explore.insert(pos, True)
+        for k, (target, creator) in enumerate(zip(targets, creators[chosen.items].tolist(), strict=False)):
+            for pos in range(min(target, len(order)), min(len(order), n) + 1):
+                if self.gap <= 1 or creator not in owners[max(0, pos - self.gap + 1) : pos + self.gap - 1]:
+                    order.insert(pos, size + k)
+                    owners.insert(pos, creator)
                     break
-        keep = min(len(items), n)
+        at = np.array(order[:n], dtype=np.int64)
         return Candidates(
-            np.array(items[:keep], dtype=np.int64),
-            np.array(scores[:keep]),
-            sources[:keep],
-            explore=np.array(explore[:keep]),
+            np.concatenate([candidates.items, chosen.items])[at],
+            np.concatenate([candidates.scores, chosen.scores])[at],
+            np.concatenate([candidates.sources, chosen.sources])[at],
+            explore=at >= size,
         )

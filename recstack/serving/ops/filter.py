@@ -34,5 +34,5 @@ class FilterOp:
         items = candidates.items
         keep = ~state.removed.values[items] & (self.unsafe_score(items, state) < self.threshold)
         if request.exclude:
-            keep &= ~np.isin(items, np.fromiter(request.exclude, dtype=np.int64, count=len(request.exclude)))
+            keep &= ~request.excluded(items)
         return candidates.take(np.flatnonzero(keep))

@@ -5,7 +5,8 @@
   to [0, 1] over the candidates.
 - DPP: greedy MAP inference (Chen, Zhang & Zhou, 2018) for the kernel L = diag(q) S diag(q), with
   S the cosine similarity of item-tower vectors and q = exp(value scaled to [0, 1] / (1 - lambda)),
-  the incremental Cholesky form: O(N n D) for n picks among N.
+  the incremental Cholesky form: O(N n D) for n picks among N. When the kernel has no gain left
+  (near-duplicates, or qualities below precision at a lambda near 1) the rest go by value.
 
 Both enforce creator spacing: no two items of one creator within ``creator_gap`` slots (positions
 of the same creator differ by at least ``creator_gap``). When every remaining candidate would break
@@ -35,21 +36,21 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 class _Spacing:
-    """Which candidates may take the next slot: those whose creator is absent from the last
-    gap - 1 picks. Creators are coded 0..C-1 once, so each step is a few array operations."""
+    """Which candidates may take the next slot: a pick at slot t blocks its creator until slot
+    t + gap (so it is absent from the gap - 1 slots after it). Creators are coded 0..C-1 once, so
+    each step is one gather and one comparison."""
 
     def __init__(self, creators: np.ndarray, gap: int) -> None:
-        self.gap = gap
+        self.gap = max(gap, 1)
         _, self.code = np.unique(creators, return_inverse=True)
-        self.blocked = np.zeros(int(self.code.max()) + 1 if len(self.code) else 0, dtype=bool)
+        self.until = np.zeros(int(self.code.max()) + 1 if len(self.code) else 0, dtype=np.int64)
 
-    def feasible(self, picked: list[int]) -> np.ndarray:
-        if self.gap <= 1 or not picked:
-            return np.ones(len(self.code), dtype=bool)
-        self.blocked[:] = False
-        self.blocked[self.code[picked[-(self.gap - 1) :]]] = True
-        out: np.ndarray = ~self.blocked[self.code]
+    def feasible(self, slot: int) -> np.ndarray:
+        out: np.ndarray = self.until[self.code] <= slot
         return out
+
+    def place(self, j: int, slot: int) -> None:
+        self.until[self.code[j]] = slot + self.gap
 
 
 def mmr(
@@ -57,20 +58,22 @@ def mmr(
 ) -> list[int]:
     """Indices of the chosen candidates, in order."""
     unit = _unit(vectors.astype(np.float64))
-    relevance = _scaled(values)
+    similarity = unit @ unit.T  # (N, N), once: each step then reads one row
+    relevance = lam * _scaled(values)
     max_sim = np.zeros(len(values))
     available = np.ones(len(values), dtype=bool)
     spacing = _Spacing(creators, gap)
     picked: list[int] = []
     while len(picked) < n:
-        ok = available & spacing.feasible(picked)
-        if not ok.any():
+        score = relevance - (1 - lam) * max_sim
+        score[~(available & spacing.feasible(len(picked)))] = -np.inf
+        j = int(score.argmax())
+        if score[j] == -np.inf:
             break
-        score = np.where(ok, lam * relevance - (1 - lam) * max_sim, -np.inf)
-        j = int(np.argmax(score))
+        spacing.place(j, len(picked))
         picked.append(j)
         available[j] = False
-        max_sim = np.maximum(max_sim, unit @ unit[j])
+        np.maximum(max_sim, similarity[j], out=max_sim)
     return picked
 
 
@@ -78,25 +81,35 @@ def dpp(
     values: np.ndarray, vectors: np.ndarray, creators: np.ndarray, n: int, lam: float, gap: int
 ) -> list[int]:
     unit = _unit(vectors.astype(np.float64))
-    quality = np.exp(_scaled(values) / max(1 - lam, 1e-3))
-    quality /= quality.max()
+    quality = np.exp((_scaled(values) - 1) / max(1 - lam, 1e-3))  # max 1; no overflow as lambda -> 1
+    kernel = quality[:, None] * (unit @ unit.T) * quality[None, :]  # L = diag(q) S diag(q)
+    np.fill_diagonal(kernel, quality**2)  # S_ii = 1, also for items without a vector
     size = len(values)
     cholesky = np.zeros((size, n))
-    gains = quality**2  # L_ii (S_ii = 1)
+    gains = quality**2  # L_ii
     available = np.ones(size, dtype=bool)
     spacing = _Spacing(creators, gap)
     picked: list[int] = []
     while len(picked) < n:
-        ok = available & spacing.feasible(picked) & (gains > 1e-10)
-        if not ok.any():
-            break
-        j = int(np.argmax(np.where(ok, gains, -np.inf)))
-        row = quality[j] * quality * (unit @ unit[j])
-        row[j] = quality[j] ** 2
         t = len(picked)
-        e = (row - cholesky[:, :t] @ cholesky[j, :t]) / np.sqrt(gains[j])
+        score = np.where(available & spacing.feasible(t) & (gains > 1e-10), gains, -np.inf)
+        j = int(score.argmax())
+        if score[j] == -np.inf:
+            break
+        e = (kernel[j] - cholesky[:, :t] @ cholesky[j, :t]) / np.sqrt(gains[j])
         cholesky[:, t] = e
         gains = gains - e**2
+        spacing.place(j, t)
+        picked.append(j)
+        available[j] = False
+    # the kernel is exhausted (near-duplicate vectors, or qualities below precision at a high
+    # lambda): the remaining slots go by value, spacing kept, rather than the list ending early
+    while len(picked) < n:
+        score = np.where(available & spacing.feasible(len(picked)), values, -np.inf)
+        j = int(score.argmax())
+        if score[j] == -np.inf:
+            break
+        spacing.place(j, len(picked))
         picked.append(j)
         available[j] = False
     return picked

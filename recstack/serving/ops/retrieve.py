@@ -11,13 +11,15 @@ The sources here read the live :class:`FeedState` and the served bundle:
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recstack.index.retriever import TwoTowerRetriever
-from recstack.index.sources import US, Request, Source, merge_arrays
+from recstack.index.sources import US, MergeScratch, Request, Source, merge_arrays
 from recstack.serving.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.rank import user_vector
@@ -55,26 +57,64 @@ class BundleTwoTower:
 
 class BundleItemToItem:
     """Neighbours, in the item tower's space, of the user's ``recent`` last engagements; an item
-    proposed by several of them sums its similarities."""
+    proposed by several of them sums its similarities.
+
+    Each engaged item's neighbour list is kept in an LRU cache of ``cache_size`` items (the served
+    bundle's index does not change, and recent engagements repeat across requests and users), so a
+    request searches the index only for items it has not met; a deeper list than the cached one is
+    searched again. For IVF and flat indexes a shallower search is a prefix of a deeper one, so the
+    cache changes no result.
+    """
 
     name = "item_to_item"
 
     def __init__(
-        self, bundle: ServingBundle, alignment: Alignment, state: FeedState, recent: int = 10
+        self,
+        bundle: ServingBundle,
+        alignment: Alignment,
+        state: FeedState,
+        recent: int = 10,
+        cache_size: int = 50_000,
     ) -> None:
         self.bundle = bundle
         self.alignment = alignment
         self.state = state
         self.recent = recent
+        self.cache_size = cache_size
+        self.cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def neighbours(self, rows: list[int], depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the ``depth`` nearest bundle items of each bundle row, each (len(rows), depth)."""
+        with self.lock:
+            found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            missing = []
+            for r in rows:
+                hit = self.cache.get(r)
+                if hit is None or len(hit[0]) < depth:
+                    missing.append(r)
+                else:
+                    found[r] = hit
+                    self.cache.move_to_end(r)
+            if missing:
+                scores, ids = self.bundle.retriever.index.search(self.bundle.vectors[missing], depth)
+                for n, r in enumerate(missing):
+                    found[r] = self.cache[r] = (ids[n], scores[n])
+                while len(self.cache) > self.cache_size:
+                    self.cache.popitem(last=False)
+        return (
+            np.stack([found[r][0][:depth] for r in rows]),
+            np.stack([found[r][1][:depth] for r in rows]),
+        )
 
     def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
         bundle_of = self.alignment.bundle_of
         rows = [int(bundle_of[i]) for i in request.history[: self.recent] if i < len(bundle_of)]
-        rows = [r for r in rows if r >= 0]
+        rows = list(dict.fromkeys(r for r in rows if r >= 0))
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         per_item = max(k // len(rows), 10)
-        scores, ids = self.bundle.retriever.index.search(self.bundle.vectors[rows], per_item)
+        ids, scores = self.neighbours(rows, per_item)
         ids, scores = ids.ravel(), scores.ravel().astype(np.float64)
         ok = ids >= 0
         catalog = self.alignment.catalog_of[ids[ok]]
@@ -127,30 +167,44 @@ class StateTrending:
 
 
 class StateFresh:
-    """Items created within ``window_s`` of the request, newest first."""
+    """Items created within ``window_s`` of the request, newest first; the newest ``depth`` of them
+    are kept (a partial sort, not a sort of every fresh item), deeper when a caller asks for more."""
 
     name = "fresh"
 
-    def __init__(self, state: FeedState, window_s: float, refresh_s: float = 1.0) -> None:
+    def __init__(self, state: FeedState, window_s: float, refresh_s: float = 1.0, depth: int = 2_000) -> None:
         self.state = state
         self.window_us = int(window_s * US)
         self.cache = _Cached(refresh_s)
         self.as_of_us = 0
+        self.depth = depth
+        self.complete = False  # whether the cache holds every fresh item (fewer than depth)
 
-    def fresh_items(self, now_us: int) -> np.ndarray:
-        """Fresh, not removed item indices, newest first (cached for refresh_s)."""
-        if self.cache.stale() or abs(now_us - self.as_of_us) > self.cache.refresh_s * US:
+    def fresh_items(self, now_us: int, k: int = 0) -> np.ndarray:
+        """Fresh, not removed item indices, newest first (at least the newest max(k, depth); cached
+        for refresh_s)."""
+        cache = self.cache
+        if (
+            cache.stale()
+            or abs(now_us - self.as_of_us) > cache.refresh_s * US
+            or (k > len(cache.items) and not self.complete)
+        ):
             created = self.state.created_us.values
             mask = (created <= now_us) & (created > now_us - self.window_us) & ~self.state.removed.values
             fresh = np.flatnonzero(mask)
-            self.cache.items = fresh[np.argsort(-created[fresh], kind="stable")]
-            self.cache.scores = (created[self.cache.items] - now_us) / US
-            self.cache.at = time.monotonic()
+            depth = max(self.depth, k)
+            self.complete = len(fresh) <= depth
+            if not self.complete:
+                fresh = fresh[np.argpartition(-created[fresh], depth - 1)[:depth]]
+                fresh.sort()  # index order, so that the stable sort breaks ties as a full sort would
+            cache.items = fresh[np.argsort(-created[fresh], kind="stable")]
+            cache.scores = (created[cache.items] - now_us) / US
+            cache.at = time.monotonic()
             self.as_of_us = now_us
-        return self.cache.items
+        return cache.items
 
     def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.fresh_items(request.now_us)[:k], self.cache.scores[:k]
+        return self.fresh_items(request.now_us, k)[:k], self.cache.scores[:k]
 
 
 class RetrieveOp:
@@ -160,21 +214,21 @@ class RetrieveOp:
     def __init__(self, sources: list[tuple[Source, int]], bundle: ServingBundle) -> None:
         self.sources = sources
         self.bundle = bundle
+        self.scratch = MergeScratch()
+        self.lock = threading.Lock()  # one merge at a time on the scratch
 
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
         del candidates  # the first stage starts from nothing
-        merged = merge_arrays(
-            self.sources,
-            Request(
-                None,
-                request.history,
-                request.now_us,
-                request.exclude,
-                request.user_id,
-                user_vector(request, self.bundle, state),  # shared with the rankers' features
-            ),
-            n_items=state.n_items,
+        query = Request(
+            None,
+            request.history,
+            request.now_us,
+            request.exclude,
+            request.user_id,
+            user_vector(request, self.bundle, state),  # shared with the rankers' features
         )
+        with self.lock:
+            merged = merge_arrays(self.sources, query, scratch=self.scratch)
         if not len(merged.items):
             return Candidates.empty()
-        return Candidates(merged.items, merged.scores, merged.sources)
+        return Candidates(merged.items, merged.scores, np.array(merged.sources, dtype=object))
