@@ -134,7 +134,7 @@ def serve(folder: Path, port: int, namespace: str) -> None:
     if namespace == "-":
         bus, store, in_process = (
             ParquetEventLog(folder / "served-events"),
-            SQLiteStore(folder / "state" / "feed_state.sqlite"),
+            SQLiteStore(folder / "run-state" / "feed_state.sqlite"),
             True,
         )
     else:
@@ -283,6 +283,8 @@ def main() -> None:
         folder.mkdir(parents=True)
         build(folder, items)
     shutil.rmtree(folder / "served-events", ignore_errors=True)
+    # every run starts from the state as built (a run's own snapshots refer to its own log)
+    shutil.copytree(folder / "state", folder / "run-state", dirs_exist_ok=True)
 
     import httpx
 

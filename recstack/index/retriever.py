@@ -6,7 +6,8 @@ through the text path of the item tower (``add_items``): that is the cold start.
 
 ``save`` writes the PyTorch weights and an ONNX export of the user tower (and of the text path when
 the model has one); ``load(folder)`` without a model serves through ONNX Runtime, so the serving
-process needs neither the model class nor its training-time sizes.
+process needs neither the model class nor its training-time sizes, nor PyTorch (imported only
+where a model is given: ``torch_towers``).
 """
 
 from __future__ import annotations
@@ -14,67 +15,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from recstack.errors import CheckpointError
 from recstack.index.faiss_index import IndexKind, ItemIndex
-from recstack.models.two_tower import TwoTower
-from recstack.serving.onnx import export_onnx, open_session
+from recstack.serving.onnx import open_session
 
-
-class _UserTower(nn.Module):
-    def __init__(self, model: TwoTower) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return self.model.user_vectors(users, history)
-
-
-class _ContentTower(nn.Module):
-    def __init__(self, model: TwoTower) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return self.model.content_vectors(text)
-
-
-class TorchTowers:
-    """The user tower and the item tower's text path, in PyTorch."""
-
-    def __init__(self, model: TwoTower) -> None:
-        self.model = model.eval()
-        self.has_text = model.text_proj is not None
-
-    def user(self, users: np.ndarray, history: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out: np.ndarray = self.model.user_vectors(
-                torch.from_numpy(users), torch.from_numpy(history)
-            ).numpy()
-        return out
-
-    def content(self, text: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out: np.ndarray = self.model.content_vectors(torch.from_numpy(text)).numpy()
-        return out
-
-    def export(self, folder: Path, history_length: int) -> None:
-        users = torch.zeros(2, dtype=torch.int64)
-        history = torch.zeros((2, history_length), dtype=torch.int64)
-        export_onnx(
-            _UserTower(self.model),
-            (users, history),
-            ["users", "history"],
-            "vectors",
-            folder / "user_tower.onnx",
-        )
-        if self.has_text:
-            text = torch.zeros((2, self.model.text_proj.in_features))  # type: ignore[union-attr]
-            export_onnx(_ContentTower(self.model), (text,), ["text"], "vectors", folder / "content.onnx")
+if TYPE_CHECKING:
+    from recstack.index.torch_towers import TorchTowers
+    from recstack.models.two_tower import TwoTower
 
 
 class OnnxTowers:
@@ -113,6 +64,8 @@ class TwoTowerRetriever:
         if towers is None:
             if model is None:
                 raise ValueError("a retriever needs a model or exported towers")
+            from recstack.index.torch_towers import TorchTowers
+
             towers = TorchTowers(model)
         self.model = model.eval() if model is not None else None
         self.towers = towers
@@ -134,6 +87,8 @@ class TwoTowerRetriever:
         kind: IndexKind = IndexKind.hnsw,
         history_length: int = 50,
     ) -> TwoTowerRetriever:
+        import torch
+
         with torch.no_grad():
             vectors = model.eval().all_item_vectors().numpy()  # (n_items, D)
         index = ItemIndex(vectors.shape[1], kind).build(vectors)
@@ -189,6 +144,10 @@ class TwoTowerRetriever:
 
     def save(self, folder: Path) -> None:
         """Index, ids, and the towers: PyTorch weights (``model.pt``) and their ONNX export."""
+        import torch
+
+        from recstack.index.torch_towers import TorchTowers
+
         if not isinstance(self.towers, TorchTowers) or self.model is None:
             raise ValueError("only a retriever built from a PyTorch model can be saved")
         folder.mkdir(parents=True, exist_ok=True)
@@ -215,6 +174,10 @@ class TwoTowerRetriever:
             ids = json.loads((folder / "ids.json").read_text())
             towers: TorchTowers | OnnxTowers
             if model is not None:
+                import torch
+
+                from recstack.index.torch_towers import TorchTowers
+
                 state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
                 model.load_state_dict(state)
                 towers = TorchTowers(model)

@@ -94,6 +94,7 @@ class FeedState:
         self.trending = TrendingSource(0, half_life_s)
         self.users: dict[str, UserState] = {}
         self.applied: set[str] = set()
+        self.served: dict[str, int] = {}  # request id -> impressions of it not yet read back
         self.unknown_items = 0
         self.lock = threading.RLock()
         self.version = 0  # bumped by every apply
@@ -269,19 +270,34 @@ class FeedState:
                 self.version += 1
         return new
 
-    def record_served(self, user_id: str, items: Sequence[int], event_ids: Sequence[str]) -> None:
+    def record_served(self, user_id: str, items: Sequence[int], request_id: str) -> None:
         """What serving just showed, applied at once (the user's next request must not repeat it,
-        whatever the worker's lag); the impression events reach the log too and are skipped when
-        the worker reads them, by their ids."""
+        whatever the worker's lag). Its impression events (ids ``request_id:position``) reach the log
+        too; ``take_served`` tells the worker to skip them, by request (one entry per served list
+        rather than one id per impression)."""
         with self.lock:
+            if request_id in self.served:
+                return
+            self.served[request_id] = len(items)
             state = self._user(user_id)
-            for item, event_id in zip(items, event_ids, strict=True):
-                if event_id in self.applied:
-                    continue
-                self.applied.add(event_id)
+            for item in items:
                 self._see(state, item)
                 self.impressions.data[item] += 1
             self.version += 1
+
+    def take_served(self, event_id: str) -> bool:
+        """Whether ``event_id`` is an impression of a list ``record_served`` already applied (and
+        not read back before); the entry is forgotten once all of its impressions are read."""
+        request_id, _, position = event_id.rpartition(":")
+        with self.lock:
+            left = self.served.get(request_id)
+            if left is None or not position.isdigit():
+                return False
+            if left <= 1:
+                del self.served[request_id]
+            else:
+                self.served[request_id] = left - 1
+            return True
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, with_catalog: bool = True) -> Snapshot:
@@ -336,6 +352,7 @@ class FeedState:
             "trending_weights": self.trending_weights,
             "users": list(self.users),
             "applied": list(self.applied),
+            "served": dict(self.served),
             "unknown_items": self.unknown_items,
             "trending_rate": self.trending.rate,
             "trending_as_of_us": self.trending.as_of_us,
@@ -433,6 +450,7 @@ class FeedState:
                     set(parts["blocked"][n]),
                 )
             state.applied = set(meta["applied"])
+            state.served = dict(meta.get("served", {}))
             state.unknown_items = meta["unknown_items"]
             state.version = meta["version"]
         except Exception as exc:  # numpy, zipfile and json raise several types for damaged blobs
@@ -454,7 +472,6 @@ class Snapshot:
 def _encode_state(
     meta: dict[str, Any], lists: dict[str, list[list[int]]], counters: dict[str, np.ndarray]
 ) -> bytes:
-    meta = meta | {"applied": sorted(meta["applied"])}
     arrays: dict[str, np.ndarray] = {}
     # per-user lists as one flat array each plus offsets (JSON of them stalls serving)
     for name, per_user in lists.items():

@@ -79,8 +79,10 @@ class FeedWorker:
         """Read and apply one batch; snapshot and acknowledge when due. Returns deliveries read."""
         deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
         if deliveries:
-            applied = self.state.applied  # skipped by id, unparsed (the API's own impressions)
-            self.applied += self.state.apply(d.event for d in deliveries if d.event_id not in applied)
+            state = self.state
+            with state.lock:  # skipped by id, unparsed: impressions of lists this state served
+                todo = [d for d in deliveries if not state.take_served(d.event_id)]
+            self.applied += state.apply(d.event for d in todo if d.event_id not in state.applied)
             self.pending.extend(d.delivery_id for d in deliveries)
             self.pending_ids.extend(d.event_id for d in deliveries)
             self.delivered += len(deliveries)

@@ -101,7 +101,9 @@ def test_consumer_group_delivers_each_event_once_when_acked(backend: tuple[Event
     log.append([ev(i) for i in range(7)])
     seen: list[str] = []
     while deliveries := log.consume("workers", "c1", count=3):
+        ids = [d.event_id for d in deliveries]  # known before (and without) parsing the event
         seen += [d.event.event_id for d in deliveries]
+        assert seen[-len(ids) :] == ids
         assert log.ack("workers", [d.delivery_id for d in deliveries]) == len(deliveries)
     assert seen == [f"e{i}" for i in range(7)]
     log.append([ev(7)])
