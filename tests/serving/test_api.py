@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
 from recstack.errors import BackendUnavailableError
 from recstack.events.parquet import ParquetEventLog
 from recstack.features.stores import MemoryStore
-from recstack.serving.api import Runtime, create_app
+from recstack.serving.api import RecommendBody, RecommendFastPath, Runtime, create_app
 from tests.serving.conftest import feed_settings
 
 KEY = {"X-API-Key": "recstack-local"}
@@ -167,3 +169,58 @@ def test_served_items_are_not_repeated_and_counted_once(served: tuple[TestClient
     runtime.worker.drain()  # the worker reads the same impressions from the log: skipped by id
     after = {i: state.impressions.values[state.item_index[i]] for i in shown}
     assert after == before
+
+
+def _scope(query: bytes, key: bytes = b"recstack-local", method: str = "GET") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": "/v1/recommend",
+        "query_string": query,
+        "headers": [(b"host", b"x"), (b"x-api-key", key)],
+    }
+
+
+def test_recommend_fast_path_takes_only_what_the_route_would_accept() -> None:
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("well-formed requests do not reach the route")
+
+    answered: list[RecommendBody] = []
+
+    def handler(body: RecommendBody) -> dict[str, Any]:
+        answered.append(body)
+        return {"items": []}
+
+    fast = RecommendFastPath(route, {"recstack-local"}, 50, lambda: True, handler, lambda p, e: None)  # type: ignore[arg-type,return-value]
+    body = fast.parse(_scope(b"user_id=u%201&n=7&surface=home&extra=1"))
+    assert body is not None and (body.user_id, body.n, body.surface) == ("u 1", 7, "home")
+    default = fast.parse(_scope(b""))
+    assert default is not None and (default.user_id, default.n, default.surface) == (None, None, "feed")
+    for query in (
+        b"user_id=",
+        b"n=0",
+        b"n=51",
+        b"n=ten",
+        b"n=-1",
+        b"n=%EF%BC%91",
+        b"user_id=a&user_id=b",
+        b"surface=",
+        b"user_id=" + b"x" * 257,
+    ):
+        assert fast.parse(_scope(query)) is None, query  # the route answers (422) with its message
+    assert fast.parse(_scope(b"n=5", key=b"wrong")) is None  # the route answers 401
+    assert fast.parse(_scope(b"n=5", method="POST")) is None
+    not_ready = RecommendFastPath(route, {"recstack-local"}, 50, lambda: False, handler, lambda p, e: None)  # type: ignore[arg-type,return-value]
+    assert not_ready.parse(_scope(b"n=5")) is None  # no model yet: the route's 503
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(fast(_scope(b"user_id=u1&n=3"), receive, send))
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"]) == {"items": []}
+    assert answered[-1].n == 3
