@@ -43,7 +43,6 @@ def settings_for(folder: Path) -> object:
             "RECSTACK_TWO_TOWER__HIDDEN": "[64]",
             "RECSTACK_TWO_TOWER__HISTORY": "20",
             "RECSTACK_RETRIEVAL__INDEX": "ivf",
-            "RECSTACK_SERVING__STATE_SYNC_S": "10",
             "RECSTACK_SERVING__RELOAD_S": "3600",
         }
     )

@@ -21,17 +21,20 @@ threads (impression flusher, in-process worker, champion watcher, state sync).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
+import contextlib
 import gc
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -63,6 +66,7 @@ from recstack.serving.state import FeedState
 from recstack.serving.worker import STATE_KEY, FeedWorker, load_state, state_store, state_version
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH = 10_000
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 1.0)
@@ -145,6 +149,26 @@ class Runtime:
         self.rng = np.random.default_rng()
         self.reload_error: str | None = None
         self.synced_version: int | None = None  # the separate worker's snapshot last taken over
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once the app runs
+        if self.worker is not None:
+            self.worker.capture_on = self.on_serving_thread
+
+    def on_serving_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the serving loop between requests (and wait for it): a snapshot's copy of
+        the state takes a few milliseconds there, where from another thread it would take tens,
+        sharing the GIL with serving while holding the state lock that serving waits for. Runs
+        ``fn`` here when no loop is serving (tests, shutdown) or this is the loop's thread."""
+        loop = self.loop
+        if loop is None or not loop.is_running() or loop._thread_id == threading.get_ident():  # type: ignore[attr-defined]
+            return fn()
+
+        async def call() -> T:
+            return fn()
+
+        try:
+            return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=30)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            return fn()  # the loop stopped meanwhile
 
     # ------------------------------------------------------------------ models
     def serve_bundle(self, folder: Path, version: str) -> None:
@@ -307,7 +331,15 @@ def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     cfg = settings.serving
     keys = set(cfg.api_keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.loop = asyncio.get_running_loop()
+        yield
+        runtime.loop = None
+
     app = FastAPI(
+        lifespan=lifespan,
         title="recstack",
         version="0.1.0",
         description="The multi-stage feed API: events in, ranked feeds out.",

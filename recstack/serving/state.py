@@ -301,19 +301,19 @@ class FeedState:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, with_catalog: bool = True) -> Snapshot:
-        """The state as bytes (and the catalog's, when asked), consistent with each other. The lock
-        is held only to copy what is mutable; encoding happens after, so serving is not held up
-        behind a snapshot."""
+        """The state as bytes (and the catalog's, when asked), consistent with each other."""
+        return self.capture(with_catalog).encode()
+
+    def capture(self, with_catalog: bool = True) -> Captured:
+        """Copy, under the lock, what a snapshot needs (a few milliseconds); ``Captured.encode``
+        then builds the bytes without the lock, so serving is not held up behind a snapshot."""
         with self.lock:
-            state = self._capture_state()
-            catalog = self._capture_catalog() if with_catalog else None
-            version, catalog_version = self.version, self.catalog_version
-        return Snapshot(
-            _encode_state(*state),
-            _pack(*catalog) if catalog is not None else None,
-            version,
-            catalog_version,
-        )
+            return Captured(
+                self._capture_state(),
+                self._capture_catalog() if with_catalog else None,
+                self.version,
+                self.catalog_version,
+            )
 
     def catalog_bytes(self) -> bytes:
         """The catalog (ids, creators, fields, creation times, unsafe scores, removals): it changes
@@ -367,11 +367,16 @@ class FeedState:
             "seen": [list(u.seen) for u in users],
             "blocked": [list(u.blocked) for u in users],
         }
-        counters = {
-            "impressions": self.impressions.values.copy(),
-            "clicks": self.clicks.values.copy(),
-            "trending": self.trending.scores.copy(),
-        }
+        counters: dict[
+            str, np.ndarray
+        ] = {}  # sparse (most items have none): small copies, no catalog-sized allocation
+        for name, values in (
+            ("impressions", self.impressions.values),
+            ("clicks", self.clicks.values),
+            ("trending", self.trending.scores),
+        ):
+            at = np.flatnonzero(values)
+            counters[f"{name}_at"], counters[f"{name}_value"] = at, values[at]
         return meta, lists, counters
 
     CATALOG = (
@@ -469,6 +474,24 @@ class Snapshot:
     catalog_version: int
 
 
+@dataclass(frozen=True)
+class Captured:
+    """``FeedState.capture``: copies of the state (and catalog) at one version, not yet encoded."""
+
+    state: tuple[dict[str, Any], dict[str, list[list[int]]], dict[str, np.ndarray]]
+    catalog: tuple[dict[str, Any], dict[str, np.ndarray]] | None
+    version: int
+    catalog_version: int
+
+    def encode(self) -> Snapshot:
+        return Snapshot(
+            _encode_state(*self.state),
+            _pack(*self.catalog) if self.catalog is not None else None,
+            self.version,
+            self.catalog_version,
+        )
+
+
 def _encode_state(
     meta: dict[str, Any], lists: dict[str, list[list[int]]], counters: dict[str, np.ndarray]
 ) -> bytes:
@@ -478,10 +501,7 @@ def _encode_state(
         sizes = np.fromiter((len(x) for x in per_user), dtype=np.int64, count=len(per_user))
         arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum(sizes)])
         arrays[f"{name}_items"] = np.fromiter(itertools.chain.from_iterable(per_user), dtype=np.int64)
-    for name, values in counters.items():
-        where = np.flatnonzero(values)
-        arrays[f"{name}_at"], arrays[f"{name}_value"] = where, values[where]
-    return _pack(meta, arrays)
+    return _pack(meta, arrays | counters)
 
 
 def _pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:

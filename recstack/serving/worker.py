@@ -15,15 +15,20 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from recstack.config import EventLogBackend, Settings
 from recstack.events.base import EventLog
 from recstack.features.stores import KVStore, RedisStore, SQLiteStore
-from recstack.serving.state import FeedState
+from recstack.serving.state import Captured, FeedState
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "recstack:feed_state"
+
+
+def _here(fn: Callable[[], Captured]) -> Captured:
+    return fn()
 
 
 def state_store(settings: Settings) -> KVStore:
@@ -74,6 +79,9 @@ class FeedWorker:
         self.applied = 0
         self.delivered = 0
         self.catalog_written = state.catalog_version if has_state else -1
+        # where the state is copied for a snapshot: here, or (in the API's process) on the serving
+        # thread between requests, where the copy does not fight serving for the GIL and the lock
+        self.capture_on: Callable[[Callable[[], Captured]], Captured] = _here
 
     def poll(self, count: int = 1000, block_ms: int = 0) -> int:
         """Read and apply one batch; snapshot and acknowledge when due. Returns deliveries read."""
@@ -94,9 +102,11 @@ class FeedWorker:
         """Write the state (the catalog only when it changed), then acknowledge what it includes.
         Acknowledged deliveries never come back, so their ids are then forgotten: the next
         snapshot holds only ids applied and not yet acknowledged (memory and size stay bounded)."""
-        snapshot = self.state.snapshot(with_catalog=self.state.catalog_version != self.catalog_written)
-        if snapshot.catalog is None and snapshot.catalog_version != self.catalog_written:
-            snapshot = self.state.snapshot(with_catalog=True)  # the catalog moved meanwhile
+        state = self.state
+        captured = self.capture_on(lambda: state.capture(state.catalog_version != self.catalog_written))
+        if captured.catalog is None and captured.catalog_version != self.catalog_written:
+            captured = self.capture_on(lambda: state.capture(True))  # the catalog moved meanwhile
+        snapshot = captured.encode()
         writes = {
             self.key: snapshot.state,
             self.key + ":version": str(snapshot.version).encode(),

@@ -224,3 +224,27 @@ def test_recommend_fast_path_takes_only_what_the_route_would_accept() -> None:
     asyncio.run(fast(_scope(b"user_id=u1&n=3"), receive, send))
     assert sent[0]["status"] == 200 and json.loads(sent[1]["body"]) == {"items": []}
     assert answered[-1].n == 3
+
+
+def test_snapshot_copies_run_on_the_serving_loop_when_one_runs(
+    feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    import threading
+
+    runtime = Runtime(feed_settings(tmp_path), feed_log, store=MemoryStore(), bundle_source=lambda: None)
+    assert runtime.worker is not None and runtime.worker.capture_on == runtime.on_serving_thread
+    here = threading.get_ident()
+    assert runtime.on_serving_thread(threading.get_ident) == here  # no loop: run in place
+    loop = asyncio.new_event_loop()
+    serving = threading.Thread(target=loop.run_forever)
+    serving.start()
+    try:
+        runtime.loop = loop
+        assert runtime.on_serving_thread(threading.get_ident) == serving.ident
+        runtime.worker.checkpoint()  # the copy on the loop, encoding and writing here
+        assert runtime.store.get_many(["recstack:feed_state:version"]) != [None]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join()
+        loop.close()
+    runtime.loop = None
