@@ -286,6 +286,14 @@ class ServingConfig(Section):
     state_sync_s: float = Field(
         1.0, gt=0, description="How often a separate worker snapshots its state for the API to load."
     )
+    checkpoint_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the worker inside the API's process (embedded default) snapshots the "
+        "state: only a restart reads it, and a snapshot's cost grows with the state (every user's "
+        "seen items), so it runs less often than state_sync_s; deliveries since are acknowledged "
+        "then (a restart reads them again, applied once).",
+    )
 
 
 class RegistryConfig(Section):

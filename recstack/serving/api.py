@@ -138,7 +138,7 @@ class Runtime:
         self.pipeline: Pipeline | None = None
         self.version: str | None = None
         self.worker = (
-            FeedWorker(bus, self.state, self.store, snapshot_s=cfg.state_sync_s)
+            FeedWorker(bus, self.state, self.store, snapshot_s=cfg.checkpoint_s)
             if in_process_worker
             else None
         )
