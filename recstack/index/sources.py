@@ -20,7 +20,7 @@ from the event stream (a consumer group of the log, each event counted once).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,7 +46,7 @@ class Request:
     user: int | None
     history: tuple[int, ...] = ()
     now_us: int = 0
-    exclude: frozenset[int] = frozenset()
+    exclude: Collection[int] = frozenset()
     user_id: str | None = None
     user_vector: np.ndarray | None = None
 
@@ -194,6 +194,16 @@ class Merged:
     also_from: dict[int, list[str]]
 
 
+def excluded_mask(exclude: Collection[int], items: np.ndarray) -> np.ndarray:
+    """Which of ``items`` are in ``exclude``: one membership test per item, so the cost follows the
+    candidates, not the size of the exclusions (a user's seen set can hold thousands)."""
+    mask = getattr(exclude, "mask", None)
+    if mask is not None:
+        out: np.ndarray = mask(items)
+        return out
+    return np.fromiter((i in exclude for i in items.tolist()), dtype=bool, count=len(items))
+
+
 class MergeScratch:
     """Membership marks over item indices that merges reuse: a merge marks the few hundred entries
     it touches and clears them after, instead of allocating (and page-faulting) an array the size
@@ -229,16 +239,16 @@ def merge_arrays(
     A source is asked for its quota plus room for the items it might lose to exclusions and
     duplicates (capped, so that a user with thousands of seen items does not turn one ANN search
     into a scan); what a source leaves unused falls to the sources after it. Vectorized: membership
-    is one gather from marks over item indices (0 free, 1 excluded, 2 + s placed by source s);
-    pass a ``scratch`` kept between calls to reuse the marks.
+    is one gather from marks over item indices (0 free, 2 + s placed by source s) plus a test of
+    each proposal against the exclusions; pass a ``scratch`` kept between calls to reuse the marks.
     """
     if len(sources) > 120:
         raise ValueError("merge_arrays takes at most 120 sources")  # source codes fit in int8
     scratch = scratch if scratch is not None else MergeScratch()
     total = k if k is not None else sum(q for _, q in sources)
-    excluded = np.fromiter(request.exclude, dtype=np.int64, count=len(request.exclude))
-    marks = scratch.fit(int(excluded.max()) + 1 if len(excluded) else 0)
-    marks[excluded] = 1
+    exclude = request.exclude
+    n_excluded = len(exclude)
+    marks = scratch.marks
     items_out: list[np.ndarray] = []
     scores_out: list[np.ndarray] = []
     names: list[str] = []
@@ -248,7 +258,7 @@ def merge_arrays(
     try:
         for code, (source, quota) in enumerate(sources, start=2):
             want = quota + spare
-            room = min(len(excluded), 2 * want) + n_chosen
+            room = min(n_excluded, 2 * want) + n_chosen
             items, scores = _arrays(source.propose(request, want + room))
             if len(items):
                 marks = scratch.fit(int(items.max()) + 1)
@@ -257,6 +267,8 @@ def merge_arrays(
                     first.sort()
                     items, scores = items[first], scores[first]
             mark = marks[items]
+            if n_excluded:
+                mark[excluded_mask(exclude, items)] = 1
             for item, by in zip(items[mark >= 2].tolist(), mark[mark >= 2].tolist(), strict=True):
                 if by != code and source.name not in also_from.setdefault(item, []):
                     also_from[item].append(source.name)
@@ -271,7 +283,6 @@ def merge_arrays(
                 n_chosen += len(new_items)
             spare = want - len(new_items)
     finally:  # leave the marks clear for the next merge
-        marks[excluded] = 0
         for part in items_out:
             marks[part] = 0
     also_from = {item: names_ for item, names_ in also_from.items() if names_}

@@ -446,7 +446,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                 body.surface,
                 body.context,
                 tuple(user.history) if user else (),
-                frozenset(state.excluded(body.user_id)),
+                state.excluded(body.user_id),  # a view, read under the lock
                 rng=np.random.default_rng(runtime.rng.integers(2**63)),
             )
             outcome = pipeline.run(request, state)

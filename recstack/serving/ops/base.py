@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
+from recstack.index.sources import excluded_mask
 from recstack.serving.state import FeedState
 
 
@@ -23,25 +24,13 @@ class RecRequest:
     surface: str = "feed"
     context: dict[str, str] = field(default_factory=dict)
     history: tuple[int, ...] = ()
-    exclude: frozenset[int] = frozenset()
+    exclude: Collection[int] = frozenset()
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     cache: dict[str, Any] = field(default_factory=dict)  # per-request values stages share
 
-    @cached_property
-    def exclude_array(self) -> np.ndarray:
-        """``exclude`` as a sorted int64 array (built once; stages test membership against it)."""
-        out = np.fromiter(self.exclude, dtype=np.int64, count=len(self.exclude))
-        out.sort()
-        return out
-
     def excluded(self, items: np.ndarray) -> np.ndarray:
-        """Which of ``items`` are excluded (a boolean mask), by binary search in ``exclude_array``."""
-        table = self.exclude_array
-        if not len(table):
-            return np.zeros(len(items), dtype=bool)
-        at = np.minimum(np.searchsorted(table, items), len(table) - 1)
-        out: np.ndarray = table[at] == items
-        return out
+        """Which of ``items`` are excluded (a boolean mask, one membership test per item)."""
+        return excluded_mask(self.exclude, items)
 
 
 @dataclass
