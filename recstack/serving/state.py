@@ -68,14 +68,17 @@ class UserState:
 
 
 class Exclusions:
-    """A user's seen and hidden items as one read-only collection, without copying them: a request
-    tests its few hundred candidates against it (``mask``) instead of building a set of thousands."""
+    """A user's seen and hidden items as one read-only collection, without copying them per request.
+    ``mask`` tests candidates against it: by binary search in a sorted copy when the exclusions are
+    few next to the candidates (the copy is made once per view), else one set lookup per candidate,
+    so a user with thousands of seen items costs what their candidates cost."""
 
-    __slots__ = ("blocked", "seen")
+    __slots__ = ("_sorted", "blocked", "seen")
 
     def __init__(self, seen: OrderedDict[int, None], blocked: set[int]) -> None:
         self.seen = seen
         self.blocked = blocked
+        self._sorted: np.ndarray | None = None
 
     def __contains__(self, item: object) -> bool:
         return item in self.seen or item in self.blocked
@@ -89,6 +92,16 @@ class Exclusions:
 
     def mask(self, items: np.ndarray) -> np.ndarray:
         seen, blocked = self.seen, self.blocked
+        if self._sorted is None and len(seen) + len(blocked) <= 4 * len(items):
+            size = len(seen) + len(blocked)
+            self._sorted = np.unique(np.fromiter(itertools.chain(seen, blocked), dtype=np.int64, count=size))
+        table = self._sorted
+        if table is not None:
+            if not len(table):
+                return np.zeros(len(items), dtype=bool)
+            at = np.minimum(np.searchsorted(table, items), len(table) - 1)
+            out: np.ndarray = table[at] == items
+            return out
         return np.fromiter((i in seen or i in blocked for i in items.tolist()), dtype=bool, count=len(items))
 
 
