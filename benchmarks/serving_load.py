@@ -283,7 +283,8 @@ def main() -> None:
         build(folder, items)
     shutil.rmtree(folder / "served-events", ignore_errors=True)
     # every run starts from the state as built (a run's own snapshots refer to its own log)
-    shutil.copytree(folder / "state", folder / "run-state", dirs_exist_ok=True)
+    shutil.rmtree(folder / "run-state", ignore_errors=True)
+    shutil.copytree(folder / "state", folder / "run-state")
 
     import httpx
 
