@@ -150,6 +150,7 @@ class Runtime:
         self.reload_error: str | None = None
         self.synced_version: int | None = None  # the separate worker's snapshot last taken over
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once the app runs
+        self.loop_thread: int | None = None
         if self.worker is not None:
             self.worker.capture_on = self.on_serving_thread
 
@@ -159,16 +160,22 @@ class Runtime:
         sharing the GIL with serving while holding the state lock that serving waits for. Runs
         ``fn`` here when no loop is serving (tests, shutdown) or this is the loop's thread."""
         loop = self.loop
-        if loop is None or not loop.is_running() or loop._thread_id == threading.get_ident():  # type: ignore[attr-defined]
+        if loop is None or not loop.is_running() or self.loop_thread == threading.get_ident():
             return fn()
 
         async def call() -> T:
             return fn()
 
         try:
-            return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=30)
-        except (concurrent.futures.TimeoutError, RuntimeError):
-            return fn()  # the loop stopped meanwhile
+            future = asyncio.run_coroutine_threadsafe(call(), loop)
+        except RuntimeError:  # the loop closed meanwhile
+            return fn()
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if not loop.is_running() and future.cancel():  # stopped before running it
+                    return fn()
 
     # ------------------------------------------------------------------ models
     def serve_bundle(self, folder: Path, version: str) -> None:
@@ -334,9 +341,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime.loop = asyncio.get_running_loop()
+        runtime.loop, runtime.loop_thread = asyncio.get_running_loop(), threading.get_ident()
         yield
-        runtime.loop = None
+        runtime.loop = runtime.loop_thread = None
 
     app = FastAPI(
         lifespan=lifespan,

@@ -313,7 +313,7 @@ class FeedState:
     def record_served(self, user_id: str, items: Sequence[int], request_id: str) -> None:
         """What serving just showed, applied at once (the user's next request must not repeat it,
         whatever the worker's lag). Its impression events (ids ``request_id:position``) reach the log
-        too; ``take_served`` tells the worker to skip them, by request (one entry per served list
+        too; ``was_served`` tells the worker to skip them, by request (one entry per served list
         rather than one id per impression)."""
         with self.lock:
             if request_id in self.served:
@@ -325,19 +325,25 @@ class FeedState:
                 self.impressions.data[item] += 1
             self.version += 1
 
-    def take_served(self, event_id: str) -> bool:
-        """Whether ``event_id`` is an impression of a list ``record_served`` already applied (and
-        not read back before); the entry is forgotten once all of its impressions are read."""
+    def was_served(self, event_id: str) -> bool:
+        """Whether ``event_id`` is an impression of a list ``record_served`` already applied."""
         request_id, _, position = event_id.rpartition(":")
+        return position.isdigit() and request_id in self.served
+
+    def forget_served(self, event_ids: Sequence[str]) -> None:
+        """The worker acknowledged these deliveries: impressions among them are never read again, so
+        their lists' entries count down and go once all their impressions were acknowledged (not
+        when read: a restart between the snapshot and the acknowledgement reads them again)."""
         with self.lock:
-            left = self.served.get(request_id)
-            if left is None or not position.isdigit():
-                return False
-            if left <= 1:
-                del self.served[request_id]
-            else:
-                self.served[request_id] = left - 1
-            return True
+            for event_id in event_ids:
+                request_id, _, position = event_id.rpartition(":")
+                left = self.served.get(request_id)
+                if left is None or not position.isdigit():
+                    continue
+                if left <= 1:
+                    del self.served[request_id]
+                else:
+                    self.served[request_id] = left - 1
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, with_catalog: bool = True) -> Snapshot:

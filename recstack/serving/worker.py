@@ -89,7 +89,7 @@ class FeedWorker:
         if deliveries:
             state = self.state
             with state.lock:  # skipped by id, unparsed: impressions of lists this state served
-                todo = [d for d in deliveries if not state.take_served(d.event_id)]
+                todo = [d for d in deliveries if not state.was_served(d.event_id)]
             self.applied += state.apply(d.event for d in todo if d.event_id not in state.applied)
             self.pending.extend(d.delivery_id for d in deliveries)
             self.pending_ids.extend(d.event_id for d in deliveries)
@@ -119,8 +119,9 @@ class FeedWorker:
         if self.pending:
             self.log.ack(self.group, self.pending)
             self.pending = []
-            with self.state.lock:  # ids applied by others (the API's impressions) stay until read
+            with self.state.lock:  # what others applied (the API's impressions) stays until acked
                 self.state.applied.difference_update(self.pending_ids)
+                self.state.forget_served(self.pending_ids)
             self.pending_ids = []
         self.last_snapshot = time.monotonic()
 

@@ -239,7 +239,7 @@ def test_snapshot_copies_run_on_the_serving_loop_when_one_runs(
     serving = threading.Thread(target=loop.run_forever)
     serving.start()
     try:
-        runtime.loop = loop
+        runtime.loop, runtime.loop_thread = loop, serving.ident
         assert runtime.on_serving_thread(threading.get_ident) == serving.ident
         runtime.worker.checkpoint()  # the copy on the loop, encoding and writing here
         assert runtime.store.get_many(["recstack:feed_state:version"]) != [None]
@@ -247,4 +247,4 @@ def test_snapshot_copies_run_on_the_serving_loop_when_one_runs(
         loop.call_soon_threadsafe(loop.stop)
         serving.join()
         loop.close()
-    runtime.loop = None
+    assert runtime.on_serving_thread(threading.get_ident) == here  # the loop stopped: in place again

@@ -104,3 +104,40 @@ def test_worker_snapshots_to_redis(redis_url: str, unique: str, tmp_path: Path) 
         assert restored is not None and restored.clicks.values.sum() == 30
     finally:
         store.drop()
+
+
+def test_served_impressions_count_once_across_a_crash_between_snapshot_and_ack(tmp_path: Path) -> None:
+    log = ParquetEventLog(tmp_path / "events")
+    log.append(_events(5, 0))
+    store = SQLiteStore(tmp_path / "state.sqlite")
+    worker = FeedWorker(log, FeedState(), store, snapshot_s=0.0)
+    worker.drain()
+    state = worker.state
+    # the API serves items 0-2 (applied at once) and logs their impressions
+    state.record_served("u1", [0, 1, 2], "req1")
+    log.append(
+        [
+            {
+                "event_id": f"req1:{pos}",
+                "kind": "impression",
+                "timestamp": 3_000,
+                "user_id": "u1",
+                "item_id": f"i{pos}",
+                "request_id": "req1",
+                "position": pos,
+            }
+            for pos in range(3)
+        ]
+    )
+
+    def crash(group: str, delivery_ids: list[str]) -> int:
+        raise RuntimeError("killed between the snapshot and the acknowledgement")
+
+    worker.log.ack = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        worker.poll()  # reads the impressions (skipped: already applied), snapshots, dies
+    assert state.impressions.values[:3].tolist() == [1, 1, 1]
+    restarted = FeedWorker(ParquetEventLog(tmp_path / "events"), load_state(store) or FeedState(), store)
+    restarted.drain()  # the same impressions again: still known as served, skipped again
+    assert restarted.state.impressions.values[:5].tolist() == [1, 1, 1, 0, 0]
+    assert restarted.state.served == {}  # acknowledged now: forgotten
