@@ -231,15 +231,17 @@ class Runtime:
 
     def _sync_state(self) -> None:
         """A separate worker owns the state: take over its snapshot when the version moved (the
-        catalog is decoded again only when it changed)."""
+        catalog, tens of MB at 1M items, is fetched and decoded only when it changed; a catalog
+        written between the two reads does not match and the next sync tries again)."""
         version = state_version(self.store)
         if version is None or version == self.synced_version:
             return
-        blob, catalog = self.store.get_many([STATE_KEY, STATE_KEY + ":catalog"])
+        (blob,) = self.store.get_many([STATE_KEY])
         if blob is None:
             return
         same = FeedState.snapshot_catalog_version(blob) == self.state.catalog_version
-        fresh = FeedState.from_bytes(blob, None if same else catalog, self.state if same else None)
+        catalog = None if same else self.store.get_many([STATE_KEY + ":catalog"])[0]
+        fresh = FeedState.from_bytes(blob, catalog, self.state if same else None)
         self.state.update_from(fresh)
         self.synced_version = version
         if not same:

@@ -334,16 +334,21 @@ class FeedState:
         """The worker acknowledged these deliveries: impressions among them are never read again, so
         their lists' entries count down and go once all their impressions were acknowledged (not
         when read: a restart between the snapshot and the acknowledgement reads them again)."""
+        acked: dict[str, int] = {}  # request id -> impressions acknowledged (counted without the lock)
+        for event_id in event_ids:
+            request_id, _, position = event_id.rpartition(":")
+            if position.isdigit():
+                acked[request_id] = acked.get(request_id, 0) + 1
         with self.lock:
-            for event_id in event_ids:
-                request_id, _, position = event_id.rpartition(":")
-                left = self.served.get(request_id)
-                if left is None or not position.isdigit():
+            served = self.served
+            for request_id, count in acked.items():
+                left = served.get(request_id)
+                if left is None:
                     continue
-                if left <= 1:
-                    del self.served[request_id]
+                if left <= count:
+                    del served[request_id]
                 else:
-                    self.served[request_id] = left - 1
+                    served[request_id] = left - count
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, with_catalog: bool = True) -> Snapshot:

@@ -121,7 +121,7 @@ class FeedWorker:
             self.pending = []
             with self.state.lock:  # what others applied (the API's impressions) stays until acked
                 self.state.applied.difference_update(self.pending_ids)
-                self.state.forget_served(self.pending_ids)
+            self.state.forget_served(self.pending_ids)
             self.pending_ids = []
         self.last_snapshot = time.monotonic()
 
