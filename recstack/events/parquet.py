@@ -90,6 +90,7 @@ class _GroupState:
         self.next_pos = committed  # (file sequence, row) of the next event to deliver
         self.committed = committed
         self.outstanding: deque[tuple[int, int]] = deque()
+        self.delivered: set[tuple[int, int]] = set()  # the outstanding positions, for lookups
         self.acked: set[tuple[int, int]] = set()
 
 
@@ -294,6 +295,7 @@ class ParquetEventLog:
                 for offset, event_id in enumerate(part.column("event_id").to_pylist()):
                     pos = (file_seq, start + offset)
                     state.outstanding.append(pos)
+                    state.delivered.add(pos)
                     out.append(Delivery(f"{pos[0]}-{pos[1]}", event_id, partial(rows.event, offset)))
                 state.next_pos = (file_seq, stop) if stop < table.num_rows else (file_seq + 1, 0)
         return out
@@ -301,18 +303,18 @@ class ParquetEventLog:
     def ack(self, group: str, delivery_ids: Sequence[str]) -> int:
         with self._lock:
             state = self._group(group)
-            pending = set(state.outstanding) - state.acked
+            delivered, acked = state.delivered, state.acked  # pending: delivered, not yet acked
             newly = 0
             for delivery_id in delivery_ids:
                 seq, _, row = delivery_id.partition("-")
                 pos = (int(seq), int(row))
-                if pos in pending:
-                    state.acked.add(pos)
-                    pending.discard(pos)
+                if pos in delivered and pos not in acked:
+                    acked.add(pos)
                     newly += 1
-            while state.outstanding and state.outstanding[0] in state.acked:
+            while state.outstanding and state.outstanding[0] in acked:
                 pos = state.outstanding.popleft()
-                state.acked.discard(pos)
+                acked.discard(pos)
+                delivered.discard(pos)
                 state.committed = (pos[0], pos[1] + 1)
             path = self.root / "_groups" / f"{_safe(group)}.json"
             tmp = path.with_suffix(".tmp")
