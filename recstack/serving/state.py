@@ -132,7 +132,7 @@ class FeedState:
         self.trending = TrendingSource(0, half_life_s)
         self.users: dict[str, UserState] = {}
         self.applied: set[str] = set()
-        self.served: dict[str, int] = {}  # request id -> impressions of it not yet read back
+        self.served: dict[str, int] = {}  # request id -> its impressions not yet acknowledged
         self.unknown_items = 0
         self.lock = threading.RLock()
         self.version = 0  # bumped by every apply
