@@ -376,9 +376,7 @@ class FeedState:
     def to_bytes(self) -> bytes:
         """Everything but the catalog: users, counters (stored sparsely: most items have none),
         trending, and the ids applied since the last acknowledgement."""
-        with self.lock:
-            state = self._capture_state()
-        return _encode_state(*state)
+        return self.capture(with_catalog=False).encode().state
 
     def _capture_catalog(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {
