@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 
 from recstack import redis_client
@@ -28,8 +29,8 @@ from recstack.schema import (
     Event,
     conform_table,
     events_to_table,
-    parse_event,
-    row_to_event,
+    parse_event_json,
+    table_json,
     validate_table,
 )
 
@@ -84,25 +85,42 @@ class RedisStreamLog:
         for _, event in valid:
             day = event.timestamp.strftime("%Y-%m-%d")
             argv += [f"{self.stream}:ids:{day}", event.event_id, event.model_dump_json()]
-        ttl = str(self.dedupe_days * 86_400)
-        flags = self._call("append", self._append_script, keys=[self.stream, ttl], args=argv)
-        added = sum(int(f) for f in flags)
-        result.accepted += added
-        result.duplicates += len(flags) - added
-        result.accepted_events = [event for (_, event), flag in zip(valid, flags, strict=True) if int(flag)]
+        flags = self._add(argv)
+        result.accepted += sum(flags)
+        result.duplicates += len(flags) - sum(flags)
+        result.accepted_events = [event for (_, event), flag in zip(valid, flags, strict=True) if flag]
         return result
 
     def append_table(self, table: pa.Table) -> AppendResult:
+        """Rows written as their events' JSON, built column-wise from the validated table (no model
+        per row: the served impressions of every request come this way)."""
         table = conform_table(table)
         valid, problems = validate_table(table)
-        rows = table.filter(pa.array(valid)).to_pylist()
-        result = self.append([row_to_event(row) for row in rows])
-        result.rejected = [Rejected(i, msg) for i, msg in problems]
+        table = table.filter(pa.array(valid))
+        result = AppendResult(rejected=[Rejected(i, msg) for i, msg in problems])
+        if not table.num_rows:
+            return result
+        texts = table_json(table)
+        days = pc.strftime(table.column("timestamp"), format="%Y-%m-%d").to_pylist()
+        argv: list[str] = []
+        for event_id, day, text in zip(table.column("event_id").to_pylist(), days, texts, strict=True):
+            argv += [f"{self.stream}:ids:{day}", event_id, text]
+        flags = self._add(argv)
+        result.accepted = sum(flags)
+        result.duplicates = len(flags) - result.accepted
+        result.accepted_table = table.filter(pa.array(flags, pa.bool_()))
         return result
+
+    def _add(self, argv: list[str]) -> list[bool]:
+        """Add (ids key, event id, JSON) triples whose ids the log has not seen, atomically; True for
+        each one added."""
+        ttl = str(self.dedupe_days * 86_400)
+        flags = self._call("append", self._append_script, keys=[self.stream, ttl], args=argv)
+        return [bool(int(f)) for f in flags]
 
     def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
         try:
-            return parse_event(json.loads(fields[b"e"]))
+            return parse_event_json(fields[b"e"])
         except (KeyError, json.JSONDecodeError, EventValidationError) as exc:
             raise DataFormatError(
                 f"redis stream {self.stream}", None, f"entry {entry_id!r} is not a recstack event: {exc}"

@@ -142,3 +142,50 @@ def test_idempotent_consumer_counts_each_event_once_across_a_crash(backend: tupl
     worker.drain(count=5)
     assert counts == {f"i{i}": 1 for i in range(20)}
     assert worker.skipped == 8
+
+
+def test_tables_are_validated_like_single_events_and_round_trip(backend: tuple[EventLog, Reopen]) -> None:
+    """The bulk path (Arrow tables, the served impressions' way in) rejects exactly the rows that
+    parse_event would, with their indices, and what it keeps replays as the same events."""
+    import pyarrow as pa
+
+    from recstack.schema import events_to_table, parse_event
+
+    log, _ = backend
+    good = [
+        ev(0, model_versions={"feed": "3"}, context={"device": "ios"}, features={"age_h": 1.5}),
+        ev(1, "click", request_id="r0", surface="feed"),
+        ev(2, "dwell", dwell_seconds=12.5),
+        {
+            "event_id": "e3",
+            "kind": "item",
+            "timestamp": 1_795_000_000,
+            "item_id": "i3",
+            "attributes": {"topic": "t1", "tags": ["a", "b"], "n": 2},
+            "creator_id": "c1",
+            "created_at": "2026-11-01T00:00:00Z",
+            "text": 'a "quoted" \u00e9 title',
+        },
+        {"event_id": "e4", "kind": "user", "timestamp": "2026-11-23T10:00:04Z", "user_id": "u4"},
+        {"event_id": "e5", "kind": "query", "timestamp": "2026-11-23T10:00:05Z", "query": "cats"},
+    ]
+    table = events_to_table([parse_event(e) for e in good])
+    bad_rows = {  # column -> a value the event models refuse, on a copy of row 0 (an impression)
+        "user_id": "u" * 257,
+        "position": 100_001,
+        "dwell_seconds": 3.0,  # not a field of impressions
+        "features": '{"age_h": "old"}',  # not a number
+        "context": '{"device": "ios"}, "event_id": "injected"',  # not one JSON object
+        "model_versions": "[1, 2]",  # not an object
+    }
+    rows = table.to_pylist()
+    for n, (column, value) in enumerate(bad_rows.items()):
+        rows.append(rows[0] | {"event_id": f"bad{n}", column: value})
+
+    result = log.append_table(pa.Table.from_pylist(rows, schema=table.schema))
+    assert result.accepted == len(good)
+    assert [r.index for r in result.rejected] == list(range(len(good), len(rows)))
+    for rejected, column in zip(result.rejected, bad_rows, strict=True):
+        assert f"'{column}'" in rejected.error
+    replayed = sorted(log.replay(), key=lambda e: e.event_id)  # the Parquet log replays by time
+    assert replayed == [parse_event(e) for e in good]
