@@ -53,6 +53,17 @@ class _Column:
         return self.data[: self.n]
 
     @classmethod
+    def sparse(cls, n: int, at: np.ndarray, values: np.ndarray) -> _Column:
+        """A float column of ``n`` zeros but ``values`` at ``at``. Zeroed memory from the OS costs
+        nothing until written, so loading a snapshot writes only the nonzero entries (a snapshot
+        load per second at 1M items would otherwise write tens of MB each time)."""
+        column = cls(np.dtype(np.float64), 0.0)
+        column.data = np.zeros(n + max(1024, n // 8))
+        column.data[at] = values
+        column.n = n
+        return column
+
+    @classmethod
     def of(cls, values: np.ndarray, fill: Any = 0) -> _Column:
         column = cls(values.dtype, fill)
         column.data = np.concatenate([values, np.full(max(1024, len(values)), fill, dtype=values.dtype)])
@@ -485,9 +496,7 @@ class FeedState:
             state.catalog_version = meta["catalog_version"]
             n = meta["n_items"]
             for name in ("impressions", "clicks"):
-                values = np.zeros(n)
-                values[arrays[f"{name}_at"]] = arrays[f"{name}_value"]
-                setattr(state, name, _Column.of(values, 0.0))
+                setattr(state, name, _Column.sparse(n, arrays[f"{name}_at"], arrays[f"{name}_value"]))
             trending = np.zeros(meta["n_trending"])
             trending[arrays["trending_at"]] = arrays["trending_value"]
             state.trending.rate = meta["trending_rate"]
