@@ -3,11 +3,14 @@
 Set-up: a feed bundle is trained on a simulator world (2,000 users, 2,000 items), then scaled to
 ``--items`` by adding synthetic items (vectors drawn around the trained item vectors, 100,000
 creators, 20 topics, creation times spread over 30 days so a tenth is fresh); the catalog index is
-IVF. The API runs in its own process (uvicorn, one worker, the worker thread in process) with that
-catalog in its state. A bounded open-loop generator on loopback sends ``GET /v1/recommend`` at
-``--rps`` for ``--duration`` seconds (at most ``--concurrency`` in flight; 10% of requests from users
+IVF. The API runs in its own process (uvicorn; embedded: the worker thread in process; separate:
+Redis bus and state, the worker in its own process, and ``--processes`` API processes forked after
+loading as ``recstack serve --processes`` runs them) with that catalog in its state. A bounded
+open-loop generator on loopback sends ``GET /v1/recommend`` at ``--rps`` for ``--duration`` seconds
+(at most ``--concurrency`` keep-alive connections in flight, used in turn; 10% of requests from users
 the model never saw), then reads latency percentiles on the client, the per-stage means and the
-server's resident memory (/proc).
+API's resident memory (/proc: one process's RSS; several processes' proportional set sizes summed,
+pages they share counted once, with their plain RSS sum recorded beside it as ``rss_sum_mb``).
 
 Ends with ``RESULT items=<n> rps=<n> p50_ms=<x> p99_ms=<x> rss_mb=<n>``.
 """
@@ -120,9 +123,17 @@ def _redis_parts(namespace: str) -> tuple[object, object]:
     return RedisStreamLog(url, stream=f"{namespace}:events"), RedisStore(url, prefix=f"{namespace}:state:")
 
 
-def serve(folder: Path, port: int, namespace: str) -> None:
+def serve(folder: Path, port: int, namespace: str, processes: int) -> None:
     """The API process: embedded (namespace '-': Parquet log, worker in process) or, the production
-    topology, over Redis with the worker in its own process."""
+    topology, over Redis with the worker in its own process (and ``processes`` API processes forked
+    after loading, as ``recstack serve --processes`` runs them)."""
+    from recstack.serving import prefork
+
+    if processes > 1:
+        prefork.check_processes(processes, namespace != "-")
+        prefork.multiprocess_metrics()  # before prometheus_client is imported
+        prefork.prepare_parent()
+
     import uvicorn
 
     from recstack.events.parquet import ParquetEventLog
@@ -145,6 +156,10 @@ def serve(folder: Path, port: int, namespace: str) -> None:
         bundle_source=lambda: ("1", folder / "bundle"),
         in_process_worker=in_process,
     )
+    if processes > 1:
+        sock = prefork.listen("127.0.0.1", port)
+        runtime.reload()
+        sys.exit(prefork.serve_processes(runtime, create_app, sock, processes))
     runtime.start()
     uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -171,6 +186,22 @@ def rss(pid: int) -> tuple[float, float]:
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0]) / 1024
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def family(pid: int) -> list[int]:
+    """The process and its children (the API's processes when it forks them)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(c) for c in children)]
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Proportional set size summed over processes: pages they share counted once in all."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 def cpu_s(pid: int) -> float:
@@ -264,16 +295,24 @@ def main() -> None:
         help="embedded: Parquet log, worker in the API process; separate: Redis bus and state, "
         "the worker in its own process (production)",
     )
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="API processes forked after loading (more than one needs --topology separate)",
+    )
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, default=HERE.parent / ".bench" / "serving_load")
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve[0]), int(args.serve[1]), args.serve[2])
+        serve(Path(args.serve[0]), int(args.serve[1]), args.serve[2], int(args.serve[3]))
         return
     if args.work:
         work(args.work)
         return
+    if args.processes > 1 and args.topology != "separate":
+        parser.error("--processes > 1 needs --topology separate (the worker owns the state)")
     items = args.items or (100_000 if args.quick else 1_000_000)
     duration = args.duration or (8.0 if args.quick else 30.0)
     folder = args.folder / str(items)
@@ -303,18 +342,26 @@ def main() -> None:
         store.put_many({k: v for k, v in zip(keys, blobs, strict=True) if v is not None})  # type: ignore[attr-defined]
         worker = subprocess.Popen([sys.executable, __file__, "--work", namespace], env=env)
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(folder), str(port), namespace], env=env
+        [sys.executable, __file__, "--serve", str(folder), str(port), namespace, str(args.processes)],
+        env=env,
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health/ready", server, 300)
         startup_rss = rss(server.pid)[0]
         asyncio.run(drive(port, 50, 4, 8, 2_000))  # warm-up
         before = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
-        server_cpu, client_cpu = cpu_s(server.pid), time.process_time()
+        pids = family(server.pid)
+        server_cpu, client_cpu = sum(map(cpu_s, pids)), time.process_time()
         latencies, errors = asyncio.run(drive(port, args.rps, duration, args.concurrency, 2_000))
-        server_cpu, client_cpu = cpu_s(server.pid) - server_cpu, time.process_time() - client_cpu
+        server_cpu, client_cpu = sum(map(cpu_s, pids)) - server_cpu, time.process_time() - client_cpu
         after = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
-        rss_now, rss_peak = rss(server.pid)
+        if family(server.pid) != pids:
+            raise SystemExit(f"the API's processes changed during the run: {pids} -> {family(server.pid)}")
+        sizes = [rss(pid) for pid in pids]
+        rss_sum = sum(now for now, _ in sizes)
+        # one process: its RSS; several: their proportional set sizes summed (shared pages once)
+        rss_now = sizes[0][0] if len(pids) == 1 else pss_mb(pids)
+        rss_peak = max(peak for _, peak in sizes)
         worker_cpu = cpu_s(worker.pid) if worker is not None else 0.0
     finally:
         server.terminate()
@@ -329,9 +376,14 @@ def main() -> None:
     p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
     print(
         f"\n/v1/recommend at {args.rps:.0f} requests/s, {items:,} items: p50 {p50:.1f} ms, "
-        f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, errors {errors}; API RSS {rss_now:.0f} MB "
-        f"(peak {rss_peak:.0f} MB, after start-up {startup_rss:.0f} MB)"
+        f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, errors {errors}; API resident {rss_now:.0f} MB "
+        f"(peak of one process {rss_peak:.0f} MB, after start-up {startup_rss:.0f} MB)"
     )
+    if len(pids) > 1:
+        print(
+            f"{len(pids) - 1} API processes forked from a loader: proportional set sizes summed "
+            f"{rss_now:.0f} MB (their RSS summed, shared pages counted in each: {rss_sum:.0f} MB)"
+        )
     sent = len(latencies)
     print(
         f"CPU per request: API {1e3 * server_cpu / sent:.2f} ms, "
@@ -352,12 +404,14 @@ def main() -> None:
             "items": items,
             "rps": round(args.rps),
             "topology": args.topology,
+            "processes": args.processes,
             "p50_ms": round(p50, 1),
             "p95_ms": round(p95, 1),
             "p99_ms": round(p99, 1),
             "errors": errors,
             "rss_mb": round(rss_now),
             "rss_peak_mb": round(rss_peak),
+            "rss_sum_mb": round(rss_sum),
             "api_cpu_ms_per_request": round(1e3 * server_cpu / len(latencies), 2),
         }
         | {f"{s}_ms": round(v, 2) for s, v in stages.items()},

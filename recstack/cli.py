@@ -174,25 +174,45 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default [serving] host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default [serving] port).")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="API processes forked after loading (default [serving] processes)."),
+    ] = None,
 ) -> None:
     """Run the online API (uvicorn): the registry's champion, hot-reloaded when it changes."""
+    from recstack.config import EventLogBackend
+    from recstack.serving import prefork
+
+    settings = _settings(config)
+    count = processes or settings.serving.processes
+    host, port = host or settings.serving.host, port or settings.serving.port
+    try:
+        prefork.check_processes(count, settings.event_log.backend is EventLogBackend.redis)
+        sock = prefork.listen(host, port) if count > 1 else None
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    metrics_folder = prefork.multiprocess_metrics() if count > 1 else None
+
     import uvicorn
 
     from recstack.serving.api import create_app
     from recstack.serving.service import make_runtime
 
-    settings = _settings(config)
-    runtime = make_runtime(settings)
-    runtime.start()
     try:
-        uvicorn.run(
-            create_app(runtime),
-            host=host or settings.serving.host,
-            port=port or settings.serving.port,
-            log_level="warning",
-        )
+        runtime = make_runtime(settings)
+        if sock is None:
+            runtime.start()
+            try:
+                uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning")
+            finally:
+                runtime.close()
+            return
+        prefork.prepare_parent()
+        runtime.reload()
+        console.print(f"serving on http://{host}:{port} with {count} processes; Ctrl-C stops them")
+        raise typer.Exit(prefork.serve_processes(runtime, create_app, sock, count))
     finally:
-        runtime.close()
+        prefork.remove_metrics_folder(metrics_folder)
 
 
 @app.command()

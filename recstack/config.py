@@ -252,6 +252,12 @@ class Diversity(StrEnum):
 class ServingConfig(Section):
     host: str = Field("127.0.0.1", description="Address `recstack serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `recstack serve` binds.")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="API processes `recstack serve` forks after loading (one per core; more than one "
+        "needs the Redis bus and a separate `recstack worker`).",
+    )
     api_keys: list[str] = Field(
         ["recstack-local"],
         description="Accepted X-API-Key values (set your own; the default is for local use only).",

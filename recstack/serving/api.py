@@ -28,6 +28,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -99,11 +100,24 @@ class Metrics:
         self.reloads = Counter(
             "recstack_model_reloads", "Champion reloads by outcome", ["outcome"], registry=r
         )
-        self.items = Gauge("recstack_catalog_items", "Items in the catalog", registry=r)
+        self.items = Gauge(
+            "recstack_catalog_items", "Items in the catalog", registry=r, multiprocess_mode="livemax"
+        )
         # the labelled children the hot path observes, looked up once
         self.stage_of = {s: self.stage.labels(s) for s in STAGES}
         self.candidates_of = {s: self.candidates.labels(s) for s in STAGES}
         self.recommend_latency = self.latency.labels("/v1/recommend")
+
+    def collected(self) -> CollectorRegistry:
+        """What /metrics reports: this process's metrics, or with several API processes
+        (PROMETHEUS_MULTIPROC_DIR set, ``serving/prefork.py``) all of theirs."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return merged
 
     def observe_stage(self, stage: str, seconds: float, size: int) -> None:
         child = self.stage_of.get(stage)
@@ -248,8 +262,21 @@ class Runtime:
             freeze_heap()  # a new catalog: millions of references the collector need not scan
 
     def start(self) -> None:
-        cfg = self.settings.serving
+        """Load the champion and start the background work (one process)."""
         self.reload()
+        self.start_background()
+
+    def after_fork(self) -> None:
+        """In a process forked from one that loaded this runtime (``serving/prefork.py``): fresh
+        randomness (forked copies would draw the same explore picks) and no inherited buffers."""
+        self.rng = np.random.default_rng()
+        self.impressions = ImpressionBuffer()
+        self.stop = threading.Event()
+        self.threads = []
+
+    def start_background(self) -> None:
+        """Impression flush, champion reload, and the in-process worker or the state sync."""
+        cfg = self.settings.serving
         jobs: list[tuple[float, Callable[[], Any]]] = [(cfg.impression_flush_s, self.flush_impressions)]
         if self.bundle_source is not None and cfg.reload_s > 0:
             jobs.append((cfg.reload_s, self.reload))
@@ -551,7 +578,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
         runtime.metrics.items.set(runtime.state.n_items)
-        return PlainTextResponse(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(generate_latest(runtime.metrics.collected()), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ Gorse-compatible aliases
     @secured.post("/api/feedback")
