@@ -351,9 +351,10 @@ def main() -> None:
         asyncio.run(drive(port, 50, 4, 8, 2_000))  # warm-up
         before = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         pids = family(server.pid)
-        server_cpu, client_cpu = sum(map(cpu_s, pids)), time.process_time()
+        cpu_before, client_cpu = [cpu_s(pid) for pid in pids], time.process_time()
         latencies, errors = asyncio.run(drive(port, args.rps, duration, args.concurrency, 2_000))
-        server_cpu, client_cpu = sum(map(cpu_s, pids)) - server_cpu, time.process_time() - client_cpu
+        cpu_each = [cpu_s(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+        server_cpu, client_cpu = sum(cpu_each), time.process_time() - client_cpu
         after = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         if family(server.pid) != pids:
             raise SystemExit(f"the API's processes changed during the run: {pids} -> {family(server.pid)}")
@@ -380,6 +381,7 @@ def main() -> None:
         f"(peak of one process {rss_peak:.0f} MB, after start-up {startup_rss:.0f} MB)"
     )
     if len(pids) > 1:
+        print("CPU seconds of each API process (the loader first):", [round(c, 1) for c in cpu_each])
         print(
             f"{len(pids) - 1} API processes forked from a loader: proportional set sizes summed "
             f"{rss_now:.0f} MB (their RSS summed, shared pages counted in each: {rss_sum:.0f} MB)"

@@ -3,7 +3,8 @@
 One Python process serves requests one at a time (the funnel holds the GIL for most of a
 request), so at a few hundred requests/s one process is a saturated core and its tail latency is
 queueing. ``serve_processes`` loads the champion and the state once, freezes the heap, then forks
-``processes`` children that accept from one shared listening socket. The catalog and the model
+``processes`` children that listen on one port (SO_REUSEPORT: the kernel spreads connections
+over them). The catalog and the model
 (hundreds of MB at 1M items, mostly NumPy buffers and frozen objects) stay shared copy-on-write
 between them; each child runs its own background work (impression flush, state sync, champion
 reload) exactly as a single ``recstack serve`` does. The parent serves nothing: it restarts a child
@@ -71,12 +72,31 @@ def multiprocess_metrics() -> Path | None:
     return folder
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """The listening socket every child accepts from (bound once, before forking)."""
+def listen(host: str, port: int) -> socket.socket:
+    """The port, bound before forking (so that it is known and taken, port 0 included) but not
+    listening: each child listens on it with its own SO_REUSEPORT socket and the kernel spreads
+    new connections over them evenly. (One listening socket shared by all would let whichever
+    process is idle at the moment take each connection: keep-alive clients that connect together
+    then stay skewed, one process saturated beside an idle one.)"""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        return socket.create_server((host, port), backlog=backlog)
-    except OSError as exc:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except (OSError, AttributeError) as exc:  # AttributeError: no SO_REUSEPORT on this platform
+        sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+    return sock
+
+
+def _listening(reserved: socket.socket, backlog: int = 2048) -> socket.socket:
+    """A child's own listening socket on the reserved port."""
+    sock = socket.socket(reserved.family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(reserved.getsockname()[:2])
+    sock.listen(backlog)
+    return sock
 
 
 def prepare_parent() -> None:
@@ -106,8 +126,9 @@ def serve_processes(
     processes: int,
     log_level: str = "warning",
 ) -> int:
-    """Fork ``processes`` children serving ``app_factory(runtime)`` on ``sock`` and supervise them
-    until SIGTERM/SIGINT; returns the exit status (0, or 1 after a crash loop)."""
+    """Fork ``processes`` children serving ``app_factory(runtime)`` on the port ``sock`` holds
+    (from ``listen``) and supervise them until SIGTERM/SIGINT; returns the exit status (0, or 1
+    after a crash loop)."""
     import uvicorn
 
     tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
@@ -120,11 +141,13 @@ def serve_processes(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         after_fork_in_child()
+        own = _listening(sock)
+        sock.close()
         runtime.after_fork()
         runtime.start_background()
         config = uvicorn.Config(app_factory(runtime), log_level=log_level, access_log=False)
         try:
-            uvicorn.Server(config).run(sockets=[sock])
+            uvicorn.Server(config).run(sockets=[own])
         finally:
             runtime.close()
 
