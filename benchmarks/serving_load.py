@@ -129,15 +129,23 @@ def serve(folder: Path, port: int, namespace: str, processes: int) -> None:
     after loading, as ``recstack serve --processes`` runs them)."""
     from recstack.serving import prefork
 
+    metrics = None
     if processes > 1:
         prefork.check_processes(processes, namespace != "-")
-        prefork.multiprocess_metrics()  # before prometheus_client is imported
+        metrics = prefork.multiprocess_metrics()  # before prometheus_client is imported
         prefork.prepare_parent()
+    try:
+        _serve(folder, port, namespace, processes)
+    finally:
+        prefork.remove_metrics_folder(metrics)
 
+
+def _serve(folder: Path, port: int, namespace: str, processes: int) -> None:
     import uvicorn
 
     from recstack.events.parquet import ParquetEventLog
     from recstack.features.stores import SQLiteStore
+    from recstack.serving import prefork
     from recstack.serving.api import Runtime, create_app
 
     settings = settings_for(folder)

@@ -91,3 +91,9 @@ def test_events_ingest_replay_join(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     assert pq.read_table(out).column("click").to_pylist() == [1]
+
+
+def test_serve_refuses_several_processes_without_the_separate_worker(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--processes", "2"], env=env(tmp_path))
+    assert result.exit_code == 1
+    assert "needs the separate worker" in result.output and "redis" in result.output

@@ -132,8 +132,8 @@ def serve_processes(
     import uvicorn
 
     tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
-    if tasks > 1:  # a thread does not survive fork; one holding a lock would deadlock the child
-        log.warning("forking with %d threads running in the parent; they do not exist in the children", tasks)
+    if tasks > 1:  # threads do not survive fork (idle pool threads of the libraries, usually)
+        log.info("forking with %d threads in the parent; they do not exist in the children", tasks)
     children: dict[int, float] = {}  # pid -> start time
     stopping = False
 

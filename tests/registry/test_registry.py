@@ -98,3 +98,32 @@ def test_two_threads_fetching_one_version_both_get_it(settings: Settings, tmp_pa
         folders = list(pool.map(lambda _: registry.fetch(version), range(4)))
     assert len(set(folders)) == 1 and (folders[0] / "bundle.json").exists()
     assert not list(folders[0].parent.glob("*.partial"))
+
+
+def test_a_forked_api_process_reads_the_registry_and_leaves_the_parents_connections(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``recstack serve --processes N`` loads the champion, then forks: each process polls the
+    registry on its own connections (the engines it inherited are disposed, not shared)."""
+    from recstack.serving.prefork import after_fork_in_child
+
+    registry = Registry(settings)
+    v1 = registry.register(_bundle(tmp_path / "b1", 0.70), {"auc_click": 0.70}, {})
+    assert registry.promote(v1).passed
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery past this point, only os._exit
+        status = 1
+        try:
+            after_fork_in_child()
+            os.write(write, str(registry.alias("champion")).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert os.read(read, 100).decode() == v1
+    os.close(read)
+    v2 = registry.register(_bundle(tmp_path / "b2", 0.75), {"auc_click": 0.75}, {})
+    assert registry.promote(v2).passed and registry.alias("champion") == v2  # the parent's still work
