@@ -330,7 +330,8 @@ def validate_table(table: pa.Table) -> tuple[np.ndarray, list[tuple[int, str]]]:
         )
     flag(pc.less(table.column("position"), 0), "position", "must be >= 0")
     dwell = table.column("dwell_seconds")
-    flag(pc.or_(pc.less(dwell, 0), pc.greater(dwell, 86_400)), "dwell_seconds", "must be within [0, 86400]")
+    out_of_range = pc.or_(pc.or_(pc.less(dwell, 0), pc.greater(dwell, 86_400)), pc.is_nan(dwell))
+    flag(out_of_range, "dwell_seconds", "must be within [0, 86400]")
     flag(pc.equal(pc.utf8_length(table.column("query")), 0), "query", "must not be empty")
     # the rest of what the event models check, so that a row that passes is an event as it stands
     for field in _ID_COLUMNS:

@@ -4,12 +4,11 @@ One Python process serves requests one at a time (the funnel holds the GIL for m
 request), so at a few hundred requests/s one process is a saturated core and its tail latency is
 queueing. ``serve_processes`` loads the champion and the state once, freezes the heap, then forks
 ``processes`` children that listen on one port (SO_REUSEPORT: the kernel spreads connections
-over them). The catalog and the model
-(hundreds of MB at 1M items, mostly NumPy buffers and frozen objects) stay shared copy-on-write
-between them; each child runs its own background work (impression flush, state sync, champion
-reload) exactly as a single ``recstack serve`` does. The parent serves nothing: it restarts a child
-that dies (from the image it loaded; the child then syncs to the current state and champion) and
-stops them all on SIGTERM or SIGINT.
+over them). The catalog and the model (hundreds of MB at 1M items, mostly NumPy buffers and frozen
+objects) stay shared copy-on-write between them; each child runs its own background work
+(impression flush, state sync, champion reload) exactly as a single ``recstack serve`` does. The
+parent serves nothing: it restarts a child that dies (from the image it loaded; the child then
+syncs to the current state and champion) and stops them all on SIGTERM or SIGINT.
 
 Several processes need the separate worker (the Redis bus and state store): the state each
 process serves from is the worker's snapshot, loaded every ``[serving] state_sync_s``. With the

@@ -170,22 +170,22 @@ def test_tables_are_validated_like_single_events_and_round_trip(backend: tuple[E
         {"event_id": "e5", "kind": "query", "timestamp": "2026-11-23T10:00:05Z", "query": "cats"},
     ]
     table = events_to_table([parse_event(e) for e in good])
-    bad_rows = {  # column -> a value the event models refuse, on a copy of row 0 (an impression)
-        "user_id": "u" * 257,
-        "position": 100_001,
-        "dwell_seconds": 3.0,  # not a field of impressions
-        "features": '{"age_h": "old"}',  # not a number
-        "context": '{"device": "ios"}, "event_id": "injected"',  # not one JSON object
-        "model_versions": "[1, 2]",  # not an object
-    }
     rows = table.to_pylist()
-    for n, (column, value) in enumerate(bad_rows.items()):
-        rows.append(rows[0] | {"event_id": f"bad{n}", column: value})
-
-    result = log.append_table(pa.Table.from_pylist(rows, schema=table.schema))
+    impression, dwell = rows[0], rows[2]
+    refused = [  # (the column its rejection names, a row the event models refuse)
+        ("user_id", impression | {"user_id": "u" * 257}),
+        ("position", impression | {"position": 100_001}),
+        ("dwell_seconds", impression | {"dwell_seconds": 3.0}),  # not a field of impressions
+        ("features", impression | {"features": '{"age_h": "old"}'}),  # not a number
+        ("context", impression | {"context": '{"device": "ios"}, "event_id": "injected"'}),  # not one object
+        ("model_versions", impression | {"model_versions": "[1, 2]"}),  # not an object
+        ("dwell_seconds", dwell | {"dwell_seconds": float("nan")}),
+    ]
+    bad = [row | {"event_id": f"bad{n}"} for n, (_, row) in enumerate(refused)]
+    result = log.append_table(pa.Table.from_pylist(rows + bad, schema=table.schema))
     assert result.accepted == len(good)
-    assert [r.index for r in result.rejected] == list(range(len(good), len(rows)))
-    for rejected, column in zip(result.rejected, bad_rows, strict=True):
+    assert [r.index for r in result.rejected] == list(range(len(good), len(good) + len(bad)))
+    for rejected, (column, _) in zip(result.rejected, refused, strict=True):
         assert f"'{column}'" in rejected.error
     replayed = sorted(log.replay(), key=lambda e: e.event_id)  # the Parquet log replays by time
     assert replayed == [parse_event(e) for e in good]
