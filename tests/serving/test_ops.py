@@ -188,3 +188,33 @@ def test_fresh_source_keeps_the_newest_in_order_with_a_partial_sort() -> None:
     partial = StateFresh(state, window_s, depth=100)
     assert np.array_equal(partial.fresh_items(now), alive[:100])
     assert np.array_equal(partial.fresh_items(now, k=300)[:300], alive[:300])  # deeper on demand
+
+
+def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
+    """Listed, seen, removed and unsafe fresh items are never picked, however good their posterior;
+    the picks are the eligible items with the best draws (a wide gap makes the draws' order sure)."""
+    from recstack.schema import parse_event
+    from recstack.serving.ops.explore import ExploreOp
+    from recstack.serving.ops.retrieve import StateFresh
+
+    state = FeedState()
+    now = 1_800_000_000
+    state.apply(
+        parse_event(
+            {"event_id": f"e{i}", "kind": "item", "timestamp": now, "item_id": f"n{i}", "creator_id": f"c{i}"}
+        )
+        for i in range(40)
+    )
+    state.impressions.data[:40] = 10_000
+    state.clicks.data[:40] = np.linspace(9_900, 100, 40)  # item 0 best, then 1, 2, ... (means 0.99 .. 0.01)
+    state.unsafe.data[1] = 0.9  # unsafe
+    state.removed.data[2] = True  # removed
+    listed = Candidates(np.array([0, 4]), np.zeros(2), ["a", "b"])  # already in the list
+    op = ExploreOp(3, StateFresh(state, 3600), FilterOp(0.5), 0)
+    for seed in range(20):
+        request = RecRequest(  # item 3: seen by the user
+            "u", 5, (now + 10) * 1_000_000, exclude=frozenset({3}), rng=np.random.default_rng(seed)
+        )
+        out = op(request, listed, state)
+        assert sorted(out.items[out.explore].tolist()) == [5, 6, 7]
+        assert set(out.items[~out.explore].tolist()) == {0, 4}
