@@ -146,6 +146,7 @@ class FeedState:
         self.served: dict[str, int] = {}  # request id -> its impressions not yet acknowledged
         self.unknown_items = 0
         self.lock = threading.RLock()
+        self.synced_lists: dict[str, Any] | None = None  # the users' lists of the snapshot loaded
         self.version = 0  # bumped by every apply
         self.catalog_version = 0  # bumped when items are added or changed
 
@@ -466,10 +467,18 @@ class FeedState:
 
     @classmethod
     def from_bytes(
-        cls, blob: bytes, catalog: bytes | None = None, same_catalog: FeedState | None = None
+        cls,
+        blob: bytes,
+        catalog: bytes | None = None,
+        same_catalog: FeedState | None = None,
+        previous: FeedState | None = None,
     ) -> FeedState:
         """Rebuild a state from ``to_bytes`` and ``catalog_bytes``; ``same_catalog``: a state whose
-        catalog is the snapshot's (its catalog columns are shared instead of decoded again)."""
+        catalog is the snapshot's (its catalog columns are shared instead of decoded again);
+        ``previous``: a state loaded from an earlier snapshot over the same catalog, whose users
+        are taken over where their lists did not change since (an API process loads the worker's
+        snapshot every second; most users did not move in between). A user taken over keeps what
+        was applied to them locally since (``record_served``)."""
         try:
             meta, arrays = _unpack(blob)
             state = cls(meta["history_length"], meta["seen_limit"], 1.0, meta["trending_weights"])
@@ -502,16 +511,33 @@ class FeedState:
             state.trending.rate = meta["trending_rate"]
             state.trending.scores = trending
             state.trending.as_of_us = meta["trending_as_of_us"]
-            parts = {}
-            for name in ("history", "seen", "blocked"):
-                offsets, items = arrays[f"{name}_offsets"], arrays[f"{name}_items"].tolist()
-                parts[name] = [items[a:b] for a, b in itertools.pairwise(offsets)]
-            for n, user in enumerate(meta["users"]):
-                state.users[user] = UserState(
-                    deque(parts["history"][n], maxlen=state.history_length),
-                    OrderedDict.fromkeys(parts["seen"][n]),
-                    set(parts["blocked"][n]),
-                )
+            lists: dict[str, Any] = {name: arrays[name] for name in _LIST_ARRAYS}
+            lists["users"] = meta["users"]
+            state.synced_lists = lists
+            before = previous.synced_lists if previous is not None else None
+            changed = _changed_users(before, lists) if before is not None else None
+            if previous is None or changed is None or changed.mean() > 0.5:  # all decoded in bulk
+                parts = {}
+                for name in _LISTS:
+                    offsets, items = lists[f"{name}_offsets"], lists[f"{name}_items"].tolist()
+                    parts[name] = [items[a:b] for a, b in itertools.pairwise(offsets)]
+                for n, user in enumerate(meta["users"]):
+                    state.users[user] = UserState(
+                        deque(parts["history"][n], maxlen=state.history_length),
+                        OrderedDict.fromkeys(parts["seen"][n]),
+                        set(parts["blocked"][n]),
+                    )
+            else:  # only the users whose lists changed since ``previous`` was loaded
+                kept = previous.users
+                for n, user in enumerate(meta["users"]):
+                    old = kept.get(user)
+                    if old is not None and not changed[n]:
+                        state.users[user] = old
+                        continue
+                    history, seen, blocked = (_user_list(lists, name, n) for name in _LISTS)
+                    state.users[user] = UserState(
+                        deque(history, maxlen=state.history_length), OrderedDict.fromkeys(seen), set(blocked)
+                    )
             state.applied = set(meta["applied"])
             state.served = dict(meta.get("served", {}))
             state.unknown_items = meta["unknown_items"]
@@ -519,6 +545,43 @@ class FeedState:
         except Exception as exc:  # numpy, zipfile and json raise several types for damaged blobs
             raise CheckpointError(f"feed state snapshot is corrupt: {exc}") from exc
         return state
+
+
+_LISTS = ("history", "seen", "blocked")
+_LIST_ARRAYS = tuple(f"{name}_{part}" for name in _LISTS for part in ("offsets", "items"))
+
+
+def _user_list(lists: dict[str, Any], name: str, n: int) -> list[int]:
+    offsets = lists[f"{name}_offsets"]
+    out: list[int] = lists[f"{name}_items"][offsets[n] : offsets[n + 1]].tolist()
+    return out
+
+
+def _changed_users(old: dict[str, Any], new: dict[str, Any]) -> np.ndarray:
+    """(users of ``new``,) bool: users whose history, seen or blocked list differs from ``old`` (both
+    the lists of a snapshot: users in order, each list flat with offsets). Users absent from
+    ``old`` at the same position count as changed; exact, vectorized per list."""
+    users_old, users_new = old["users"], new["users"]
+    m = min(len(users_old), len(users_new))
+    if users_old[:m] != users_new[:m]:  # the worker only appends users; anything else: all changed
+        m = 0
+    same = np.ones(m, dtype=bool)
+    for name in ("history", "seen", "blocked"):
+        off_old, off_new = old[f"{name}_offsets"], new[f"{name}_offsets"]
+        items_old, items_new = old[f"{name}_items"], new[f"{name}_items"]
+        lengths = np.diff(off_new[: m + 1])
+        same &= np.diff(off_old[: m + 1]) == lengths
+        users = np.flatnonzero(same)
+        sizes = lengths[users]
+        if not sizes.sum():
+            continue
+        owner = np.repeat(np.arange(len(users)), sizes)  # each compared entry's user (position in users)
+        within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        differs = items_old[off_old[users][owner] + within] != items_new[off_new[users][owner] + within]
+        same[users[np.bincount(owner[differs], minlength=len(users)) > 0]] = False
+    changed = np.ones(len(users_new), dtype=bool)
+    changed[:m] = ~same
+    return changed
 
 
 @dataclass(frozen=True)

@@ -141,3 +141,80 @@ def test_served_impressions_count_once_across_a_crash_between_snapshot_and_ack(t
     restarted.drain()  # the same impressions again: still known as served, skipped again
     assert restarted.state.impressions.values[:5].tolist() == [1, 1, 1, 0, 0]
     assert restarted.state.served == {}  # acknowledged now: forgotten
+
+
+def _lists(users: dict[str, tuple[list[int], list[int], list[int]]]) -> dict[str, object]:
+    """Snapshot-shaped lists (users in order, each list flat with offsets)."""
+    import numpy as np
+
+    out: dict[str, object] = {"users": list(users)}
+    for k, name in enumerate(("history", "seen", "blocked")):
+        per_user = [lists[k] for lists in users.values()]
+        out[f"{name}_offsets"] = np.concatenate([[0], np.cumsum([len(x) for x in per_user])]).astype(np.int64)
+        out[f"{name}_items"] = np.array([i for x in per_user for i in x], dtype=np.int64)
+    return out
+
+
+def test_changed_users_are_found_exactly() -> None:
+    """Against a brute-force comparison on random edits: one item changed, grown, shrunk, emptied,
+    users appended; a reordered user list makes every user changed."""
+    import random
+
+    from recstack.serving.state import _changed_users
+
+    rng = random.Random(0)
+    for _ in range(200):
+        old = {
+            f"u{n}": tuple([rng.randrange(50) for _ in range(rng.randrange(4))] for _ in range(3))
+            for n in range(rng.randrange(8))
+        }
+        new = {u: tuple(list(x) for x in lists) for u, lists in old.items()}
+        for user in list(new):
+            if rng.random() < 0.3:
+                which, edit = rng.randrange(3), rng.randrange(4)
+                values = new[user][which]
+                if edit == 0 and values:
+                    values[rng.randrange(len(values))] += 1
+                elif edit == 1:
+                    values.append(rng.randrange(50))
+                elif edit == 2 and values:
+                    values.pop()
+                else:
+                    values.clear()
+        for n in range(rng.randrange(3)):
+            new[f"v{n}"] = ([1], [], [2])
+        expected = [old.get(u) != lists for u, lists in new.items()]
+        assert _changed_users(_lists(old), _lists(new)).tolist() == expected  # type: ignore[arg-type]
+    reordered = {"b": ([1], [], []), "a": ([2], [], [])}
+    assert _changed_users(_lists({"a": ([2], [], []), "b": ([1], [], [])}), _lists(reordered)).tolist() == [  # type: ignore[arg-type]
+        True,
+        True,
+    ]
+
+
+def test_a_snapshot_load_takes_over_unchanged_users_and_rebuilds_the_rest() -> None:
+    from recstack.schema import parse_event
+
+    worker = FeedState()
+    worker.apply(parse_event(e) for e in _events(5, 40))
+    api = FeedState.from_bytes(worker.to_bytes(), worker.catalog_bytes())
+    before = dict(api.users)
+    moved = next(iter(worker.users))
+    worker.apply(  # one user hides an item
+        [
+            parse_event(
+                {"event_id": "h", "kind": "hide", "timestamp": 2_000, "user_id": moved, "item_id": "i4"}
+            )
+        ]
+    )
+    fresh = FeedState.from_bytes(worker.to_bytes(), None, api, previous=api)
+    full = FeedState.from_bytes(worker.to_bytes(), worker.catalog_bytes())
+    assert len(worker.users) > 1
+    for user, state in fresh.users.items():
+        assert (state is before[user]) == (user != moved)  # taken over unless changed
+        expected = full.users[user]
+        assert (list(state.history), list(state.seen), state.blocked) == (
+            list(expected.history),
+            list(expected.seen),
+            expected.blocked,
+        )
