@@ -3,11 +3,11 @@
 One Python process serves requests one at a time (the funnel holds the GIL for most of a
 request), so at a few hundred requests/s one process is a saturated core and its tail latency is
 queueing. ``serve_processes`` loads the champion and the state once, freezes the heap, then forks
-``processes`` children that listen on one port (SO_REUSEPORT: the kernel spreads connections
-over them). The catalog and the model (hundreds of MB at 1M items, mostly NumPy buffers and frozen
+``processes`` children; the parent accepts on the port and hands each connection to the next
+child in turn. The catalog and the model (hundreds of MB at 1M items, mostly NumPy buffers and frozen
 objects) stay shared copy-on-write between them; each child runs its own background work
 (impression flush, state sync, champion reload) exactly as a single ``recstack serve`` does. The
-parent serves nothing: it restarts a child that dies (from the image it loaded; the child then
+parent answers no request: it restarts a child that dies (from the image it loaded; the child then
 syncs to the current state and champion) and stops them all on SIGTERM or SIGINT.
 
 Several processes need the separate worker (the Redis bus and state store): the state each
@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,31 +72,101 @@ def multiprocess_metrics() -> Path | None:
     return folder
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The port, bound before forking (so that it is known and taken, port 0 included) but not
-    listening: each child listens on it with its own SO_REUSEPORT socket and the kernel spreads
-    new connections over them evenly. (One listening socket shared by all would let whichever
-    process is idle at the moment take each connection: keep-alive clients that connect together
-    then stay skewed, one process saturated beside an idle one.)"""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """The public listening socket, bound before forking (port 0 included); only the parent
+    accepts from it (``serve_processes``)."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except (OSError, AttributeError) as exc:  # AttributeError: no SO_REUSEPORT on this platform
-        sock.close()
+        return socket.create_server((host, port), backlog=backlog)
+    except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
-    return sock
 
 
-def _listening(reserved: socket.socket, backlog: int = 2048) -> socket.socket:
-    """A child's own listening socket on the reserved port."""
-    sock = socket.socket(reserved.family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(reserved.getsockname()[:2])
-    sock.listen(backlog)
-    return sock
+class _Dispatcher:
+    """The parent's accept loop (a thread): each new connection goes to the next process in turn,
+    its descriptor sent over that process's channel (a Unix SOCK_SEQPACKET pair), as Node's
+    cluster module schedules connections. Letting every process accept from the socket (or each
+    listen with SO_REUSEPORT) spread keep-alive connections unevenly (by timing, or by hash): at
+    200 requests/s one process ran at 70% of a core beside one at 45%, and the p99 followed the
+    busier one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.channels: dict[int, socket.socket] = {}  # slot -> the parent's end
+        self.turn = 0
+        self.lock = threading.Lock()
+
+    def channel(self, slot: int) -> socket.socket:
+        """A new channel for ``slot`` (before forking its process); returns the child's end."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with self.lock:
+            old = self.channels.pop(slot, None)
+            self.channels[slot] = parent
+        if old is not None:
+            old.close()
+        return child
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # the socket was closed: stopping
+                return
+            with conn:
+                self.hand_over(conn)
+
+    def hand_over(self, conn: socket.socket) -> None:
+        with self.lock:
+            slots = sorted(self.channels)
+            for k in range(len(slots)):
+                slot = slots[(self.turn + k) % len(slots)]
+                try:
+                    socket.send_fds(self.channels[slot], [b"c"], [conn.fileno()])
+                except OSError:  # that process is gone (or going): the next one
+                    continue
+                self.turn = (self.turn + k + 1) % len(slots)
+                return
+        log.warning("no API process to take a connection; closed it")
+
+
+def _serve_channel(server: Any, channel: socket.socket) -> None:
+    """In a child, once its uvicorn server has started: serve each connection the parent sends
+    over ``channel`` with uvicorn's protocol, as its own listening socket would have. The parent
+    gone (the channel closed) stops the server."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    config = server.config
+    channel.setblocking(False)
+
+    def protocol() -> asyncio.Protocol:
+        # what uvicorn's Server.startup builds for its listening sockets (uvicorn pinned)
+        made: asyncio.Protocol = config.http_protocol_class(
+            config=config, server_state=server.server_state, app_state=server.lifespan.state
+        )
+        return made
+
+    starting: set[asyncio.Task[Any]] = set()
+
+    def readable() -> None:
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(channel, 16, 64)
+            except BlockingIOError:
+                return
+            except OSError:
+                message, fds = b"", []
+            if not message and not fds:  # the parent closed the channel
+                loop.remove_reader(channel.fileno())
+                server.should_exit = True
+                return
+            for fd in fds:
+                conn = socket.socket(fileno=fd)
+                conn.setblocking(False)
+                task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+                starting.add(task)  # referenced until done (the loop keeps only weak references)
+                task.add_done_callback(starting.discard)
+
+    loop.add_reader(channel.fileno(), readable)
 
 
 def prepare_parent() -> None:
@@ -133,36 +204,52 @@ def serve_processes(
     tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
     if tasks > 1:  # threads do not survive fork (idle pool threads of the libraries, usually)
         log.info("forking with %d threads in the parent; they do not exist in the children", tasks)
-    children: dict[int, float] = {}  # pid -> start time
+    children: dict[int, tuple[int, float]] = {}  # pid -> (slot, start time)
     stopping = False
 
-    def child() -> None:
+    dispatcher = _Dispatcher(sock)
+
+    class ChannelServer(uvicorn.Server):
+        """uvicorn with no listening socket of its own: connections come over the channel."""
+
+        channel: socket.socket
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=[])
+            _serve_channel(self, self.channel)
+
+    def child(channel: socket.socket) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        after_fork_in_child()
-        own = _listening(sock)
         sock.close()
+        for other in dispatcher.channels.values():
+            other.close()
+        after_fork_in_child()
         runtime.after_fork()
         runtime.start_background()
         config = uvicorn.Config(app_factory(runtime), log_level=log_level, access_log=False)
+        server = ChannelServer(config)
+        server.channel = channel
         try:
-            uvicorn.Server(config).run(sockets=[own])
+            server.run()
         finally:
             runtime.close()
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
+        channel = dispatcher.channel(slot)
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
-                child()
+                child(channel)
                 status = 0
             except BaseException:
                 log.exception("API process %d failed", os.getpid())
             finally:
                 logging.shutdown()
                 os._exit(status)
-        children[pid] = time.monotonic()
+        channel.close()
+        children[pid] = (slot, time.monotonic())
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -175,17 +262,20 @@ def serve_processes(
     early_deaths = 0
     status = 0
     try:
-        for _ in range(processes):
-            spawn()
+        for slot in range(processes):
+            spawn(slot)
+        accepting = threading.Thread(target=dispatcher.run, name="recstack-accept", daemon=True)
+        accepting.start()
         log.info("%d API processes serving: %s", processes, sorted(children))
         while children:
             try:
                 pid, code = os.wait()
             except ChildProcessError:
                 break
-            started = children.pop(pid, None)
-            if started is None:
+            found = children.pop(pid, None)
+            if found is None:
                 continue
+            slot, started = found
             _mark_dead(pid)
             if stopping:
                 continue
@@ -196,11 +286,15 @@ def serve_processes(
                 status = 1
                 continue
             log.warning("API process %d exited (status %d); starting another", pid, code)
-            spawn()
+            spawn(slot)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the accept loop (close alone would not)
         sock.close()
+        for channel in dispatcher.channels.values():
+            channel.close()
     return status
 
 
