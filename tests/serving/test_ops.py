@@ -140,21 +140,28 @@ def test_filter_drops_unsafe_removed_and_excluded_items() -> None:
     assert out.items.tolist() == [0]
 
 
-def test_thompson_exploration_favours_the_item_with_more_clicks(
-    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
-) -> None:
+def _fresh_catalog(n: int, now: int) -> FeedState:
+    """A state of ``n`` items created at ``now`` (epoch seconds), each by its own creator."""
     from recstack.schema import parse_event
-    from recstack.serving.ops.explore import ExploreOp
-    from recstack.serving.ops.retrieve import StateFresh
 
     state = FeedState()
-    now = 1_800_000_000
     state.apply(
         parse_event(
             {"event_id": f"e{i}", "kind": "item", "timestamp": now, "item_id": f"n{i}", "creator_id": f"c{i}"}
         )
-        for i in range(2)
+        for i in range(n)
     )
+    return state
+
+
+def test_thompson_exploration_favours_the_item_with_more_clicks(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    from recstack.serving.ops.explore import ExploreOp
+    from recstack.serving.ops.retrieve import StateFresh
+
+    now = 1_800_000_000
+    state = _fresh_catalog(2, now)
     state.impressions.data[:2] = [100, 100]
     state.clicks.data[:2] = [30, 5]  # posteriors Beta(31, 71) vs Beta(6, 96): means 0.30 vs 0.06
     op = ExploreOp(1, StateFresh(state, 3600), FilterOp(0.5), 0)
@@ -193,18 +200,11 @@ def test_fresh_source_keeps_the_newest_in_order_with_a_partial_sort() -> None:
 def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
     """Listed, seen, removed and unsafe fresh items are never picked, however good their posterior;
     the picks are the eligible items with the best draws (a wide gap makes the draws' order sure)."""
-    from recstack.schema import parse_event
     from recstack.serving.ops.explore import ExploreOp
     from recstack.serving.ops.retrieve import StateFresh
 
-    state = FeedState()
     now = 1_800_000_000
-    state.apply(
-        parse_event(
-            {"event_id": f"e{i}", "kind": "item", "timestamp": now, "item_id": f"n{i}", "creator_id": f"c{i}"}
-        )
-        for i in range(40)
-    )
+    state = _fresh_catalog(40, now)
     state.impressions.data[:40] = 10_000
     state.clicks.data[:40] = np.linspace(9_900, 100, 40)  # item 0 best, then 1, 2, ... (means 0.99 .. 0.01)
     state.unsafe.data[1] = 0.9  # unsafe
