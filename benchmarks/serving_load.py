@@ -423,6 +423,8 @@ def main() -> None:
             "rss_peak_mb": round(rss_peak),
             "rss_sum_mb": round(rss_sum),
             "api_cpu_ms_per_request": round(1e3 * server_cpu / len(latencies), 2),
+            # the busiest API process's share of their CPU (1 / processes when evenly spread)
+            "busiest_share": round(max(cpu_each) / max(server_cpu, 1e-9), 3),
         }
         | {f"{s}_ms": round(v, 2) for s, v in stages.items()},
         f"{duration:.0f} s open loop on loopback, n=20, 10% unknown users, IVF nprobe 16; "

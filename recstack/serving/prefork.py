@@ -85,9 +85,8 @@ class _Dispatcher:
     """The parent's accept loop (a thread): each new connection goes to the next process in turn,
     its descriptor sent over that process's channel (a Unix SOCK_SEQPACKET pair), as Node's
     cluster module schedules connections. Letting every process accept from the socket (or each
-    listen with SO_REUSEPORT) spread keep-alive connections unevenly (by timing, or by hash): at
-    200 requests/s one process ran at 70% of a core beside one at 45%, and the p99 followed the
-    busier one."""
+    listen with SO_REUSEPORT) spread keep-alive connections unevenly (by timing, or by hash), and
+    the p99 followed the busier process."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
