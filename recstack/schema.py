@@ -349,7 +349,7 @@ def validate_table(table: pa.Table) -> tuple[np.ndarray, list[tuple[int, str]]]:
         )
     for field, adapter in _JSON_TYPES.items():
         column = table.column(field)
-        if not column.null_count < n:
+        if column.null_count == n:
             continue
         values = column.to_pylist()
         verdict: dict[str, bool] = {}  # per distinct value (a request's rows share most of theirs)

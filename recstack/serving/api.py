@@ -255,8 +255,8 @@ class Runtime:
             return
         same = FeedState.snapshot_catalog_version(blob) == self.state.catalog_version
         catalog = None if same else self.store.get_many([STATE_KEY + ":catalog"])[0]
-        kept = self.state if same else None  # the same catalog: its columns and unchanged users stay
-        fresh = FeedState.from_bytes(blob, catalog, kept, previous=kept)
+        # the same catalog: its columns, and the users whose lists did not change, are kept
+        fresh = FeedState.from_bytes(blob, catalog, self.state if same else None)
         self.state.update_from(fresh)
         self.synced_version = version
         if not same:

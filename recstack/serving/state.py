@@ -471,18 +471,18 @@ class FeedState:
         blob: bytes,
         catalog: bytes | None = None,
         same_catalog: FeedState | None = None,
-        previous: FeedState | None = None,
     ) -> FeedState:
         """Rebuild a state from ``to_bytes`` and ``catalog_bytes``; ``same_catalog``: a state whose
-        catalog is the snapshot's (its catalog columns are shared instead of decoded again);
-        ``previous``: a state loaded from an earlier snapshot over the same catalog, whose users
-        are taken over where their lists did not change since (an API process loads the worker's
-        snapshot every second; most users did not move in between). A user taken over keeps what
-        was applied to them locally since (``record_served``)."""
+        catalog is the snapshot's (its catalog columns are shared instead of decoded again, and,
+        when it was itself loaded from a snapshot, its users are taken over where their lists did
+        not change since: an API process loads the worker's snapshot every second and most users
+        did not move in between; a user taken over keeps what was applied to them locally since,
+        ``record_served``)."""
         try:
             meta, arrays = _unpack(blob)
             state = cls(meta["history_length"], meta["seen_limit"], 1.0, meta["trending_weights"])
-            if same_catalog is not None and same_catalog.catalog_version == meta["catalog_version"]:
+            shared = same_catalog is not None and same_catalog.catalog_version == meta["catalog_version"]
+            if shared:
                 for name in cls.CATALOG:
                     setattr(state, name, getattr(same_catalog, name))
             elif catalog is not None:
@@ -514,30 +514,27 @@ class FeedState:
             lists: dict[str, Any] = {name: arrays[name] for name in _LIST_ARRAYS}
             lists["users"] = meta["users"]
             state.synced_lists = lists
-            before = previous.synced_lists if previous is not None else None
+            before = same_catalog.synced_lists if shared else None  # type: ignore[union-attr]
             changed = _changed_users(before, lists) if before is not None else None
-            if previous is None or changed is None or changed.mean() > 0.5:  # all decoded in bulk
-                parts = {}
+            kept: dict[str, UserState] = {}  # users taken over (their lists did not change)
+            parts: dict[str, list[list[int]]] = {}
+            if changed is not None and changed.mean() <= 0.5:
+                kept = same_catalog.users  # type: ignore[union-attr]
+            else:  # most users changed (or no earlier load): all decoded in bulk
                 for name in _LISTS:
                     offsets, items = lists[f"{name}_offsets"], lists[f"{name}_items"].tolist()
                     parts[name] = [items[a:b] for a, b in itertools.pairwise(offsets)]
-                for n, user in enumerate(meta["users"]):
-                    state.users[user] = UserState(
-                        deque(parts["history"][n], maxlen=state.history_length),
-                        OrderedDict.fromkeys(parts["seen"][n]),
-                        set(parts["blocked"][n]),
-                    )
-            else:  # only the users whose lists changed since ``previous`` was loaded
-                kept = previous.users
-                for n, user in enumerate(meta["users"]):
-                    old = kept.get(user)
-                    if old is not None and not changed[n]:
-                        state.users[user] = old
-                        continue
-                    history, seen, blocked = (_user_list(lists, name, n) for name in _LISTS)
-                    state.users[user] = UserState(
-                        deque(history, maxlen=state.history_length), OrderedDict.fromkeys(seen), set(blocked)
-                    )
+            for n, user in enumerate(meta["users"]):
+                old = kept.get(user)
+                if old is not None and not changed[n]:  # type: ignore[index]
+                    state.users[user] = old
+                    continue
+                history, seen, blocked = (
+                    parts[name][n] if parts else _user_list(lists, name, n) for name in _LISTS
+                )
+                state.users[user] = UserState(
+                    deque(history, maxlen=state.history_length), OrderedDict.fromkeys(seen), set(blocked)
+                )
             state.applied = set(meta["applied"])
             state.served = dict(meta.get("served", {}))
             state.unknown_items = meta["unknown_items"]
@@ -566,7 +563,7 @@ def _changed_users(old: dict[str, Any], new: dict[str, Any]) -> np.ndarray:
     if users_old[:m] != users_new[:m]:  # the worker only appends users; anything else: all changed
         m = 0
     same = np.ones(m, dtype=bool)
-    for name in ("history", "seen", "blocked"):
+    for name in _LISTS:
         off_old, off_new = old[f"{name}_offsets"], new[f"{name}_offsets"]
         items_old, items_new = old[f"{name}_items"], new[f"{name}_items"]
         lengths = np.diff(off_new[: m + 1])

@@ -207,7 +207,7 @@ def test_a_snapshot_load_takes_over_unchanged_users_and_rebuilds_the_rest() -> N
             )
         ]
     )
-    fresh = FeedState.from_bytes(worker.to_bytes(), None, api, previous=api)
+    fresh = FeedState.from_bytes(worker.to_bytes(), None, api)
     full = FeedState.from_bytes(worker.to_bytes(), worker.catalog_bytes())
     assert len(worker.users) > 1
     for user, state in fresh.users.items():
