@@ -36,6 +36,17 @@ def test_more_than_one_process_needs_the_separate_worker() -> None:
         check_processes(0, separate_worker=True)
 
 
+def test_a_taken_port_is_a_clear_error() -> None:
+    import socket
+
+    from recstack.serving.prefork import listen
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen("127.0.0.1", port)
+
+
 def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
