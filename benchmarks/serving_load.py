@@ -345,7 +345,7 @@ def main() -> None:
 
         namespace = f"recstack:bench:{os.getpid()}"
         _, store = _redis_parts(namespace)
-        keys = [STATE_KEY + suffix for suffix in ("", ":catalog", ":version", ":group")]
+        keys = [STATE_KEY + suffix for suffix in ("", ":catalog", ":version", ":group", ":chain", ":deltas")]
         blobs = SQLiteStore(folder / "state" / "feed_state.sqlite").get_many(keys)
         store.put_many({k: v for k, v in zip(keys, blobs, strict=True) if v is not None})  # type: ignore[attr-defined]
         worker = subprocess.Popen([sys.executable, __file__, "--work", namespace], env=env)

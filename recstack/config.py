@@ -292,6 +292,13 @@ class ServingConfig(Section):
     state_sync_s: float = Field(
         1.0, gt=0, description="How often a separate worker snapshots its state for the API to load."
     )
+    state_full_s: float = Field(
+        60.0,
+        ge=0,
+        description="How often the worker writes its whole state; the snapshots in between hold only "
+        "what changed (users whose lists moved, counters that moved), which API processes apply in "
+        "place. It also writes a whole one when the catalog changed. 0: every snapshot whole.",
+    )
     checkpoint_s: float = Field(
         30.0,
         gt=0,

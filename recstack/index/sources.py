@@ -113,7 +113,8 @@ class TrendingSource:
         self.scores = np.zeros(n_items)  # decayed counts as of self.as_of_us
         self.as_of_us = 0
 
-    def _decay_to(self, now_us: int) -> None:
+    def decay_to(self, now_us: int) -> None:
+        """Decay every count to ``now_us`` (no-op for an earlier time)."""
         if now_us > self.as_of_us:
             self.scores *= math.exp(-self.rate * (now_us - self.as_of_us))
             self.as_of_us = now_us
@@ -125,7 +126,7 @@ class TrendingSource:
             return
         if items.max() >= len(self.scores):
             self.scores = np.concatenate([self.scores, np.zeros(int(items.max()) + 1 - len(self.scores))])
-        self._decay_to(int(times_us.max()))
+        self.decay_to(int(times_us.max()))
         w = np.ones(len(items)) if weights is None else weights
         np.add.at(self.scores, items, w * np.exp(-self.rate * (self.as_of_us - times_us)))
 

@@ -64,7 +64,7 @@ from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import dense_features
 from recstack.serving.state import FeedState
-from recstack.serving.worker import STATE_KEY, FeedWorker, load_state, state_store, state_version
+from recstack.serving.worker import FeedWorker, Position, state_store, sync_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,14 +145,16 @@ class Runtime:
         self.bus = bus
         cfg = settings.serving
         self.store = store if store is not None else state_store(settings)
-        restored = load_state(self.store) if state is None else None
-        self.state = state or restored or FeedState.for_settings(settings)
+        restored = sync_state(self.store) if state is None else None
+        self.state = state or (restored[0] if restored else None) or FeedState.for_settings(settings)
+        # where the state stands in the separate worker's chain of snapshots
+        self.synced: Position | None = restored[1] if restored else None
         self.metrics = Metrics()
         self.bundle_source = bundle_source
         self.pipeline: Pipeline | None = None
         self.version: str | None = None
         self.worker = (
-            FeedWorker(bus, self.state, self.store, snapshot_s=cfg.checkpoint_s)
+            FeedWorker(bus, self.state, self.store, snapshot_s=cfg.checkpoint_s, full_s=cfg.state_full_s)
             if in_process_worker
             else None
         )
@@ -162,7 +164,6 @@ class Runtime:
         self.bus_ok = True
         self.rng = np.random.default_rng()
         self.reload_error: str | None = None
-        self.synced_version: int | None = None  # the separate worker's snapshot last taken over
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once the app runs
         self.loop_thread: int | None = None
         if self.worker is not None:
@@ -244,23 +245,19 @@ class Runtime:
                 log.error("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
 
     def _sync_state(self) -> None:
-        """A separate worker owns the state: take over its snapshot when the version moved (the
-        catalog, tens of MB at 1M items, is fetched and decoded only when it changed; a catalog
-        written between the two reads does not match and the next sync tries again)."""
-        version = state_version(self.store)
-        if version is None or version == self.synced_version:
+        """A separate worker owns the state: apply its deltas since the last sync in place, or take
+        over its whole snapshot when it started a new chain (the catalog, tens of MB at 1M items,
+        is fetched and decoded only when it changed; the same catalog's columns, and the users
+        whose lists did not change, are kept). See worker.py."""
+        catalog_version = self.state.catalog_version
+        synced = sync_state(self.store, self.state, self.synced)
+        if synced is None:
             return
-        (blob,) = self.store.get_many([STATE_KEY])
-        if blob is None:
-            return
-        same = FeedState.snapshot_catalog_version(blob) == self.state.catalog_version
-        catalog = None if same else self.store.get_many([STATE_KEY + ":catalog"])[0]
-        # the same catalog: its columns, and the users whose lists did not change, are kept
-        fresh = FeedState.from_bytes(blob, catalog, self.state if same else None)
-        self.state.update_from(fresh)
-        self.synced_version = version
-        if not same:
-            freeze_heap()  # a new catalog: millions of references the collector need not scan
+        fresh, self.synced = synced
+        if fresh is not self.state:
+            self.state.update_from(fresh)
+            if fresh.catalog_version != catalog_version:
+                freeze_heap()  # a new catalog: millions of references the collector need not scan
 
     def start(self) -> None:
         """Load the champion and start the background work (one process)."""

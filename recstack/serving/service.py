@@ -37,7 +37,12 @@ def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worke
     store = state_store(settings)
     state = load_state(store) or FeedState.for_settings(settings)
     worker = FeedWorker(
-        bus_for(settings), state, store, consumer=consumer, snapshot_s=settings.serving.state_sync_s
+        bus_for(settings),
+        state,
+        store,
+        consumer=consumer,
+        snapshot_s=settings.serving.state_sync_s,
+        full_s=settings.serving.state_full_s,
     )
     worker.run(stop)
     return worker

@@ -8,6 +8,12 @@ deliveries are acknowledged makes a restart neither lose nor double-count an eve
 
 Items live in a dense index space (0..n-1) in arrival order; columns grow by doubling. Users are
 created on first sight. Unknown item ids in engagements are counted (``unknown_items``), not errors.
+
+Snapshots come whole (``capture``, ``from_bytes``) or as deltas: with ``changes`` set, the state
+records which users and item counters moved, and ``capture(delta=True)`` holds only those (each
+changed user's lists whole, each changed counter's value), which ``apply_delta`` writes in place
+over the state the delta was taken after. A worker writes a delta a second and a whole snapshot
+now and then, so neither it nor the API processes that follow it handle every user each second.
 """
 
 from __future__ import annotations
@@ -69,6 +75,16 @@ class _Column:
         column.data = np.concatenate([values, np.full(max(1024, len(values)), fill, dtype=values.dtype)])
         column.n = len(values)
         return column
+
+
+@dataclass
+class Changes:
+    """What moved since the last capture: users whose lists changed, items whose impression or click
+    counts changed, items whose trending count was added to."""
+
+    users: set[str] = field(default_factory=set)
+    items: set[int] = field(default_factory=set)
+    trending: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -149,6 +165,7 @@ class FeedState:
         self.synced_lists: dict[str, Any] | None = None  # the users' lists of the snapshot loaded
         self.version = 0  # bumped by every apply
         self.catalog_version = 0  # bumped when items are added or changed
+        self.changes: Changes | None = None  # tracked (for delta snapshots) when set
 
     @classmethod
     def for_settings(cls, settings: Settings) -> FeedState:
@@ -274,6 +291,7 @@ class FeedState:
         trend_times: list[int] = []
         trend_weights: list[float] = []
         with self.lock:
+            changes = self.changes or Changes()  # a throwaway when untracked
             for event in events:
                 if event.event_id in self.applied:
                     continue
@@ -284,6 +302,7 @@ class FeedState:
                     continue
                 if isinstance(event, UserUpsert):
                     self._user(event.user_id)
+                    changes.users.add(event.user_id)
                     continue
                 if not isinstance(event, Impression | Engagement):
                     continue
@@ -292,13 +311,16 @@ class FeedState:
                     self.unknown_items += 1
                     continue
                 state = self._user(event.user_id)
+                changes.users.add(event.user_id)
                 if isinstance(event, Impression):
                     self._see(state, item)
                     self.impressions.data[item] += 1
+                    changes.items.add(item)
                     continue
                 kind = event.kind
                 if kind == "click":
                     self.clicks.data[item] += 1
+                    changes.items.add(item)
                 if kind in POSITIVE:
                     if item in state.history:
                         state.history.remove(item)
@@ -313,6 +335,7 @@ class FeedState:
                     trend_times.append(int(event.timestamp.timestamp() * US))
                     trend_weights.append(weight)
             if trend_items:
+                changes.trending.update(trend_items)
                 self.trending.observe(
                     np.array(trend_items, dtype=np.int64),
                     np.array(trend_times, dtype=np.int64),
@@ -335,6 +358,9 @@ class FeedState:
             for item in items:
                 self._see(state, item)
                 self.impressions.data[item] += 1
+            if self.changes is not None:
+                self.changes.users.add(user_id)
+                self.changes.items.update(items)
             self.version += 1
 
     def was_served(self, event_id: str) -> bool:
@@ -367,12 +393,19 @@ class FeedState:
         """The state as bytes (and the catalog's, when asked), consistent with each other."""
         return self.capture(with_catalog).encode()
 
-    def capture(self, with_catalog: bool = True) -> Captured:
+    def capture(self, with_catalog: bool = True, delta: bool = False) -> Captured:
         """Copy, under the lock, what a snapshot needs (a few milliseconds); ``Captured.encode``
-        then builds the bytes without the lock, so serving is not held up behind a snapshot."""
+        then builds the bytes without the lock, so serving is not held up behind a snapshot.
+        ``delta``: only what changed since the last capture (``changes`` must be tracked); every
+        capture starts the tracking of changes afresh."""
         with self.lock:
+            changes = self.changes
+            if delta and changes is None:
+                raise ValueError("a delta needs the state to track its changes (set state.changes)")
+            if changes is not None:
+                self.changes = Changes()
             return Captured(
-                self._capture_state(),
+                self._capture_state(changes if delta else None),
                 self._capture_catalog() if with_catalog else None,
                 self.version,
                 self.catalog_version,
@@ -406,12 +439,17 @@ class FeedState:
         }
         return meta, arrays
 
-    def _capture_state(self) -> tuple[dict[str, Any], dict[str, list[list[int]]], dict[str, np.ndarray]]:
+    def _capture_state(
+        self, changes: Changes | None = None
+    ) -> tuple[dict[str, Any], dict[str, list[list[int]]], dict[str, np.ndarray]]:
+        """Everything, or (``changes``) the users and counters that moved."""
+        names = list(self.users) if changes is None else [u for u in changes.users if u in self.users]
         meta = {
             "history_length": self.history_length,
             "seen_limit": self.seen_limit,
             "trending_weights": self.trending_weights,
-            "users": list(self.users),
+            "users": names,
+            "delta": changes is not None,
             "applied": list(self.applied),
             "served": dict(self.served),
             "unknown_items": self.unknown_items,
@@ -422,7 +460,7 @@ class FeedState:
             "n_items": self.n_items,
             "n_trending": len(self.trending.scores),
         }
-        users = self.users.values()
+        users = [self.users[u] for u in names]
         lists = {
             "history": [list(u.history) for u in users],
             "seen": [list(u.seen) for u in users],
@@ -436,7 +474,12 @@ class FeedState:
             ("clicks", self.clicks.values),
             ("trending", self.trending.scores),
         ):
-            at = np.flatnonzero(values)
+            if changes is None:
+                at = np.flatnonzero(values)
+            else:  # a delta: the moved entries, whatever their value
+                moved = changes.trending if name == "trending" else changes.items
+                at = np.fromiter(sorted(moved), dtype=np.int64, count=len(moved))
+                at = at[at < len(values)]
             counters[f"{name}_at"], counters[f"{name}_value"] = at, values[at]
         return meta, lists, counters
 
@@ -461,9 +504,69 @@ class FeedState:
                     setattr(self, name, value)
 
     @staticmethod
+    def snapshot_meta(blob: bytes) -> dict[str, Any]:
+        """A snapshot's (whole or delta) description: versions, users, ``chain`` and ``base`` when a
+        worker wrote it. Raises CheckpointError for a damaged blob."""
+        try:
+            meta, _ = _unpack(blob)
+        except Exception as exc:
+            raise CheckpointError(f"feed state snapshot is corrupt: {exc}") from exc
+        return meta
+
+    @staticmethod
     def snapshot_catalog_version(blob: bytes) -> int:
-        meta, _ = _unpack(blob)
-        return int(meta["catalog_version"])
+        return int(FeedState.snapshot_meta(blob)["catalog_version"])
+
+    def apply_delta(self, blob: bytes) -> dict[str, Any]:
+        """Write a delta (``capture(delta=True)``) over this state, in place: the users it holds are
+        replaced by their lists in it, the counters it holds take its values, trending decays to its
+        time. The delta must have been taken after a state this one equals (the caller checks the
+        chain); its catalog must be this state's. Decoded whole before anything is written: a
+        damaged delta raises CheckpointError and changes nothing. Returns the delta's meta."""
+        try:
+            meta, arrays = _unpack(blob)
+            if not meta.get("delta"):
+                raise ValueError("a whole snapshot, not a delta")
+            if meta["catalog_version"] != self.catalog_version:
+                raise ValueError(
+                    f"taken on catalog version {meta['catalog_version']}, this state has "
+                    f"{self.catalog_version}"
+                )
+            lists: dict[str, Any] = {name: arrays[name] for name in _LIST_ARRAYS}
+            users = {
+                user: UserState(
+                    deque(_user_list(lists, "history", n), maxlen=self.history_length),
+                    OrderedDict.fromkeys(_user_list(lists, "seen", n)),
+                    set(_user_list(lists, "blocked", n)),
+                )
+                for n, user in enumerate(meta["users"])
+            }
+            counters = {name: (arrays[f"{name}_at"], arrays[f"{name}_value"]) for name in _COUNTERS}
+            for name, (at, _) in counters.items():
+                size = meta["n_trending"] if name == "trending" else self.n_items
+                if len(at) and (at.min() < 0 or at.max() >= size):
+                    raise ValueError(f"{name} entries out of range")
+        except Exception as exc:  # numpy, zipfile and json raise several types for damaged blobs
+            raise CheckpointError(f"feed state delta is corrupt or does not fit: {exc}") from exc
+        with self.lock:
+            self.users.update(users)
+            for name in ("impressions", "clicks"):
+                at, values = counters[name]
+                getattr(self, name).data[at] = values
+            trending = self.trending
+            if meta["n_trending"] > len(trending.scores):
+                grow = np.zeros(meta["n_trending"] - len(trending.scores))
+                trending.scores = np.concatenate([trending.scores, grow])
+            trending.rate = meta["trending_rate"]
+            trending.decay_to(meta["trending_as_of_us"])
+            at, values = counters["trending"]
+            trending.scores[at] = values
+            self.applied = set(meta["applied"])
+            self.served = dict(meta.get("served", {}))
+            self.unknown_items = meta["unknown_items"]
+            self.version = meta["version"]
+            self.synced_lists = None  # no longer the lists of one whole snapshot
+        return meta
 
     @classmethod
     def from_bytes(
@@ -480,6 +583,8 @@ class FeedState:
         ``record_served``)."""
         try:
             meta, arrays = _unpack(blob)
+            if meta.get("delta"):
+                raise ValueError("a delta, not a whole snapshot (apply it with apply_delta)")
             state = cls(meta["history_length"], meta["seen_limit"], 1.0, meta["trending_weights"])
             shared = same_catalog is not None and same_catalog.catalog_version == meta["catalog_version"]
             if shared:
@@ -545,6 +650,7 @@ class FeedState:
 
 
 _LISTS = ("history", "seen", "blocked")
+_COUNTERS = ("impressions", "clicks", "trending")
 _LIST_ARRAYS = tuple(f"{name}_{part}" for name in _LISTS for part in ("offsets", "items"))
 
 

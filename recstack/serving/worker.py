@@ -6,7 +6,22 @@ then, at most every ``snapshot_s``, the state (applied ids included) is written 
 put and only then are the deliveries acknowledged. A worker killed at any point restarts from the
 last snapshot and receives again every delivery it had not acknowledged: events applied after the
 snapshot are applied again on a state that has not seen them, events in the snapshot are skipped.
-The API in another process loads the snapshot whenever its version key changes.
+
+Snapshots form a chain: a whole one (every user, the counters, and the catalog when it changed)
+every ``full_s`` and whenever the catalog changed, and in between deltas holding only what changed
+since the snapshot before (``FeedState.capture(delta=True)``), so a snapshot a second costs what
+changed that second rather than every user. Store keys, under ``key``:
+
+- ``key``: the chain's whole snapshot; ``key:catalog``: the catalog it goes with;
+- ``key:delta:<i>``, i = 1..n: the deltas after it, each taken after the one before (its meta names
+  the chain and the version it was taken after, ``base``); ``key:deltas``: n;
+- ``key:chain``: the chain's id (new with every whole snapshot); ``key:version``: the state version
+  of the last snapshot written; ``key:group``: the consumer group.
+
+``sync_state`` reads the chain: the API in another process calls it every ``state_sync_s`` and
+applies the deltas it has not applied yet (in place), or loads the whole snapshot when the chain is
+new (a worker restart, or the next whole snapshot); a restarted worker loads the whole snapshot and
+its deltas, then starts a new chain.
 """
 
 from __future__ import annotations
@@ -16,11 +31,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from recstack.config import EventLogBackend, Settings
 from recstack.events.base import EventLog
 from recstack.features.stores import KVStore, RedisStore, SQLiteStore
-from recstack.serving.state import Captured, FeedState
+from recstack.serving.state import Captured, Changes, FeedState
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +55,67 @@ def state_store(settings: Settings) -> KVStore:
     return SQLiteStore(settings.paths.state_dir / "feed_state.sqlite")
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a state read from the store stands: its chain, how many of the chain's deltas it has
+    applied, and the worker's state version it reached."""
+
+    chain: str
+    deltas: int
+    version: int
+
+
+def sync_state(
+    store: KVStore, state: FeedState | None = None, at: Position | None = None, key: str = STATE_KEY
+) -> tuple[FeedState, Position] | None:
+    """Bring ``state`` (read up to ``at``) to the last snapshot in the store: the deltas it lacks
+    applied in place when the chain is the same, else the chain's whole snapshot loaded (sharing
+    ``state``'s catalog when the snapshot's is the same) and its deltas applied. Returns the state
+    to use (``state`` itself, or a new one) and its position; None when the store holds nothing
+    newer than ``at``, or nothing. A snapshot written meanwhile is picked up by the next call."""
+    raw_version, raw_chain, raw_count = store.get_many([key + ":version", key + ":chain", key + ":deltas"])
+    if raw_version is None:
+        return None
+    version, chain, count = int(raw_version), (raw_chain or b"").decode(), int(raw_count or 0)
+    if state is not None and at is not None:
+        if (chain, count, version) == (at.chain, at.deltas, at.version):
+            return None
+        if chain == at.chain and count > at.deltas:
+            moved = _apply_deltas(store, key, state, at, count)
+            if moved.deltas == count:
+                return state, moved
+    (blob,) = store.get_many([key])
+    if blob is None:
+        return None
+    meta = FeedState.snapshot_meta(blob)
+    same = state is not None and meta["catalog_version"] == state.catalog_version
+    catalog = None if same else store.get_many([key + ":catalog"])[0]
+    fresh = FeedState.from_bytes(blob, catalog, state if same else None)
+    start = Position(str(meta.get("chain", "")), 0, int(meta["version"]))
+    return fresh, _apply_deltas(store, key, fresh, start, count)
+
+
+def _apply_deltas(store: KVStore, key: str, state: FeedState, at: Position, count: int) -> Position:
+    """Apply the chain's deltas after ``at`` up to ``count`` in order; stops at one that is missing
+    or does not follow (a new chain was written meanwhile)."""
+    if count <= at.deltas:
+        return at
+    blobs = store.get_many([f"{key}:delta:{i}" for i in range(at.deltas + 1, count + 1)])
+    for i, blob in enumerate(blobs, start=at.deltas + 1):
+        if blob is None:
+            break
+        meta = FeedState.snapshot_meta(blob)
+        if meta.get("chain") != at.chain or meta.get("base") != at.version:
+            break
+        state.apply_delta(blob)
+        at = Position(at.chain, i, int(meta["version"]))
+    return at
+
+
 def load_state(store: KVStore, key: str = STATE_KEY) -> FeedState | None:
-    blob, catalog = store.get_many([key, key + ":catalog"])
-    return FeedState.from_bytes(blob, catalog) if blob is not None else None
+    """The state of the last snapshot in the store (None when it holds none)."""
+    loaded = sync_state(store, key=key)
+    return loaded[0] if loaded is not None else None
 
 
 def state_version(store: KVStore, key: str = STATE_KEY) -> int | None:
@@ -59,6 +133,7 @@ class FeedWorker:
         consumer: str = "worker-1",
         snapshot_s: float = 1.0,
         key: str = STATE_KEY,
+        full_s: float = 60.0,
     ) -> None:
         self.log = log_
         self.state = state
@@ -79,6 +154,12 @@ class FeedWorker:
         self.applied = 0
         self.delivered = 0
         self.catalog_written = state.catalog_version if has_state else -1
+        self.full_s = full_s
+        self.chain: str | None = None  # the chain written to; a new worker starts a new one
+        self.deltas = 0  # deltas written after the chain's whole snapshot
+        self.written_version = -1  # the state version of the last snapshot written
+        self.last_full = time.monotonic()
+        state.changes = Changes()  # what a delta holds
         # where the state is copied for a snapshot: here, or (in the API's process) on the serving
         # thread between requests, where the copy does not fight serving for the GIL and the lock
         self.capture_on: Callable[[Callable[[], Captured]], Captured] = _here
@@ -99,22 +180,50 @@ class FeedWorker:
         return len(deliveries)
 
     def checkpoint(self) -> None:
-        """Write the state (the catalog only when it changed), then acknowledge what it includes.
-        Acknowledged deliveries never come back, so their ids are then forgotten: the next
-        snapshot holds only ids applied and not yet acknowledged (memory and size stay bounded)."""
+        """Write the state (a delta, or whole with the catalog when it changed), then acknowledge
+        what it includes. Acknowledged deliveries never come back, so their ids are then forgotten:
+        the next snapshot holds only ids applied and not yet acknowledged (memory and size stay
+        bounded)."""
         state = self.state
-        captured = self.capture_on(lambda: state.capture(state.catalog_version != self.catalog_written))
-        if captured.catalog is None and captured.catalog_version != self.catalog_written:
+        whole = (
+            self.chain is None
+            or state.catalog_version != self.catalog_written
+            or time.monotonic() - self.last_full >= self.full_s
+        )
+        captured = self.capture_on(
+            lambda: state.capture(state.catalog_version != self.catalog_written, delta=not whole)
+        )
+        if captured.catalog_version != self.catalog_written and captured.catalog is None:
             captured = self.capture_on(lambda: state.capture(True))  # the catalog moved meanwhile
+            whole = True
+        chain = uuid.uuid4().hex[:12] if whole else self.chain
+        meta = captured.state[0]
+        meta["chain"], meta["base"] = chain, self.written_version
         snapshot = captured.encode()
         writes = {
-            self.key: snapshot.state,
             self.key + ":version": str(snapshot.version).encode(),
             self.key + ":group": self.group.encode(),
         }
+        if whole:
+            writes |= {self.key: snapshot.state, self.key + ":chain": str(chain).encode()}
+            writes[self.key + ":deltas"] = b"0"
+        else:
+            writes[f"{self.key}:delta:{self.deltas + 1}"] = snapshot.state
+            writes[self.key + ":deltas"] = str(self.deltas + 1).encode()
         if snapshot.catalog is not None:
             writes[self.key + ":catalog"] = snapshot.catalog
-        self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
+        try:
+            self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
+        except Exception:
+            self.chain = None  # the changes captured are lost with this write: next, a whole one
+            raise
+        old: list[str] = []  # the previous chain's deltas, no longer read
+        if whole:
+            old = [f"{self.key}:delta:{i}" for i in range(1, self.deltas + 1)]
+            self.chain, self.deltas, self.last_full = chain, 0, time.monotonic()
+        else:
+            self.deltas += 1
+        self.written_version = snapshot.version
         self.catalog_written = snapshot.catalog_version
         if self.pending:
             self.log.ack(self.group, self.pending)
@@ -124,6 +233,11 @@ class FeedWorker:
             self.state.forget_served(self.pending_ids)
             self.pending_ids = []
         self.last_snapshot = time.monotonic()
+        if old:
+            try:
+                self.store.delete_many(old)
+            except Exception as exc:  # left behind, they are overwritten or never read again
+                log.warning("old snapshot deltas not deleted: %s", exc)
 
     def drain(self, count: int = 1000) -> int:
         total = 0

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recstack.errors import CheckpointError
 from recstack.events.parquet import ParquetEventLog
-from recstack.features.stores import RedisStore, SQLiteStore
+from recstack.features.stores import MemoryStore, RedisStore, SQLiteStore
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker, load_state
+from recstack.serving.worker import STATE_KEY, FeedWorker, load_state, sync_state
 
 
 def _events(n_items: int, clicks: int) -> list[dict[str, object]]:
@@ -99,9 +100,18 @@ def test_worker_snapshots_to_redis(redis_url: str, unique: str, tmp_path: Path) 
     log.append(_events(4, 30))
     store = RedisStore(redis_url, prefix=f"test:{unique}:")
     try:
-        FeedWorker(log, FeedState(), store).drain()
+        worker = FeedWorker(log, FeedState(), store)
+        worker.drain()
+        loaded = sync_state(store)
+        assert loaded is not None and loaded[0].clicks.values.sum() == 30
+        log.append(_events(4, 40)[4 + 30 :])  # ten more clicks: a delta
+        worker.drain()
+        assert worker.deltas == 1
+        followed = sync_state(store, *loaded)
+        assert followed is not None and followed[0] is loaded[0] and followed[1].deltas == 1
+        assert loaded[0].clicks.values.sum() == 40
         restored = load_state(store)
-        assert restored is not None and restored.clicks.values.sum() == 30
+        assert restored is not None and restored.clicks.values.sum() == 40
     finally:
         store.drop()
 
@@ -218,3 +228,90 @@ def test_a_snapshot_load_takes_over_unchanged_users_and_rebuilds_the_rest() -> N
             list(expected.seen),
             expected.blocked,
         )
+
+
+def _state_of(worker: FeedWorker) -> FeedState:
+    whole = worker.state.snapshot()
+    return FeedState.from_bytes(whole.state, whole.catalog)
+
+
+def _same(a: FeedState, b: FeedState) -> bool:
+    return (
+        a.clicks.values.tolist() == b.clicks.values.tolist()
+        and a.impressions.values.tolist() == b.impressions.values.tolist()
+        and {u: list(s.history) for u, s in a.users.items()}
+        == {u: list(s.history) for u, s in b.users.items()}
+        and bool(np.allclose(a.trending.scores, b.trending.scores, rtol=1e-12))
+    )
+
+
+def test_worker_writes_deltas_between_whole_snapshots_and_a_follower_applies_them(tmp_path: Path) -> None:
+    log = ParquetEventLog(tmp_path / "events")
+    events = _events(10, 400)
+    log.append(events[:110])
+    store = MemoryStore()
+    worker = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600)
+    worker.poll()  # a new worker's first snapshot is whole, with the catalog
+    loaded = sync_state(store)
+    assert loaded is not None and worker.deltas == 0
+    follower, at = loaded
+    assert at.chain == worker.chain and _same(follower, _state_of(worker))
+    for n, start in enumerate(range(110, 410, 100), start=1):
+        log.append(events[start : start + 100])
+        worker.poll()
+        assert worker.deltas == n
+        moved = sync_state(store, follower, at)
+        assert moved is not None and moved[0] is follower  # applied in place
+        at = moved[1]
+        assert at.deltas == n and _same(follower, _state_of(worker))
+        assert sync_state(store, follower, at) is None  # nothing newer
+    # a restart reads the whole snapshot and every delta
+    restored = load_state(store)
+    assert restored is not None and _same(restored, _state_of(worker))
+    assert restored.clicks.values.sum() == 400
+    # the next whole snapshot starts a new chain: the follower loads it, the old deltas go
+    worker.full_s = 0.0
+    log.append(_events(10, 420)[410:])
+    worker.poll()
+    assert worker.deltas == 0 and worker.chain != at.chain
+    assert store.get_many([f"{STATE_KEY}:delta:1"]) == [None]
+    moved = sync_state(store, follower, at)
+    assert moved is not None and moved[0] is not follower and moved[1].chain == worker.chain
+    assert moved[0].clicks.values.sum() == 420
+
+
+def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_a_whole_one(
+    tmp_path: Path,
+) -> None:
+    log = ParquetEventLog(tmp_path / "events")
+    events = _events(5, 100)
+    log.append(events[:55])
+    store = MemoryStore()
+    worker = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600)
+    worker.poll()
+    loaded = sync_state(store)
+    assert loaded is not None
+    log.append(events[55:80])
+    worker.poll()
+    store.delete_many([f"{STATE_KEY}:delta:1"])
+    moved = sync_state(store, *loaded)
+    assert moved is not None and moved[1].deltas == 0  # the whole snapshot, its deltas missing
+    assert moved[0].clicks.values.sum() == 50
+    # a write that fails loses the changes it captured: the next snapshot is whole again
+    put = store.put_many
+    calls = {"n": 0}
+
+    def failing(items: object) -> None:
+        calls["n"] += 1
+        raise ConnectionError("store down")
+
+    store.put_many = failing  # type: ignore[method-assign]
+    log.append(events[80:])
+    with pytest.raises(ConnectionError):
+        worker.poll()
+    assert calls["n"] == 1 and worker.chain is None
+    store.put_many = put  # type: ignore[method-assign]
+    worker.checkpoint()
+    assert worker.deltas == 0 and worker.chain is not None
+    restored = load_state(store)
+    assert restored is not None and restored.clicks.values.sum() == 100
