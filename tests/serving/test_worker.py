@@ -315,3 +315,28 @@ def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_
     assert worker.deltas == 0 and worker.chain is not None
     restored = load_state(store)
     assert restored is not None and restored.clicks.values.sum() == 100
+
+
+def test_a_damaged_delta_is_a_clear_error_and_the_next_whole_snapshot_recovers(tmp_path: Path) -> None:
+    log = ParquetEventLog(tmp_path / "events")
+    events = _events(5, 60)
+    log.append(events[:25])
+    store = MemoryStore()
+    worker = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600)
+    worker.poll()
+    loaded = sync_state(store)
+    assert loaded is not None
+    follower, at = loaded
+    log.append(events[25:45])
+    worker.poll()
+    (delta,) = store.get_many([f"{STATE_KEY}:delta:1"])
+    assert delta is not None
+    store.put_many({f"{STATE_KEY}:delta:1": delta[:-40]})  # damaged in the store
+    with pytest.raises(CheckpointError, match="corrupt"):
+        sync_state(store, follower, at)
+    assert follower.clicks.values.sum() == 20  # unchanged: what it served from stays
+    worker.full_s = 0.0  # the worker's next snapshot is whole
+    log.append(events[45:])
+    worker.poll()
+    moved = sync_state(store, follower, at)
+    assert moved is not None and moved[0].clicks.values.sum() == 60
