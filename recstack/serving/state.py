@@ -393,14 +393,16 @@ class FeedState:
         """The state as bytes (and the catalog's, when asked), consistent with each other."""
         return self.capture(with_catalog).encode()
 
-    def capture(self, with_catalog: bool = True, delta: bool = False) -> Captured:
+    def capture(self, with_catalog: bool = True, delta: bool = False, bridge: bool = False) -> Captured:
         """Copy, under the lock, what a snapshot needs (a few milliseconds); ``Captured.encode``
         then builds the bytes without the lock, so serving is not held up behind a snapshot.
-        ``delta``: only what changed since the last capture (``changes`` must be tracked); every
-        capture starts the tracking of changes afresh."""
+        ``delta``: only what changed since the last capture (``changes`` must be tracked);
+        ``bridge``: with a whole capture, the delta of the same moment too (``Captured.bridge``),
+        which brings a state at the last capture to this one without the whole. Every capture
+        starts the tracking of changes afresh."""
         with self.lock:
             changes = self.changes
-            if delta and changes is None:
+            if (delta or bridge) and changes is None:
                 raise ValueError("a delta needs the state to track its changes (set state.changes)")
             if changes is not None:
                 self.changes = Changes()
@@ -409,6 +411,7 @@ class FeedState:
                 self._capture_catalog() if with_catalog else None,
                 self.version,
                 self.catalog_version,
+                self._capture_state(changes) if bridge and not delta else None,
             )
 
     def catalog_bytes(self) -> bytes:
@@ -696,6 +699,7 @@ class Snapshot:
     catalog: bytes | None
     version: int
     catalog_version: int
+    bridge: bytes | None = None  # with a whole snapshot: the delta of the same moment (capture)
 
 
 @dataclass(frozen=True)
@@ -706,6 +710,7 @@ class Captured:
     catalog: tuple[dict[str, Any], dict[str, np.ndarray]] | None
     version: int
     catalog_version: int
+    bridge: tuple[dict[str, Any], dict[str, list[list[int]]], dict[str, np.ndarray]] | None = None
 
     def encode(self) -> Snapshot:
         return Snapshot(
@@ -713,6 +718,7 @@ class Captured:
             _pack(*self.catalog) if self.catalog is not None else None,
             self.version,
             self.catalog_version,
+            _encode_state(*self.bridge) if self.bridge is not None else None,
         )
 
 

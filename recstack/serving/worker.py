@@ -13,15 +13,19 @@ since the snapshot before (``FeedState.capture(delta=True)``), so a snapshot a s
 changed that second rather than every user. Store keys, under ``key``:
 
 - ``key``: the chain's whole snapshot; ``key:catalog``: the catalog it goes with;
-- ``key:delta:<i>``, i = 1..n: the deltas after it, each taken after the one before (its meta names
-  the chain and the version it was taken after, ``base``); ``key:deltas``: n;
+- ``key:delta:<chain>:<i>``, i = 1..n: the chain's deltas, each taken after the one before (its meta
+  names the chain and the version it was taken after, ``base``); ``key:deltas``: n;
+- ``key:bridge``: written with a whole snapshot on the same catalog, the delta from the previous
+  chain's last snapshot to it (its meta: the previous chain, ``base``, ``base_deltas`` and
+  ``next_chain``), so a follower of the previous chain moves to the new one without loading the
+  whole snapshot (the previous chain's deltas are kept until the chain after);
 - ``key:chain``: the chain's id (new with every whole snapshot); ``key:version``: the state version
   of the last snapshot written; ``key:group``: the consumer group.
 
 ``sync_state`` reads the chain: the API in another process calls it every ``state_sync_s`` and
-applies the deltas it has not applied yet (in place), or loads the whole snapshot when the chain is
-new (a worker restart, or the next whole snapshot); a restarted worker loads the whole snapshot and
-its deltas, then starts a new chain.
+applies the deltas it has not applied yet (in place), crosses to a new chain by its bridge, or loads
+the whole snapshot when it cannot (a worker restart, a new catalog, a missing delta); a restarted
+worker loads the whole snapshot and its deltas, then starts a new chain.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from recstack.config import EventLogBackend, Settings
+from recstack.errors import CheckpointError
 from recstack.events.base import EventLog
 from recstack.features.stores import KVStore, RedisStore, SQLiteStore
 from recstack.serving.state import Captured, Changes, FeedState
@@ -69,10 +74,11 @@ def sync_state(
     store: KVStore, state: FeedState | None = None, at: Position | None = None, key: str = STATE_KEY
 ) -> tuple[FeedState, Position] | None:
     """Bring ``state`` (read up to ``at``) to the last snapshot in the store: the deltas it lacks
-    applied in place when the chain is the same, else the chain's whole snapshot loaded (sharing
-    ``state``'s catalog when the snapshot's is the same) and its deltas applied. Returns the state
-    to use (``state`` itself, or a new one) and its position; None when the store holds nothing
-    newer than ``at``, or nothing. A snapshot written meanwhile is picked up by the next call."""
+    applied in place when the chain is the same or a bridge leads from its chain to the new one,
+    else the chain's whole snapshot loaded (sharing ``state``'s catalog when the snapshot's is the
+    same) and its deltas applied. Returns the state to use (``state`` itself, or a new one) and its
+    position; None when the store holds nothing newer than ``at``, or nothing. A snapshot written
+    meanwhile is picked up by the next call."""
     raw_version, raw_chain, raw_count = store.get_many([key + ":version", key + ":chain", key + ":deltas"])
     if raw_version is None:
         return None
@@ -80,8 +86,15 @@ def sync_state(
     if state is not None and at is not None:
         if (chain, count, version) == (at.chain, at.deltas, at.version):
             return None
-        if chain == at.chain and count > at.deltas:
-            moved = _apply_deltas(store, key, state, at, count)
+        moved: Position | None = at
+        if chain != at.chain:
+            try:
+                moved = _cross(store, key, state, at, chain)
+            except CheckpointError as exc:  # a damaged delta on the way: the whole snapshot is there
+                log.warning("state sync loads the whole snapshot, the bridge failed: %s", exc)
+                moved = None
+        if moved is not None and moved.chain == chain and count >= moved.deltas:
+            moved = _apply_deltas(store, key, state, moved, count)
             if moved.deltas == count:
                 return state, moved
     (blob,) = store.get_many([key])
@@ -96,11 +109,11 @@ def sync_state(
 
 
 def _apply_deltas(store: KVStore, key: str, state: FeedState, at: Position, count: int) -> Position:
-    """Apply the chain's deltas after ``at`` up to ``count`` in order; stops at one that is missing
-    or does not follow (a new chain was written meanwhile)."""
+    """Apply ``at.chain``'s deltas after ``at`` up to ``count`` in order; stops at one that is
+    missing or does not follow."""
     if count <= at.deltas:
         return at
-    blobs = store.get_many([f"{key}:delta:{i}" for i in range(at.deltas + 1, count + 1)])
+    blobs = store.get_many([f"{key}:delta:{at.chain}:{i}" for i in range(at.deltas + 1, count + 1)])
     for i, blob in enumerate(blobs, start=at.deltas + 1):
         if blob is None:
             break
@@ -110,6 +123,22 @@ def _apply_deltas(store: KVStore, key: str, state: FeedState, at: Position, coun
         state.apply_delta(blob)
         at = Position(at.chain, i, int(meta["version"]))
     return at
+
+
+def _cross(store: KVStore, key: str, state: FeedState, at: Position, chain: str) -> Position | None:
+    """Move a state on ``at.chain`` to the start of ``chain`` by the bridge between them (after the
+    old chain's deltas it lacks); None when there is no such bridge."""
+    (blob,) = store.get_many([key + ":bridge"])
+    if blob is None:
+        return None
+    meta = FeedState.snapshot_meta(blob)
+    if meta.get("chain") != at.chain or meta.get("next_chain") != chain:
+        return None
+    at = _apply_deltas(store, key, state, at, int(meta["base_deltas"]))
+    if at.version != meta.get("base"):
+        return None
+    state.apply_delta(blob)
+    return Position(chain, 0, int(meta["version"]))
 
 
 def load_state(store: KVStore, key: str = STATE_KEY) -> FeedState | None:
@@ -157,6 +186,7 @@ class FeedWorker:
         self.full_s = full_s
         self.chain: str | None = None  # the chain written to; a new worker starts a new one
         self.deltas = 0  # deltas written after the chain's whole snapshot
+        self.previous = ("", 0)  # the chain before (its deltas are kept while its bridge is)
         self.written_version = -1  # the state version of the last snapshot written
         self.last_full = time.monotonic()
         state.changes = Changes()  # what a delta holds
@@ -185,30 +215,34 @@ class FeedWorker:
         the next snapshot holds only ids applied and not yet acknowledged (memory and size stay
         bounded)."""
         state = self.state
-        whole = (
-            self.chain is None
-            or state.catalog_version != self.catalog_written
-            or time.monotonic() - self.last_full >= self.full_s
-        )
-        captured = self.capture_on(
-            lambda: state.capture(state.catalog_version != self.catalog_written, delta=not whole)
-        )
+        catalog_moved = state.catalog_version != self.catalog_written
+        whole = self.chain is None or catalog_moved or time.monotonic() - self.last_full >= self.full_s
+        bridge = whole and self.chain is not None and not catalog_moved
+        captured = self.capture_on(lambda: state.capture(catalog_moved, delta=not whole, bridge=bridge))
         if captured.catalog_version != self.catalog_written and captured.catalog is None:
             captured = self.capture_on(lambda: state.capture(True))  # the catalog moved meanwhile
             whole = True
-        chain = uuid.uuid4().hex[:12] if whole else self.chain
-        meta = captured.state[0]
-        meta["chain"], meta["base"] = chain, self.written_version
+        chain = uuid.uuid4().hex[:12] if whole else str(self.chain)
+        captured.state[0].update(chain=chain, base=self.written_version)
+        if captured.bridge is not None:  # from the previous chain's last snapshot to this one
+            captured.bridge[0].update(
+                chain=self.chain, base=self.written_version, base_deltas=self.deltas, next_chain=chain
+            )
         snapshot = captured.encode()
         writes = {
             self.key + ":version": str(snapshot.version).encode(),
             self.key + ":group": self.group.encode(),
         }
         if whole:
-            writes |= {self.key: snapshot.state, self.key + ":chain": str(chain).encode()}
-            writes[self.key + ":deltas"] = b"0"
+            writes |= {
+                self.key: snapshot.state,
+                self.key + ":chain": chain.encode(),
+                self.key + ":deltas": b"0",
+            }
+            if snapshot.bridge is not None:
+                writes[self.key + ":bridge"] = snapshot.bridge
         else:
-            writes[f"{self.key}:delta:{self.deltas + 1}"] = snapshot.state
+            writes[f"{self.key}:delta:{chain}:{self.deltas + 1}"] = snapshot.state
             writes[self.key + ":deltas"] = str(self.deltas + 1).encode()
         if snapshot.catalog is not None:
             writes[self.key + ":catalog"] = snapshot.catalog
@@ -217,9 +251,10 @@ class FeedWorker:
         except Exception:
             self.chain = None  # the changes captured are lost with this write: next, a whole one
             raise
-        old: list[str] = []  # the previous chain's deltas, no longer read
+        old: list[str] = []  # the chain before the previous one: no bridge leads from it any more
         if whole:
-            old = [f"{self.key}:delta:{i}" for i in range(1, self.deltas + 1)]
+            old = [f"{self.key}:delta:{self.previous[0]}:{i}" for i in range(1, self.previous[1] + 1)]
+            self.previous = (str(self.chain), self.deltas)
             self.chain, self.deltas, self.last_full = chain, 0, time.monotonic()
         else:
             self.deltas += 1
@@ -236,7 +271,7 @@ class FeedWorker:
         if old:
             try:
                 self.store.delete_many(old)
-            except Exception as exc:  # left behind, they are overwritten or never read again
+            except Exception as exc:  # left behind, they are never read again
                 log.warning("old snapshot deltas not deleted: %s", exc)
 
     def drain(self, count: int = 1000) -> int:

@@ -9,7 +9,7 @@ from recstack.errors import CheckpointError
 from recstack.events.parquet import ParquetEventLog
 from recstack.features.stores import MemoryStore, RedisStore, SQLiteStore
 from recstack.serving.state import FeedState
-from recstack.serving.worker import STATE_KEY, FeedWorker, load_state, sync_state
+from recstack.serving.worker import STATE_KEY, FeedWorker, Position, load_state, sync_state
 
 
 def _events(n_items: int, clicks: int) -> list[dict[str, object]]:
@@ -269,15 +269,36 @@ def test_worker_writes_deltas_between_whole_snapshots_and_a_follower_applies_the
     restored = load_state(store)
     assert restored is not None and _same(restored, _state_of(worker))
     assert restored.clicks.values.sum() == 400
-    # the next whole snapshot starts a new chain: the follower loads it, the old deltas go
+    # the next whole snapshot starts a new chain; its bridge takes the follower across in place
+    first = at.chain
+    lagging = FeedState.from_bytes(*_whole_and_catalog(store))  # at the first chain's start
+    lagging_at = Position(first, 0, lagging.version)
     worker.full_s = 0.0
     log.append(_events(10, 420)[410:])
     worker.poll()
-    assert worker.deltas == 0 and worker.chain != at.chain
-    assert store.get_many([f"{STATE_KEY}:delta:1"]) == [None]
+    assert worker.deltas == 0 and worker.chain != first
     moved = sync_state(store, follower, at)
-    assert moved is not None and moved[0] is not follower and moved[1].chain == worker.chain
-    assert moved[0].clicks.values.sum() == 420
+    assert (
+        moved is not None
+        and moved[0] is follower
+        and moved[1] == Position(worker.chain, 0, worker.written_version)
+    )
+    assert follower.clicks.values.sum() == 420 and _same(follower, _state_of(worker))
+    # a follower further behind applies the first chain's remaining deltas, then the bridge
+    behind = sync_state(store, lagging, lagging_at)
+    assert behind is not None and behind[0] is lagging and _same(lagging, _state_of(worker))
+    # the chain after that: no bridge from the first chain any more, and its deltas are deleted
+    log.append(_events(10, 430)[420:])
+    worker.poll()
+    assert store.get_many([f"{STATE_KEY}:delta:{first}:1"]) == [None]
+    assert sync_state(store, follower, moved[1]) is not None
+    assert follower.clicks.values.sum() == 430
+
+
+def _whole_and_catalog(store: MemoryStore) -> tuple[bytes, bytes]:
+    whole, catalog = store.get_many([STATE_KEY, STATE_KEY + ":catalog"])
+    assert whole is not None and catalog is not None
+    return whole, catalog
 
 
 def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_a_whole_one(
@@ -293,7 +314,7 @@ def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_
     assert loaded is not None
     log.append(events[55:80])
     worker.poll()
-    store.delete_many([f"{STATE_KEY}:delta:1"])
+    store.delete_many([f"{STATE_KEY}:delta:{worker.chain}:1"])
     moved = sync_state(store, *loaded)
     assert moved is not None and moved[1].deltas == 0  # the whole snapshot, its deltas missing
     assert moved[0].clicks.values.sum() == 50
@@ -329,9 +350,9 @@ def test_a_damaged_delta_is_a_clear_error_and_the_next_whole_snapshot_recovers(t
     follower, at = loaded
     log.append(events[25:45])
     worker.poll()
-    (delta,) = store.get_many([f"{STATE_KEY}:delta:1"])
+    (delta,) = store.get_many([f"{STATE_KEY}:delta:{worker.chain}:1"])
     assert delta is not None
-    store.put_many({f"{STATE_KEY}:delta:1": delta[:-40]})  # damaged in the store
+    store.put_many({f"{STATE_KEY}:delta:{worker.chain}:1": delta[:-40]})  # damaged in the store
     with pytest.raises(CheckpointError, match="corrupt"):
         sync_state(store, follower, at)
     assert follower.clicks.values.sum() == 20  # unchanged: what it served from stays
