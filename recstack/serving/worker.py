@@ -187,6 +187,7 @@ class FeedWorker:
         self.chain: str | None = None  # the chain written to; a new worker starts a new one
         self.deltas = 0  # deltas written after the chain's whole snapshot
         self.previous = ("", 0)  # the chain before (its deltas are kept while its bridge is)
+        self.lost = False  # a write failed: what it held is in no snapshot, the next is whole
         self.written_version = -1  # the state version of the last snapshot written
         self.last_full = time.monotonic()
         state.changes = Changes()  # what a delta holds
@@ -216,8 +217,14 @@ class FeedWorker:
         bounded)."""
         state = self.state
         catalog_moved = state.catalog_version != self.catalog_written
-        whole = self.chain is None or catalog_moved or time.monotonic() - self.last_full >= self.full_s
-        bridge = whole and self.chain is not None and not catalog_moved
+        whole = (
+            self.chain is None
+            or self.lost
+            or catalog_moved
+            or time.monotonic() - self.last_full >= self.full_s
+        )
+        # from the last snapshot written to this one, when that is all that changed in between
+        bridge = whole and self.chain is not None and not self.lost and not catalog_moved
         captured = self.capture_on(lambda: state.capture(catalog_moved, delta=not whole, bridge=bridge))
         if captured.catalog_version != self.catalog_written and captured.catalog is None:
             captured = self.capture_on(lambda: state.capture(True))  # the catalog moved meanwhile
@@ -249,13 +256,14 @@ class FeedWorker:
         try:
             self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
         except Exception:
-            self.chain = None  # the changes captured are lost with this write: next, a whole one
+            self.lost = True  # the changes captured are lost with this write: next, a whole one
             raise
         old: list[str] = []  # the chain before the previous one: no bridge leads from it any more
         if whole:
             old = [f"{self.key}:delta:{self.previous[0]}:{i}" for i in range(1, self.previous[1] + 1)]
-            self.previous = (str(self.chain), self.deltas)
-            self.chain, self.deltas, self.last_full = chain, 0, time.monotonic()
+            if self.chain is not None:
+                self.previous = (self.chain, self.deltas)
+            self.chain, self.deltas, self.last_full, self.lost = chain, 0, time.monotonic(), False
         else:
             self.deltas += 1
         self.written_version = snapshot.version

@@ -330,10 +330,13 @@ def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_
     log.append(events[80:])
     with pytest.raises(ConnectionError):
         worker.poll()
-    assert calls["n"] == 1 and worker.chain is None
+    assert calls["n"] == 1 and worker.lost
+    chain = worker.chain
     store.put_many = put  # type: ignore[method-assign]
     worker.checkpoint()
-    assert worker.deltas == 0 and worker.chain is not None
+    assert worker.deltas == 0 and worker.chain != chain and not worker.lost
+    (bridge,) = store.get_many([f"{STATE_KEY}:bridge"])
+    assert bridge is None  # no bridge over the lost changes
     restored = load_state(store)
     assert restored is not None and restored.clicks.values.sum() == 100
 
