@@ -10,7 +10,8 @@ open-loop generator on loopback sends ``GET /v1/recommend`` at ``--rps`` for ``-
 (at most ``--concurrency`` keep-alive connections in flight, used in turn; 10% of requests from users
 the model never saw), then reads latency percentiles on the client, the per-stage means and the
 API's resident memory (/proc: one process's RSS; several processes' proportional set sizes summed,
-pages they share counted once, with their plain RSS sum recorded beside it as ``rss_sum_mb``).
+pages they share counted once, with their plain RSS sum recorded beside it as ``rss_sum_mb``), and
+in the separate topology the CPU the worker and the Redis server spent a request during the load.
 
 Ends with ``RESULT items=<n> rps=<n> p50_ms=<x> p99_ms=<x> rss_mb=<n>``.
 """
@@ -218,6 +219,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def redis_cpu_s() -> float:
+    """The Redis server's CPU seconds so far (INFO cpu: its main thread and children)."""
+    import redis
+
+    info = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")).info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 def stage_means(metrics: str) -> dict[str, tuple[float, float]]:
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
@@ -360,8 +369,12 @@ def main() -> None:
         before = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         pids = family(server.pid)
         cpu_before, client_cpu = [cpu_s(pid) for pid in pids], time.process_time()
+        worker_before = cpu_s(worker.pid) if worker is not None else 0.0
+        redis_before = redis_cpu_s() if worker is not None else 0.0
         latencies, errors = asyncio.run(drive(port, args.rps, duration, args.concurrency, 2_000))
         cpu_each = [cpu_s(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+        worker_run = cpu_s(worker.pid) - worker_before if worker is not None else 0.0
+        redis_run = redis_cpu_s() - redis_before if worker is not None else 0.0
         server_cpu, client_cpu = sum(cpu_each), time.process_time() - client_cpu
         after = stage_means(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         if family(server.pid) != pids:
@@ -407,6 +420,10 @@ def main() -> None:
         print(f"  {stage:11s} {stages[stage]:6.2f}")
     if worker is not None:
         print(f"worker process: {worker_cpu:.1f} CPU s in all")
+        print(
+            f"CPU per request during the load: worker {1e3 * worker_run / sent:.2f} ms, "
+            f"Redis {1e3 * redis_run / sent:.2f} ms"
+        )
     quick = " --quick" if args.quick else ""
     record(
         f"serving_load{quick}",
@@ -426,6 +443,14 @@ def main() -> None:
             # the busiest API process's share of their CPU (1 / processes when evenly spread)
             "busiest_share": round(max(cpu_each) / max(server_cpu, 1e-9), 3),
         }
+        | (
+            {  # the separate topology's other processes on the same cores
+                "worker_cpu_ms_per_request": round(1e3 * worker_run / len(latencies), 2),
+                "redis_cpu_ms_per_request": round(1e3 * redis_run / len(latencies), 2),
+            }
+            if worker is not None
+            else {}
+        )
         | {f"{s}_ms": round(v, 2) for s, v in stages.items()},
         f"{duration:.0f} s open loop on loopback, n=20, 10% unknown users, IVF nprobe 16; "
         "server and load generator share the 2 cores",
