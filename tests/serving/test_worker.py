@@ -301,19 +301,29 @@ def _whole_and_catalog(store: MemoryStore) -> tuple[bytes, bytes]:
     return whole, catalog
 
 
-def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_a_whole_one(
-    tmp_path: Path,
-) -> None:
+def _whole_then_delta(
+    tmp_path: Path, events: list[dict[str, object]], first: int, second: int
+) -> tuple[ParquetEventLog, MemoryStore, FeedWorker, tuple[FeedState, Position]]:
+    """A worker that wrote a whole snapshot of ``events[:first]`` and a delta of the events up to
+    ``second``, and a follower that read the whole one."""
     log = ParquetEventLog(tmp_path / "events")
-    events = _events(5, 100)
-    log.append(events[:55])
+    log.append(events[:first])
     store = MemoryStore()
     worker = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600)
     worker.poll()
     loaded = sync_state(store)
     assert loaded is not None
-    log.append(events[55:80])
+    log.append(events[first:second])
     worker.poll()
+    assert worker.deltas == 1
+    return log, store, worker, loaded
+
+
+def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_a_whole_one(
+    tmp_path: Path,
+) -> None:
+    events = _events(5, 100)
+    log, store, worker, loaded = _whole_then_delta(tmp_path, events, 55, 80)
     store.delete_many([f"{STATE_KEY}:delta:{worker.chain}:1"])
     moved = sync_state(store, *loaded)
     assert moved is not None and moved[1].deltas == 0  # the whole snapshot, its deltas missing
@@ -342,17 +352,8 @@ def test_a_missing_delta_falls_back_to_the_whole_snapshot_and_a_failed_write_to_
 
 
 def test_a_damaged_delta_is_a_clear_error_and_the_next_whole_snapshot_recovers(tmp_path: Path) -> None:
-    log = ParquetEventLog(tmp_path / "events")
     events = _events(5, 60)
-    log.append(events[:25])
-    store = MemoryStore()
-    worker = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600)
-    worker.poll()
-    loaded = sync_state(store)
-    assert loaded is not None
-    follower, at = loaded
-    log.append(events[25:45])
-    worker.poll()
+    log, store, worker, (follower, at) = _whole_then_delta(tmp_path, events, 25, 45)
     (delta,) = store.get_many([f"{STATE_KEY}:delta:{worker.chain}:1"])
     assert delta is not None
     store.put_many({f"{STATE_KEY}:delta:{worker.chain}:1": delta[:-40]})  # damaged in the store
