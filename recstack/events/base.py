@@ -115,7 +115,9 @@ class EventLog(Protocol):
         ...
 
     def consume(self, group: str, consumer: str, count: int = 100, block_ms: int = 0) -> list[Delivery]:
-        """Up to ``count`` undelivered events for ``group`` (unacknowledged ones first after a restart)."""
+        """Up to ``count`` undelivered events for ``group`` (unacknowledged ones first after a
+        restart). On Redis ``count`` counts stream entries: a bulk write's entry brings all its
+        events at once, as deliveries sharing one delivery id."""
         ...
 
     def ack(self, group: str, delivery_ids: Sequence[str]) -> int:
