@@ -38,6 +38,12 @@ US = 1_000_000
 KEY = "recstack-local"
 
 
+def serving_overrides() -> dict[str, str]:
+    """``--serving KEY=VALUE`` settings, passed to the API and worker processes in the environment."""
+    given = json.loads(os.environ.get("RECSTACK_BENCH_SERVING", "{}"))
+    return {f"RECSTACK_SERVING__{k.upper()}": str(v) for k, v in given.items()}
+
+
 def settings_for(folder: Path) -> object:
     settings = bench_settings(
         {
@@ -49,6 +55,7 @@ def settings_for(folder: Path) -> object:
             "RECSTACK_RETRIEVAL__INDEX": "ivf",
             "RECSTACK_SERVING__RELOAD_S": "3600",
         }
+        | serving_overrides()
     )
     return settings.model_copy(  # type: ignore[attr-defined]
         update={"paths": settings.paths.model_copy(update={"state_dir": folder / "state"})}  # type: ignore[attr-defined]
@@ -180,12 +187,14 @@ def work(namespace: str) -> None:
 
     from recstack.serving.worker import FeedWorker, load_state
 
+    cfg = bench_settings(serving_overrides()).serving
     bus, store = _redis_parts(namespace)
     state = load_state(store)  # type: ignore[arg-type]
     assert state is not None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    FeedWorker(bus, state, store, snapshot_s=1.0).run(stop)  # type: ignore[arg-type]
+    worker = FeedWorker(bus, state, store, snapshot_s=cfg.state_sync_s, full_s=cfg.state_full_s)  # type: ignore[arg-type]
+    worker.run(stop)
 
 
 def rss(pid: int) -> tuple[float, float]:
@@ -318,6 +327,13 @@ def main() -> None:
         default=1,
         help="API processes forked after loading (more than one needs --topology separate)",
     )
+    parser.add_argument(
+        "--serving",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [serving] setting for the API and the worker, e.g. state_sync_s=0.5 (repeatable)",
+    )
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, default=HERE.parent / ".bench" / "serving_load")
@@ -330,6 +346,13 @@ def main() -> None:
         return
     if args.processes > 1 and args.topology != "separate":
         parser.error("--processes > 1 needs --topology separate (the worker owns the state)")
+    from recstack.config import ServingConfig
+
+    overrides = dict(item.split("=", 1) for item in args.serving if "=" in item)
+    unknown = set(overrides) - set(ServingConfig.model_fields)
+    if unknown or len(overrides) != len(args.serving):
+        parser.error(f"--serving takes KEY=VALUE with a [serving] key; not understood: {args.serving}")
+    os.environ["RECSTACK_BENCH_SERVING"] = json.dumps(overrides)  # read by the processes started
     items = args.items or (100_000 if args.quick else 1_000_000)
     duration = args.duration or (8.0 if args.quick else 30.0)
     folder = args.folder / str(items)

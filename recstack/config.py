@@ -290,7 +290,11 @@ class ServingConfig(Section):
         5.0, gt=0, description="How often the API checks the registry for a new champion (0 = never)."
     )
     state_sync_s: float = Field(
-        1.0, gt=0, description="How often a separate worker snapshots its state for the API to load."
+        0.5,
+        gt=0,
+        description="How often a separate worker snapshots its state (a delta: what changed) and each "
+        "API process applies it; with impression_flush_s, how soon a list shown by one process is "
+        "excluded by the others.",
     )
     state_full_s: float = Field(
         60.0,
