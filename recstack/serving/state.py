@@ -507,27 +507,31 @@ class FeedState:
                     setattr(self, name, value)
 
     @staticmethod
-    def snapshot_meta(blob: bytes) -> dict[str, Any]:
-        """A snapshot's (whole or delta) description: versions, users, ``chain`` and ``base`` when a
-        worker wrote it. Raises CheckpointError for a damaged blob."""
+    def read_snapshot(blob: bytes) -> tuple[dict[str, Any], Any]:
+        """A snapshot's (whole or delta) meta (versions, users, ``chain`` and ``base`` when a worker
+        wrote it) and its arrays, read on access. Raises CheckpointError for a damaged blob."""
         try:
-            meta, _ = _unpack(blob)
+            return _unpack(blob)
         except Exception as exc:
             raise CheckpointError(f"feed state snapshot is corrupt: {exc}") from exc
-        return meta
+
+    @staticmethod
+    def snapshot_meta(blob: bytes) -> dict[str, Any]:
+        return FeedState.read_snapshot(blob)[0]
 
     @staticmethod
     def snapshot_catalog_version(blob: bytes) -> int:
         return int(FeedState.snapshot_meta(blob)["catalog_version"])
 
-    def apply_delta(self, blob: bytes) -> dict[str, Any]:
+    def apply_delta(self, snapshot: bytes | tuple[dict[str, Any], Any]) -> dict[str, Any]:
         """Write a delta (``capture(delta=True)``) over this state, in place: the users it holds are
         replaced by their lists in it, the counters it holds take its values, trending decays to its
         time. The delta must have been taken after a state this one equals (the caller checks the
         chain); its catalog must be this state's. Decoded whole before anything is written: a
-        damaged delta raises CheckpointError and changes nothing. Returns the delta's meta."""
+        damaged delta raises CheckpointError and changes nothing. ``snapshot``: the delta's bytes, or
+        what ``read_snapshot`` read of them. Returns the delta's meta."""
         try:
-            meta, arrays = _unpack(blob)
+            meta, arrays = _unpack(snapshot) if isinstance(snapshot, bytes) else snapshot
             if not meta.get("delta"):
                 raise ValueError("a whole snapshot, not a delta")
             if meta["catalog_version"] != self.catalog_version:

@@ -117,10 +117,10 @@ def _apply_deltas(store: KVStore, key: str, state: FeedState, at: Position, coun
     for i, blob in enumerate(blobs, start=at.deltas + 1):
         if blob is None:
             break
-        meta = FeedState.snapshot_meta(blob)
+        meta, arrays = FeedState.read_snapshot(blob)
         if meta.get("chain") != at.chain or meta.get("base") != at.version:
             break
-        state.apply_delta(blob)
+        state.apply_delta((meta, arrays))
         at = Position(at.chain, i, int(meta["version"]))
     return at
 
@@ -131,13 +131,13 @@ def _cross(store: KVStore, key: str, state: FeedState, at: Position, chain: str)
     (blob,) = store.get_many([key + ":bridge"])
     if blob is None:
         return None
-    meta = FeedState.snapshot_meta(blob)
+    meta, arrays = FeedState.read_snapshot(blob)
     if meta.get("chain") != at.chain or meta.get("next_chain") != chain:
         return None
     at = _apply_deltas(store, key, state, at, int(meta["base_deltas"]))
     if at.version != meta.get("base"):
         return None
-    state.apply_delta(blob)
+    state.apply_delta((meta, arrays))
     return Position(chain, 0, int(meta["version"]))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from fastapi.testclient import TestClient
 from recstack.config import Settings, load_settings
 from recstack.data.simulator import PopularityPolicy, Simulator, World
 from recstack.events.parquet import ParquetEventLog
-from recstack.features.stores import MemoryStore
+from recstack.events.redis_stream import RedisStreamLog
+from recstack.features.stores import MemoryStore, RedisStore
 from recstack.serving.api import Runtime, create_app
+from recstack.serving.state import FeedState
+from recstack.serving.worker import FeedWorker
 
 
 def feed_settings(state_dir: Path) -> Settings:
@@ -78,3 +82,30 @@ def feed_log(feed_world: tuple[World, Path, Path], tmp_path: Path) -> Iterator[P
     log = ParquetEventLog(target)
     yield log
     log.close()
+
+
+@dataclass
+class RedisFeed:
+    """The history on a live Redis bus and a separate worker's snapshot of it in a Redis store,
+    under ``namespace``."""
+
+    namespace: str
+    bus: RedisStreamLog
+    store: RedisStore
+    worker: FeedWorker
+
+
+@pytest.fixture
+def redis_feed(redis_url: str, unique: str, feed_log: ParquetEventLog) -> Iterator[RedisFeed]:
+    """A :class:`RedisFeed` of the session's history (its stream and keys dropped after)."""
+    namespace = f"test:{unique}"
+    bus = RedisStreamLog(redis_url, stream=f"{namespace}:events")
+    store = RedisStore(redis_url, prefix=f"{namespace}:state:")
+    try:
+        bus.append_table(feed_log.table())
+        worker = FeedWorker(bus, FeedState(item_fields=("topic",)), store)
+        worker.drain()
+        yield RedisFeed(namespace, bus, store, worker)
+    finally:
+        bus.drop()
+        store.drop()

@@ -16,13 +16,8 @@ import pytest
 
 from recstack.data.simulator import World
 from recstack.errors import ConfigError
-from recstack.events.parquet import ParquetEventLog
-from recstack.events.redis_stream import RedisStreamLog
-from recstack.features.stores import RedisStore
 from recstack.serving.prefork import check_processes
-from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker
-from tests.serving.conftest import KEY
+from tests.serving.conftest import KEY, RedisFeed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,20 +68,12 @@ def _recommend_count(metrics: str) -> float:
 @pytest.mark.services
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads process children from /proc")
 def test_forked_processes_share_a_port_report_together_and_are_replaced(
-    redis_url: str,
-    unique: str,
-    feed_world: tuple[World, Path, Path],
-    feed_log: ParquetEventLog,
-    tmp_path: Path,
+    redis_url: str, redis_feed: RedisFeed, feed_world: tuple[World, Path, Path], tmp_path: Path
 ) -> None:
-    namespace = f"test:{unique}"
-    bus = RedisStreamLog(redis_url, stream=f"{namespace}:events")
-    store = RedisStore(redis_url, prefix=f"{namespace}:state:")
+    namespace, bus = redis_feed.namespace, redis_feed.bus  # the worker's snapshot is in its store
     port_file = tmp_path / "port"
     server = None
     try:
-        bus.append_table(feed_log.table())
-        FeedWorker(bus, FeedState(item_fields=("topic",)), store).drain()  # the worker's snapshot
         logged = bus.table().num_rows
         server = subprocess.Popen(
             [
@@ -134,5 +121,3 @@ def test_forked_processes_share_a_port_report_together_and_are_replaced(
         if server is not None and server.poll() is None:
             server.kill()
             server.wait()
-        bus.drop()
-        store.drop()

@@ -11,60 +11,47 @@ from fastapi.testclient import TestClient
 from recstack.data.simulator import World
 from recstack.events.parquet import ParquetEventLog
 from recstack.events.redis_stream import RedisStreamLog
-from recstack.features.stores import MemoryStore, RedisStore
+from recstack.features.stores import MemoryStore
 from recstack.serving.api import Runtime, create_app
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker
-from tests.serving.conftest import KEY, feed_settings
+from tests.serving.conftest import KEY, RedisFeed, feed_settings
 
 
 @pytest.mark.services
 def test_api_serves_what_a_separate_worker_consumed(
-    redis_url: str,
-    unique: str,
-    feed_world: tuple[World, Path, Path],
-    feed_log: ParquetEventLog,
-    tmp_path: Path,
+    redis_feed: RedisFeed, unique: str, feed_world: tuple[World, Path, Path], tmp_path: Path
 ) -> None:
-    bus = RedisStreamLog(redis_url, stream=f"test:{unique}:events")
-    store = RedisStore(redis_url, prefix=f"test:{unique}:state:")
-    try:
-        bus.append_table(feed_log.table())  # the history, on the live bus
-        worker = FeedWorker(bus, FeedState(item_fields=("topic",)), store)
-        worker.drain()
-        runtime = Runtime(
-            feed_settings(tmp_path),
-            bus,
-            store=store,
-            bundle_source=lambda: ("1", feed_world[2]),
-            in_process_worker=False,
-        )
-        runtime.reload()
-        client = TestClient(create_app(runtime))
-        assert runtime.state.n_items == worker.state.n_items > 0
-        posted = client.post(
-            "/v1/events",
-            json=[
-                {
-                    "event_id": f"{unique}-hide",
-                    "kind": "hide",
-                    "timestamp": 1_795_000_000,
-                    "user_id": "u7",
-                    "item_id": "i3",
-                }
-            ],
-            headers=KEY,
-        )
-        assert posted.json()["accepted"] == 1
-        assert "i3" not in [i for i in _hidden(runtime, "u7")]  # the API does not own the state
-        worker.drain()  # the worker applies the hide and snapshots
-        runtime._sync_state()  # what the API's sync thread does every state_sync_s
-        assert runtime.state.item_index["i3"] in runtime.state.users["u7"].blocked
-        served = client.get("/v1/recommend", params={"user_id": "u7", "n": 50}, headers=KEY).json()
-        assert "i3" not in [i["item_id"] for i in served["items"]]
-    finally:
-        bus.drop()
-        store.drop()
+    bus, store, worker = redis_feed.bus, redis_feed.store, redis_feed.worker
+    runtime = Runtime(
+        feed_settings(tmp_path),
+        bus,
+        store=store,
+        bundle_source=lambda: ("1", feed_world[2]),
+        in_process_worker=False,
+    )
+    runtime.reload()
+    client = TestClient(create_app(runtime))
+    assert runtime.state.n_items == worker.state.n_items > 0
+    posted = client.post(
+        "/v1/events",
+        json=[
+            {
+                "event_id": f"{unique}-hide",
+                "kind": "hide",
+                "timestamp": 1_795_000_000,
+                "user_id": "u7",
+                "item_id": "i3",
+            }
+        ],
+        headers=KEY,
+    )
+    assert posted.json()["accepted"] == 1
+    assert "i3" not in [i for i in _hidden(runtime, "u7")]  # the API does not own the state
+    worker.drain()  # the worker applies the hide and snapshots
+    runtime._sync_state()  # what the API's sync thread does every state_sync_s
+    assert runtime.state.item_index["i3"] in runtime.state.users["u7"].blocked
+    served = client.get("/v1/recommend", params={"user_id": "u7", "n": 50}, headers=KEY).json()
+    assert "i3" not in [i["item_id"] for i in served["items"]]
 
 
 def _hidden(runtime: Runtime, user: str) -> list[str]:
