@@ -86,6 +86,8 @@ def main() -> None:
                 "RECSTACK_TRAIN__LR": "0.003",
                 "RECSTACK_TRAIN__WEIGHT_DECAY": "0.0001",
                 "RECSTACK_RANKING__EMBEDDING_DIM": "8",
+                "RECSTACK_RANKING__TASKS": '{"click": 1.0}',
+                "RECSTACK_RANKING__MODEL": "dcn_v2",
                 "RECSTACK_RANKING__HIDDEN": "[64]",
                 "RECSTACK_RANKING__CROSS_LAYERS": "1",
                 "RECSTACK_RANKING__EMBEDDING_L2": "0.0001",

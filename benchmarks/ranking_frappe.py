@@ -42,7 +42,7 @@ from recstack.eval.metrics import auc, ece, logloss, normalized_entropy
 from recstack.models.calibration import Isotonic, Platt, reliability_plot
 from recstack.models.gbdt import GBDTRanker
 from recstack.models.lr import LogisticRanker
-from recstack.serving.ranker import OnnxRanker
+from recstack.servables.ranker import OnnxRanker
 from recstack.train.ranking import NeuralRanker
 
 HERE = Path(__file__).resolve().parent
@@ -50,6 +50,7 @@ PEER_VENV = HERE.parent / ".bench" / "fuxictr"
 FIELDS = list(FRAPPE_FIELDS)
 DCN = {
     "RECSTACK_RANKING__MODEL": "dcn_v2",
+    "RECSTACK_RANKING__TASKS": '{"click": 1.0}',
     "RECSTACK_RANKING__EMBEDDING_DIM": "10",
     "RECSTACK_RANKING__CROSS_LAYERS": "3",
     "RECSTACK_RANKING__STRUCTURE": "parallel",

@@ -76,6 +76,8 @@ def main() -> None:
             "RECSTACK_TRAIN__LR": "0.001",
             "RECSTACK_TRAIN__SCHEDULE": "plateau",
             "RECSTACK_RANKING__EMBEDDING_DIM": "16",
+            "RECSTACK_RANKING__TASKS": '{"click": 1.0}',
+            "RECSTACK_RANKING__MODEL": "dcn_v2",
             "RECSTACK_RANKING__HIDDEN": "[256, 128]",
             "RECSTACK_RANKING__DROPOUT": "0.2",
             "RECSTACK_RANKING__POSITION": "none",

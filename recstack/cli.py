@@ -286,7 +286,7 @@ def models(config: ConfigOpt = None) -> None:
 
 def _train_feed(settings: Settings, incremental: bool, promote_after: bool) -> None:
     from recstack.serving.api import bus_for
-    from recstack.serving.service import train_and_register
+    from recstack.train.rounds import train_and_register
 
     result = train_and_register(settings, bus_for(settings), incremental=incremental, promote=promote_after)
     table = Table("holdout metric", "value")

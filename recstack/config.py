@@ -14,10 +14,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from recstack.errors import ConfigError
 from recstack.features.definitions import DEFAULT_FEATURES, FEATURE_TYPES, FeatureDef, check_unique
+from recstack.schema import ENGAGEMENT_KINDS
 
 _FEATURE_ADAPTER: TypeAdapter[Any] = TypeAdapter(FeatureDef)
 
@@ -190,10 +199,28 @@ class Norm(StrEnum):
 
 
 class RankerKind(StrEnum):
+    lr = "lr"
+    gbdt = "gbdt"
     dcn_v2 = "dcn_v2"
     shared_bottom = "shared_bottom"
     mmoe = "mmoe"
     ple = "ple"
+
+
+NEURAL_RANKERS = (RankerKind.dcn_v2, RankerKind.shared_bottom, RankerKind.mmoe, RankerKind.ple)
+
+
+class LightRankerKind(StrEnum):
+    none = "none"
+    lr = "lr"
+    gbdt = "gbdt"
+    shared_bottom = "shared_bottom"
+
+
+class CalibrationKind(StrEnum):
+    none = "none"
+    platt = "platt"
+    isotonic = "isotonic"
 
 
 class Structure(StrEnum):
@@ -216,10 +243,28 @@ class PositionCorrection(StrEnum):
 
 
 class RankingConfig(Section):
-    model: RankerKind = Field(RankerKind.dcn_v2, description="dcn_v2, shared_bottom, mmoe or ple.")
+    """The feed's rankers: the heavy one (one head per task), the light first stage distilled from
+    it, calibration of the heads and position handling. ``recstack train`` trains exactly this."""
+
+    model: RankerKind = Field(
+        RankerKind.mmoe, description="Heavy ranker: lr, gbdt, dcn_v2, shared_bottom, mmoe or ple."
+    )
     tasks: dict[str, float] = Field(
-        {"click": 1.0},
-        description="Task heads with their loss weights (e.g. click, like, share, hide, dwell).",
+        {"click": 1.0, "like": 1.0, "share": 1.0, "hide": 1.0},
+        description="Task heads (engagement kinds: click, like, share, comment, hide, report) with "
+        "their loss weights; a task with one class in the training window is left out with a warning.",
+    )
+    light: LightRankerKind = Field(
+        LightRankerKind.shared_bottom,
+        description="Light first-stage ranker, distilled from the heavy one: none, lr, gbdt or "
+        "shared_bottom (a small neural net).",
+    )
+    light_top_k: int = Field(
+        3, ge=1, description="The light ranker learns which candidates the heavy one puts in its top k."
+    )
+    calibration: CalibrationKind = Field(
+        CalibrationKind.platt,
+        description="Calibration of each head, fitted on validation: none, platt or isotonic.",
     )
     embedding_dim: int = Field(16, ge=1, description="Embedding size of each categorical field.")
     structure: Structure = Field(
@@ -238,9 +283,37 @@ class RankingConfig(Section):
     embedding_l2: float = Field(0.0, ge=0, description="L2 penalty on the embedding rows a batch uses.")
     embedding_l1: float = Field(0.0, ge=0, description="L1 penalty on the embedding rows a batch uses.")
     position: PositionCorrection = Field(
-        PositionCorrection.tower, description="Position bias: none, feature, tower (shallow tower) or ips."
+        PositionCorrection.none,
+        description="Position bias: none, feature (position as a feature, the top slot's at serving), "
+        "tower (a shallow tower dropped at serving; neural rankers) or ips (clicks weighted by the "
+        "inverse of their position's examination propensity, estimated from the log).",
     )
     max_position: int = Field(50, ge=1, description="Positions past this share one bias (tower).")
+    ips_max_weight: float = Field(
+        10.0, ge=1, description="IPS weights are clipped to this (a rarely examined slot's clicks)."
+    )
+    lr_c: float = Field(1.0, gt=0, description="Logistic regression: inverse L2 strength.")
+    lr_crosses: bool = Field(True, description="Logistic regression: hashed pairwise crosses of fields.")
+    gbdt_leaves: int = Field(31, ge=2, description="GBDT: leaves per tree.")
+    gbdt_rounds: int = Field(300, ge=1, description="GBDT: boosting rounds at most (early stopping).")
+    gbdt_learning_rate: float = Field(0.05, gt=0, description="GBDT: shrinkage.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_kinds(cls, value: dict[str, float]) -> dict[str, float]:
+        kinds = [k for k in ENGAGEMENT_KINDS if k != "dwell"]
+        if not value or (unknown := sorted(set(value) - set(kinds))):
+            raise ValueError(f"tasks {sorted(value) if not value else unknown} invalid; use some of {kinds}")
+        return value
+
+    @model_validator(mode="after")
+    def _position_fits_model(self) -> RankingConfig:
+        if self.position is PositionCorrection.tower and self.model not in NEURAL_RANKERS:
+            raise ValueError(
+                f"position = 'tower' needs a neural ranker ({', '.join(NEURAL_RANKERS)}); "
+                f"{self.model.value} takes position as a feature or as ips weights"
+            )
+        return self
 
 
 class Diversity(StrEnum):

@@ -38,8 +38,8 @@ from recstack.config import Settings
 from recstack.data.simulator import FunctionPolicy, RandomPolicy, Simulator, World
 from recstack.events.parquet import ParquetEventLog
 from recstack.serving.api import Runtime, create_app, registry_source
-from recstack.serving.service import train_and_register
 from recstack.serving.state import FeedState
+from recstack.train.rounds import train_and_register
 
 ENGAGEMENTS = ("click", "like", "share", "hide", "dwell")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from recstack.errors import CheckpointError
 from recstack.index.faiss_index import IndexKind, ItemIndex
-from recstack.serving.onnx import open_session
+from recstack.servables.onnx import open_session
 
 if TYPE_CHECKING:
     from recstack.index.torch_towers import TorchTowers

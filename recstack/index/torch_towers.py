@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from recstack.models.two_tower import TwoTower
-from recstack.serving.onnx import export_onnx
+from recstack.servables.onnx import export_onnx
 
 
 class _UserTower(nn.Module):

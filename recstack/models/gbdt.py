@@ -55,30 +55,54 @@ class GBDTRanker:
         valid: pd.DataFrame | None = None,
         y_valid: np.ndarray | None = None,
     ) -> GBDTRanker:
+        encoded = self.encoder.fit_transform(frame)
+        valid_encoded = self.encoder.transform(valid) if valid is not None else None
+        return self.fit_encoded(encoded, y, valid=valid_encoded, y_valid=y_valid)
+
+    def fit_encoded(
+        self,
+        encoded: Encoded,
+        y: np.ndarray,
+        weight: np.ndarray | None = None,
+        valid: Encoded | None = None,
+        y_valid: np.ndarray | None = None,
+        init: GBDTRanker | None = None,
+    ) -> GBDTRanker:
+        """Fit on rows already encoded by ``self.encoder`` (fitted), early stopping on ``valid``.
+        ``weight``: (N,) sample weights; ``init``: a fitted ranker over the same encoder whose
+        trees this one continues (more trees on new data, for incremental training)."""
         y = _check_binary(y)
         train_set = lgb.Dataset(
-            self._matrix(self.encoder.fit_transform(frame)),
+            self._matrix(encoded),
             y,
+            weight=weight,
             categorical_feature=list(range(len(self.encoder.categorical))),
             free_raw_data=False,
         )
         sets: list[lgb.Dataset] = []
         callbacks: list[Any] = []
         if valid is not None and y_valid is not None:
-            sets.append(
-                lgb.Dataset(self._matrix(self.encoder.transform(valid)), y_valid, reference=train_set)
-            )
+            sets.append(lgb.Dataset(self._matrix(valid), y_valid, reference=train_set))
             callbacks.append(lgb.early_stopping(self.early_stopping, verbose=False))
-        self.booster = lgb.train(self.params, train_set, self.rounds, valid_sets=sets, callbacks=callbacks)
+        self.booster = lgb.train(
+            self.params,
+            train_set,
+            self.rounds,
+            valid_sets=sets,
+            callbacks=callbacks,
+            init_model=init.booster if init is not None else None,
+        )
         return self
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """(N,) click probabilities."""
+        return self.predict_encoded(self.encoder.transform(frame))
+
+    def predict_encoded(self, encoded: Encoded) -> np.ndarray:
+        """(N,) probabilities of rows encoded by ``self.encoder``."""
         if self.booster is None:
             raise RecstackError("the ranker is not fitted")
-        out = self.booster.predict(
-            self._matrix(self.encoder.transform(frame)), num_iteration=self.booster.best_iteration or None
-        )
+        out = self.booster.predict(self._matrix(encoded), num_iteration=self.booster.best_iteration or None)
         return np.asarray(out, dtype=np.float64)
 
     def save(self, folder: Path) -> None:

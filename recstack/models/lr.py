@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
 
 from recstack.errors import CheckpointError, RecstackError
 from recstack.features.tabular import Encoded, TabularEncoder
@@ -75,18 +74,47 @@ class LogisticRanker:
         return sp.hstack([one_hot, sp.csr_matrix(encoded.dense)], format="csr")
 
     def fit(self, frame: pd.DataFrame, y: np.ndarray) -> LogisticRanker:
+        return self.fit_encoded(self.encoder.fit_transform(frame), y)
+
+    def fit_encoded(
+        self,
+        encoded: Encoded,
+        y: np.ndarray,
+        weight: np.ndarray | None = None,
+        init: LogisticRanker | None = None,
+    ) -> LogisticRanker:
+        """Fit on rows already encoded by ``self.encoder`` (fitted). ``weight``: (N,) sample
+        weights; ``init``: a fitted ranker over the same encoder whose weights start the solver
+        (a warm start for incremental training)."""
+        from sklearn.linear_model import LogisticRegression  # training only: serving needs none of it
+
         y = _check_binary(y)
-        design = self._design(self.encoder.fit_transform(frame))
-        model = LogisticRegression(C=self.c, max_iter=self.max_iter, solver="lbfgs")
-        model.fit(design, y)
+        design = self._design(encoded)
+        model = LogisticRegression(
+            C=self.c, max_iter=self.max_iter, solver="lbfgs", warm_start=init is not None
+        )
+        if init is not None and init.coef_ is not None and len(init.coef_) == design.shape[1]:
+            model.coef_ = init.coef_[None, :].copy()
+            model.intercept_ = np.array([init.intercept_])
+            model.classes_ = np.array([0.0, 1.0])
+        model.fit(design, y, sample_weight=weight)
         self.coef_ = model.coef_.ravel().astype(np.float64)
         self.intercept_ = float(model.intercept_[0])
         return self
 
     def decision_function(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.decision_encoded(self.encoder.transform(frame))
+
+    def decision_encoded(self, encoded: Encoded) -> np.ndarray:
+        """(N,) logits of rows encoded by ``self.encoder``."""
         if self.coef_ is None:
             raise RecstackError("the ranker is not fitted")
-        out: np.ndarray = self._design(self.encoder.transform(frame)) @ self.coef_ + self.intercept_
+        out: np.ndarray = self._design(encoded) @ self.coef_ + self.intercept_
+        return out
+
+    def predict_encoded(self, encoded: Encoded) -> np.ndarray:
+        """(N,) probabilities of rows encoded by ``self.encoder``."""
+        out: np.ndarray = expit(self.decision_encoded(encoded))
         return out
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:

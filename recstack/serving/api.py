@@ -55,10 +55,10 @@ from pydantic import BaseModel, Field
 from recstack.config import EventLogBackend, Settings
 from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
+from recstack.features.feed import DENSE
 from recstack.features.stores import KVStore
 from recstack.index.sources import US
-from recstack.serving.bundle import ServingBundle
-from recstack.serving.features import DENSE
+from recstack.servables.bundle import ServingBundle
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest

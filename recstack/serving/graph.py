@@ -20,9 +20,10 @@ import numpy as np
 
 from recstack.config import Settings, SourceKind
 from recstack.errors import ConfigError, RecstackError
+from recstack.features.feed import ColumnarEncoder
 from recstack.index.sources import Source, build_sources
-from recstack.serving.bundle import ServingBundle
-from recstack.serving.features import ColumnarEncoder
+from recstack.servables.bundle import ServingBundle
+from recstack.servables.ranker import OnnxRanker, PerTaskRanker, position_value
 from recstack.serving.ops.base import Candidates, Operator, RecRequest
 from recstack.serving.ops.explore import ExploreOp
 from recstack.serving.ops.filter import FilterOp, UnsafeHook, catalog_unsafe
@@ -127,9 +128,15 @@ def build_pipeline(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     fields = bundle.meta.get("item_fields", [])
+
+    def encoder_of(ranker: OnnxRanker | PerTaskRanker) -> ColumnarEncoder:
+        position = position_value(ranker.meta)
+        constants = {ranker.meta["position"]: position} if position is not None else None
+        return ColumnarEncoder(ranker.encoder, fields, constants)
+
     try:
-        heavy_encoder = ColumnarEncoder(bundle.heavy.encoder, fields)
-        light_encoder = ColumnarEncoder(bundle.light.encoder, fields) if bundle.light is not None else None
+        heavy_encoder = encoder_of(bundle.heavy)
+        light_encoder = encoder_of(bundle.light) if bundle.light is not None else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     with state.lock:

@@ -1,17 +1,13 @@
-"""Wiring for the processes: the runtime ``recstack serve`` runs, the worker ``recstack worker``
-runs, and one training round (train a bundle, register it, promote it through the gate)."""
+"""Wiring for the processes: the runtime ``recstack serve`` runs and the worker ``recstack worker``
+runs (a training round, ``recstack train``, is ``recstack.train.rounds``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
 from recstack.config import EventLogBackend, Settings
 from recstack.events.base import EventLog
-from recstack.registry import GateResult, Registry
 from recstack.serving.api import Runtime, bus_for, registry_source
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker, load_state, state_store
@@ -46,47 +42,3 @@ def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worke
     )
     worker.run(stop)
     return worker
-
-
-@dataclass
-class TrainRound:
-    version: str
-    metrics: dict[str, float]
-    gate: GateResult | None
-    promoted: bool
-    data_start: str | None
-    data_end: str
-
-
-def train_and_register(
-    settings: Settings,
-    log_: EventLog,
-    incremental: bool = False,
-    promote: bool = True,
-    start: datetime | None = None,
-    end: datetime | None = None,
-) -> TrainRound:
-    """Train a bundle (incrementally from the champion on the log since its data range ended, when
-    asked and a champion exists), register it as the challenger, and promote it if the gate passes."""
-    from recstack.train.feed import train_bundle
-
-    registry = Registry(settings)
-    champion = registry.alias("champion")
-    champion_folder: Path | None = None
-    if incremental and champion is not None:
-        champion_folder = registry.fetch(champion)
-        versions = {v["version"]: v for v in registry.versions()}
-        ended = versions[champion]["data_end"]
-        start = start or (datetime.fromisoformat(ended) if ended else None)
-    folder = settings.paths.state_dir / "build" / "bundle"
-    report = train_bundle(
-        settings, log_, folder, start, end, champion=champion_folder, champion_version=champion
-    )
-    version = registry.register(folder, report.metrics, report.lineage)
-    registry.set_alias("challenger", version)
-    gate = None
-    promoted = False
-    if promote:
-        gate = registry.promote(version)
-        promoted = gate.passed
-    return TrainRound(version, report.metrics, gate, promoted, report.data_start, report.data_end)

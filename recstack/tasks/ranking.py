@@ -8,6 +8,10 @@ masked. Optional L1 / L2 penalties on the embedding rows a batch uses.
 
 ``top_k_labels``: the light ranker's distillation target, 1 where the heavy ranker put the candidate
 in its top k for that request (Instagram Explore's first-stage ranker learns this, not clicks).
+
+``position_propensities``: each position's examination propensity relative to the top one, from the
+click rate per position, for IPS weights (Joachims et al., 2017: a click at a rarely examined
+position counts for more).
 """
 
 from __future__ import annotations
@@ -85,3 +89,25 @@ def top_k_labels(requests: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray
     labels = np.zeros(len(scores))
     labels[order[rank < k]] = 1.0
     return labels
+
+
+def position_propensities(positions: np.ndarray, clicks: np.ndarray, prior: float = 20.0) -> np.ndarray:
+    """(P,) propensity of positions 0..max(positions): the click rate at the position over the click
+    rate at the top position seen, each shrunk towards the overall rate by ``prior`` pseudo-
+    impressions, clipped to (0, 1]. Positions never seen get the overall rate's ratio (1 at the top).
+
+    The estimate assumes the items shown at each position are alike; where a ranker put better
+    items on top it overstates the bias (a randomized slice of traffic estimates it without that).
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    clicks = np.asarray(clicks, dtype=np.float64) > 0
+    if len(positions) == 0 or positions.min() < 0:
+        raise ValueError("positions must be a non-empty array of values >= 0")
+    size = int(positions.max()) + 1
+    shown = np.bincount(positions, minlength=size).astype(np.float64)
+    hits = np.bincount(positions, weights=clicks.astype(np.float64), minlength=size)
+    overall = max(float(clicks.mean()), 1e-6)
+    rate = (hits + prior * overall) / (shown + prior)  # (P,)
+    top = rate[int(positions.min())]
+    out: np.ndarray = np.clip(rate / top, 1e-6, 1.0)
+    return out

@@ -1,15 +1,21 @@
-"""Train the served feed bundle from the event log: two-tower retrieval, the multi-task heavy ranker,
-the distilled light ranker and per-task calibration, evaluated on a temporal holdout.
+"""Train the served feed bundle from the event log: two-tower retrieval and the rankers that
+``[ranking]`` names (the heavy ranker of its ``model`` kind with one head per task, the ``light``
+first stage distilled from it, each head's ``calibration``, the ``position`` handling), evaluated on
+a temporal holdout.
 
 Data: the log's events in [start, end). Positives for retrieval are click, like, share and comment;
 ranking rows are the impressions labelled with what they caused (``join_engagements``). Both are
 split by time: the first 80% of impressions train, the next 10% select epochs and fit calibration,
 the last 10% are the holdout the promotion gate reads (``auc_<task>``, ``logloss_<task>``).
 
-Features (serving/features.py): an impression served by recstack carries the dense values serving
+Features (features/feed.py): an impression served by recstack carries the dense values serving
 used (logged with it), which training reads as they are; history without them gets the same
 values computed as of the impression (item age, item click rate from earlier impressions) and the
 retrieval score from the towers just trained.
+
+Tasks: a task whose label has one class in the training rows is left out with a warning naming it
+before any model trains (the bundle's ``tasks_left_out`` says why; value weights that name it are
+reported); no task with two classes is an error.
 
 Incremental (``champion`` given): the towers and both rankers continue from the champion's weights
 in its id spaces and feature vocabularies (users and items it never saw use the unseen row / the
@@ -19,6 +25,7 @@ history path), on the log since the champion's data range ended.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,23 +38,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from recstack.config import PositionCorrection, RankerKind, Settings
+from recstack.config import CalibrationKind, LightRankerKind, PositionCorrection, RankerKind, Settings
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.eval.metrics import auc, logloss
 from recstack.events.base import EventLog
 from recstack.events.join import join_engagements
+from recstack.features.feed import DENSE, categorical_columns, counts_as_of, dense_values
 from recstack.index.retriever import TwoTowerRetriever
-from recstack.models.calibration import Platt
+from recstack.models.calibration import Isotonic, Platt
 from recstack.models.two_tower import TwoTower
-from recstack.serving.bundle import FORMAT
-from recstack.serving.features import DENSE, categorical_columns, counts_as_of, dense_values
-from recstack.serving.ranker import OnnxRanker
-from recstack.train.ranking import NeuralRanker
+from recstack.servables.bundle import FORMAT
+from recstack.servables.ranker import load_ranker, score_frame
+from recstack.tasks.ranking import position_propensities, top_k_labels
+from recstack.train.ranking import NeuralRanker, PerTaskTrainer, make_ranker
 from recstack.train.recipes import train_two_tower
 
+logger = logging.getLogger(__name__)
+
 POSITIVE_KINDS = ("click", "like", "share", "comment")
-TASKS = ("click", "like", "share", "hide")
 LIGHT_FEATURES = ("item_id", "creator_id")
 
 
@@ -71,6 +80,14 @@ def catalog_frame(log: EventLog, item_fields: tuple[str, ...]) -> pd.DataFrame:
     created = frame["created_at"].fillna(frame["timestamp"])
     frame["created_us"] = created.astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
     attributes = frame["attributes"].map(lambda a: json.loads(a) if a else {})
+    seen = sorted({key for a in attributes for key in a})
+    absent = [name for name in item_fields if name not in seen]
+    if absent:
+        raise RecstackError(
+            f"[serving] item_fields names {absent}, which no item upsert in the log has; item "
+            f"attributes seen: {', '.join(seen[:30]) if seen else 'none'} (set item_fields to some of "
+            "them, or to [])"
+        )
     for name in item_fields:
         frame[name] = attributes.map(lambda a, n=name: str(a.get(n, "")))
     frame["creator_id"] = frame["creator_id"].fillna("_item:" + frame["item_id"])
@@ -105,34 +122,64 @@ def _holdout_metrics(y: pd.DataFrame, probs: np.ndarray, tasks: list[str]) -> di
     return out
 
 
-def feed_settings(settings: Settings) -> Settings:
-    """The feed's heads (click, like, share, hide) on MMoE where ``[ranking]`` keeps its default of a
-    click-only DCN-v2; an explicit ``[ranking]`` choice is kept as it is."""
-    if settings.ranking.tasks != {"click": 1.0}:
-        return settings
-    ranking = settings.ranking.model_copy(
-        update={
-            "model": RankerKind.mmoe,
-            "tasks": {t: 1.0 for t in TASKS},
-            "position": PositionCorrection.none,
-        }
-    )
-    return settings.model_copy(update={"ranking": ranking})
+def usable_tasks(train: pd.DataFrame, tasks: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(tasks whose label has both classes in ``train``, {task left out: why})."""
+    kept, left_out = [], {}
+    for task in tasks:
+        values = train[task].to_numpy()
+        positives = int((values > 0).sum())
+        if 0 < positives < len(values):
+            kept.append(task)
+        else:
+            left_out[task] = f"one class in {len(values)} training rows ({positives} positive)"
+    return kept, left_out
 
 
-def _ranker_settings(settings: Settings, light: bool) -> Settings:
-    if not light:
-        return settings
-    ranking = settings.ranking.model_copy(
-        update={
-            "model": RankerKind.shared_bottom,
-            "tasks": {"heavy_top_k": 1.0},
-            "hidden": [32],
-            "tower_hidden": [16],
-            "embedding_dim": 8,
-        }
+def _with_ranking(settings: Settings, **update: Any) -> Settings:
+    return settings.model_copy(update={"ranking": settings.ranking.model_copy(update=update)})
+
+
+def _light_settings(settings: Settings) -> Settings:
+    """The light ranker: the configured light kind with one task (``heavy_top_k``), no position;
+    a neural one is a small shared-bottom net."""
+    kind = RankerKind(settings.ranking.light.value)
+    update: dict[str, Any] = {
+        "model": kind,
+        "tasks": {"heavy_top_k": 1.0},
+        "position": PositionCorrection.none,
+    }
+    if kind is RankerKind.shared_bottom:
+        update |= {"hidden": [32], "tower_hidden": [16], "embedding_dim": 8}
+    return _with_ranking(settings, **update)
+
+
+def _warm_folder(champion: Path | None, part: str, kind: str, tasks: list[str]) -> Path | None:
+    """The champion's ranker folder to warm-start from when it is of the same kind with the same
+    tasks, else None (the ranker trains from scratch; a kind or task change is a new model)."""
+    if champion is None or not (champion / part / "ranker.json").exists():
+        return None
+    meta = json.loads((champion / part / "ranker.json").read_text())
+    if meta.get("kind", "dcn_v2") == kind and list(meta.get("tasks", [])) == tasks:
+        return champion / part
+    logger.info(
+        "the champion's %s ranker (%s, tasks %s) differs: training it from scratch",
+        part,
+        meta.get("kind"),
+        meta.get("tasks"),
     )
-    return settings.model_copy(update={"ranking": ranking})
+    return None
+
+
+def _fit_calibration(kind: CalibrationKind, probs: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
+    """A task's calibration as calibration.json holds it (servables/calibration.py), or None when
+    off or when validation has one class."""
+    if kind is CalibrationKind.none or len(np.unique(labels)) < 2:
+        return None
+    if kind is CalibrationKind.platt:
+        platt = Platt().fit(probs, labels)
+        return {"kind": "platt", "a": platt.a, "b": platt.b}
+    iso = Isotonic().fit(probs, labels).model
+    return {"kind": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
 
 
 def train_bundle(
@@ -143,10 +190,9 @@ def train_bundle(
     end: datetime | None = None,
     champion: Path | None = None,
     champion_version: str | None = None,
-    light_top_k: int = 3,
 ) -> BundleReport:
     """Train a bundle into ``folder`` (replaced) from the log's events in [start, end)."""
-    settings = feed_settings(settings)
+    cfg = settings.ranking
     item_fields = tuple(settings.serving.item_fields)
     catalog = catalog_frame(log, item_fields)
     events = log.table(start=start, end=end)
@@ -227,46 +273,50 @@ def train_bundle(
         joined[name] = np.where(np.isnan(logged), np.asarray(computed[name], dtype=np.float64), logged)
     train, valid, holdout = _split_by_time(joined)
     categorical = categorical_columns(item_fields)
+    tasks, left_out = usable_tasks(train, list(cfg.tasks))
+    for task, why in left_out.items():
+        logger.warning("task '%s' is left out of the ranker: its label has %s", task, why)
+    if not tasks:
+        raise RecstackError(
+            f"no task of [ranking] tasks {list(cfg.tasks)} has both classes in the training window "
+            f"({'; '.join(f'{t}: {w}' for t, w in left_out.items())})"
+        )
+    unweighted = {t: w for t, w in settings.serving.value_weights.items() if t in left_out}
+    if unweighted:
+        logger.warning("[serving] value_weights %s name tasks left out: their terms are 0", unweighted)
+    settings = _with_ranking(settings, tasks={t: cfg.tasks[t] for t in tasks})
 
-    heavy = NeuralRanker(settings, categorical, DENSE, run_name="feed_heavy_ranker")
-    heavy.fit(train, valid, warm_start=champion / "heavy" if champion is not None else None)
+    position = "position" if cfg.position is not PositionCorrection.none else None
+    weight = None
+    if cfg.position is PositionCorrection.ips:
+        propensity = position_propensities(train["position"].to_numpy(), train["click"].to_numpy())
+        ips = 1.0 / propensity[np.minimum(train["position"].to_numpy(), len(propensity) - 1)]
+        clipped = np.minimum(ips, cfg.ips_max_weight)
+        train = train.assign(ips_weight=np.where(train["click"].to_numpy() > 0, clipped, 1.0))
+        weight = "ips_weight"
+    heavy = make_ranker(settings, categorical, DENSE, position, weight, run_name="feed_heavy_ranker")
+    heavy.fit(train, valid, warm_start=_warm_folder(champion, "heavy", cfg.model.value, tasks))
     heavy.export(folder / "heavy")
-    tasks = heavy.tasks
     p_valid, p_hold = heavy.predict_proba(valid), heavy.predict_proba(holdout)
-    calibration: dict[str, list[float]] = {}
+    calibration: dict[str, Any] = {}
     for t, task in enumerate(tasks):
-        if len(np.unique(valid[task])) == 2:
-            platt = Platt().fit(p_valid[:, t], valid[task].to_numpy())
-            calibration[task] = [platt.a, platt.b]
+        fitted = _fit_calibration(cfg.calibration, p_valid[:, t], valid[task].to_numpy())
+        if fitted is not None:
+            calibration[task] = fitted
     (folder / "calibration.json").write_text(json.dumps(calibration))
     metrics = _holdout_metrics(holdout, p_hold, tasks)
     if champion is not None:  # the champion on this same holdout, for the promotion gate
-        baseline = OnnxRanker(champion / "heavy")
-        for key, value in _holdout_metrics(holdout, baseline.score(holdout), baseline.tasks).items():
+        baseline = load_ranker(champion / "heavy")
+        for key, value in _holdout_metrics(holdout, score_frame(baseline, holdout), baseline.tasks).items():
             metrics[f"baseline_{key}"] = value
         if champion_version is not None:
             metrics["baseline_of"] = float(champion_version)
 
     # ---------------------------------------------------------------- light ranker (distilled)
-    light = NeuralRanker(
-        _ranker_settings(settings, light=True),
-        [c for c in categorical if c in LIGHT_FEATURES],
-        DENSE,
-        run_name="feed_light_ranker",
-    )
-    top = _top_k_of_requests(train, heavy.predict_proba(train)[:, 0], light_top_k)
-    top_valid = _top_k_of_requests(valid, p_valid[:, 0], light_top_k)
-    if top.nunique() == 2 and top_valid.nunique() == 2:
-        light.fit(
-            train.assign(heavy_top_k=top),
-            valid.assign(heavy_top_k=top_valid),
-            warm_start=champion / "light" if champion is not None and (champion / "light").exists() else None,
+    if cfg.light is not LightRankerKind.none:
+        _fit_light(
+            settings, heavy, train, valid, holdout, p_valid, p_hold, categorical, folder, champion, metrics
         )
-        light.export(folder / "light")
-        p_light = light.predict_proba(holdout)[:, 0]
-        top_hold = _top_k_of_requests(holdout, p_hold[:, 0], light_top_k)
-        if top_hold.nunique() == 2:
-            metrics["light_auc_heavy_top_k"] = auc(top_hold.to_numpy(np.float64), p_light)
 
     rows = {"train": len(train), "valid": len(valid), "holdout": len(holdout), "positives": len(positives)}
     start_iso = start.isoformat() if start else joined["timestamp"].min().isoformat()
@@ -275,6 +325,13 @@ def train_bundle(
         "data_end": data_end.astimezone(UTC).isoformat(),
         "rows": rows,
         "features": {"categorical": categorical, "dense": list(DENSE)},
+        "ranking": {
+            "model": cfg.model.value,
+            "light": cfg.light.value,
+            "calibration": cfg.calibration.value,
+            "position": cfg.position.value,
+        },
+        "tasks_left_out": left_out,
         "warm_start": str(champion) if champion is not None else None,
     }
     meta = {
@@ -311,6 +368,44 @@ def _tower_scores(
 
 
 def _top_k_of_requests(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.Series:
-    from recstack.tasks.ranking import top_k_labels
-
     return pd.Series(top_k_labels(frame["request_id"].to_numpy(), scores, k), index=frame.index)
+
+
+def _fit_light(
+    settings: Settings,
+    heavy: NeuralRanker | PerTaskTrainer,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    holdout: pd.DataFrame,
+    p_valid: np.ndarray,
+    p_hold: np.ndarray,
+    categorical: list[str],
+    folder: Path,
+    champion: Path | None,
+    metrics: dict[str, float],
+) -> None:
+    """Distil the light ranker from the heavy one's first head (which candidates it puts in its top
+    ``light_top_k`` of each request) into ``folder/light``; skipped when the labels have one class."""
+    k = settings.ranking.light_top_k
+    light_settings = _light_settings(settings)
+    top = _top_k_of_requests(train, heavy.predict_proba(train)[:, 0], k)
+    top_valid = _top_k_of_requests(valid, p_valid[:, 0], k)
+    if top.nunique() < 2 or top_valid.nunique() < 2:
+        logger.warning(
+            "the light ranker is not trained: every candidate of a request is in the heavy top %d", k
+        )
+        return
+    light = make_ranker(
+        light_settings,
+        [c for c in categorical if c in LIGHT_FEATURES],
+        DENSE,
+        run_name="feed_light_ranker",
+    )
+    warm = _warm_folder(champion, "light", light_settings.ranking.model.value, ["heavy_top_k"])
+    light.fit(train.assign(heavy_top_k=top), valid.assign(heavy_top_k=top_valid), warm_start=warm)
+    light.export(folder / "light")
+    top_hold = _top_k_of_requests(holdout, p_hold[:, 0], k)
+    if top_hold.nunique() == 2:
+        metrics["light_auc_heavy_top_k"] = auc(
+            top_hold.to_numpy(np.float64), light.predict_proba(holdout)[:, 0]
+        )

@@ -1,8 +1,11 @@
-"""Training and export of the neural rankers (DCN-v2, shared-bottom, MMoE, PLE).
+"""Training and export of the rankers of every kind ``[ranking] model`` names.
 
-``build_ranker`` composes the model from ``[ranking]``; ``NeuralRanker`` wraps encoder, model, task
-and the one training loop behind fit / predict_proba, and exports the serving graph to ONNX
-(``export``), which ``recstack.serving.ranker.OnnxRanker`` loads without any training code.
+``build_ranker`` composes a neural model (DCN-v2, shared-bottom, MMoE, PLE) from ``[ranking]``;
+``NeuralRanker`` wraps encoder, model, task and the one training loop behind fit / predict_proba,
+and exports the serving graph to ONNX (``export``). ``PerTaskTrainer`` gives logistic regression and
+GBDT the same interface, one model per task over one encoder. ``make_ranker`` picks the class for
+the configured kind. ``recstack.servables.ranker.load_ranker`` loads what either exports without
+any training code.
 
 Position handling (``[ranking] position``):
 - ``none``: the position column is ignored.
@@ -26,7 +29,15 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from recstack.config import Activation, PositionCorrection, RankerKind, RankingConfig, Settings, Structure
+from recstack.config import (
+    NEURAL_RANKERS,
+    Activation,
+    PositionCorrection,
+    RankerKind,
+    RankingConfig,
+    Settings,
+    Structure,
+)
 from recstack.errors import CheckpointError, RecstackError
 from recstack.eval.metrics import auc, logloss
 from recstack.features.tabular import Encoded, TabularEncoder
@@ -37,7 +48,7 @@ from recstack.layers.mlp import Deep
 from recstack.models.dcn import DCNv2
 from recstack.models.multitask import MultiTask
 from recstack.models.position import PositionBias
-from recstack.serving.onnx import export_onnx
+from recstack.servables.onnx import export_onnx
 from recstack.tasks.ranking import MultiTaskBCE, top_k_labels
 from recstack.train.batch import BatchLoader, ColumnRoles
 from recstack.train.loop import FitResult
@@ -52,6 +63,8 @@ ACTIVATIONS: dict[Activation, type[nn.Module]] = {
 
 
 def build_ranker(cfg: RankingConfig, vocab_sizes: Sequence[int], dense_dim: int) -> nn.Module:
+    if cfg.model not in NEURAL_RANKERS:
+        raise RecstackError(f"{cfg.model.value} is not a neural ranker; train it with PerTaskTrainer")
     tasks = list(cfg.tasks)
     inputs = RankerInput(vocab_sizes, dense_dim, cfg.embedding_dim)
     width = inputs.out_dim
@@ -110,18 +123,6 @@ class NeuralRanker:
         self.serve_position: int = 0
         self.fit_result: FitResult | None = None
 
-    def _check_labels(self, frame: pd.DataFrame) -> None:
-        missing = [t for t in self.tasks if t not in frame.columns]
-        if missing:
-            raise RecstackError(f"label columns {missing} are missing (tasks are {self.tasks})")
-        for task in self.tasks:
-            values = frame[task].dropna()
-            if values.nunique() < 2:
-                raise RecstackError(
-                    f"label '{task}' has one class only ({values.unique().tolist()}); "
-                    "a ranker cannot learn from it"
-                )
-
     def _serving_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         if self.position is not None and self.cfg.position is PositionCorrection.feature:
             return frame.assign(**{self.position: self.serve_position})
@@ -135,7 +136,7 @@ class NeuralRanker:
 
         if len(train) == 0 or len(valid) == 0:
             raise RecstackError("training and validation frames must not be empty")
-        self._check_labels(train)
+        _check_label_columns(train, self.tasks)
         if self.position is not None and self.position not in train.columns:
             raise RecstackError(f"position column '{self.position}' is missing")
         if self.position is not None:
@@ -223,6 +224,7 @@ class NeuralRanker:
         self.encoder.save(folder / "encoder.json")
         torch.save(model.state_dict(), folder / "model.pt")  # for warm starts; serving reads the ONNX
         meta: dict[str, Any] = {
+            "kind": self.cfg.model.value,
             "tasks": self.tasks,
             "position": self.position,
             "position_correction": self.cfg.position.value,
@@ -231,6 +233,159 @@ class NeuralRanker:
         }
         (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
         return folder
+
+
+class PerTaskTrainer:
+    """``lr`` or ``gbdt`` as a multi-task ranker: one LogisticRanker or GBDTRanker per task over one
+    shared encoder, with NeuralRanker's fit / predict_proba / export. Position handling as there,
+    but for ``tower`` (a neural block; the config refuses it for these kinds)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        categorical: Sequence[str] = (),
+        dense: Sequence[str] = (),
+        position: str | None = None,
+        weight: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.ranking
+        if self.cfg.model in NEURAL_RANKERS:
+            raise RecstackError(f"{self.cfg.model.value} is a neural ranker: train it with NeuralRanker")
+        self.kind = self.cfg.model
+        self.tasks = list(self.cfg.tasks)
+        self.position = position
+        self.weight = weight
+        features = list(categorical)
+        if position is not None and self.cfg.position is PositionCorrection.feature:
+            features.append(position)
+        self.encoder = TabularEncoder(features, dense)
+        self.models: list[Any] = []
+        self.serve_position = 0
+
+    def _new_model(self) -> Any:
+        from recstack.models.gbdt import GBDTRanker
+        from recstack.models.lr import LogisticRanker
+
+        cfg = self.cfg
+        if self.kind is RankerKind.lr:
+            return LogisticRanker(self.encoder.categorical, self.encoder.dense, cfg.lr_crosses, c=cfg.lr_c)
+        return GBDTRanker(
+            self.encoder.categorical,
+            self.encoder.dense,
+            num_leaves=cfg.gbdt_leaves,
+            learning_rate=cfg.gbdt_learning_rate,
+            rounds=cfg.gbdt_rounds,
+            threads=self.settings.train.num_threads,
+            seed=self.settings.train.seed,
+        )
+
+    def _serving_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.position is not None and self.cfg.position is PositionCorrection.feature:
+            return frame.assign(**{self.position: self.serve_position})
+        return frame
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, warm_start: Path | None = None) -> None:
+        """Fit every task's model on ``train`` (GBDT stops early on ``valid``). ``warm_start``: a
+        folder of this kind exported by ``export``; its encoder is kept (new categories map to the
+        unseen index) and each task continues from its model (LR: the solver starts at its
+        weights; GBDT: more trees on top of its trees)."""
+        from recstack.servables.ranker import PerTaskRanker
+
+        if len(train) == 0 or len(valid) == 0:
+            raise RecstackError("training and validation frames must not be empty")
+        _check_label_columns(train, self.tasks)
+        if self.position is not None:
+            if self.position not in train.columns:
+                raise RecstackError(f"position column '{self.position}' is missing")
+            self.serve_position = int(train[self.position].min())
+        previous: dict[str, Any] = {}
+        if warm_start is not None:
+            champion = PerTaskRanker(Path(warm_start))
+            self.encoder = champion.encoder
+            previous = dict(zip(champion.tasks, champion.models, strict=True))
+            encoded = self.encoder.transform(train)
+        else:
+            encoded = self.encoder.fit_transform(train)
+        weight = None
+        if self.cfg.position is PositionCorrection.ips:
+            if self.weight is None or self.weight not in train.columns:
+                raise RecstackError("position = 'ips' needs a weight column of inverse propensities")
+            weight = train[self.weight].to_numpy(np.float64)
+        valid_encoded = self.encoder.transform(self._serving_frame(valid))
+        self.models = []
+        for task in self.tasks:
+            model = self._new_model()
+            model.encoder = self.encoder
+            y = train[task].to_numpy(np.float64)
+            if self.kind is RankerKind.lr:
+                model.fit_encoded(encoded, y, weight, init=previous.get(task))
+            else:
+                y_valid = valid[task].to_numpy(np.float64)
+                has_both = len(np.unique(y_valid)) == 2
+                model.fit_encoded(
+                    encoded,
+                    y,
+                    weight,
+                    valid_encoded if has_both else None,
+                    y_valid if has_both else None,
+                    init=previous.get(task),
+                )
+            self.models.append(model)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """(N, T) probabilities, one column per task, as served."""
+        if not self.models:
+            raise RecstackError("the ranker is not fitted")
+        encoded = self.encoder.transform(self._serving_frame(frame))
+        return np.column_stack([m.predict_encoded(encoded) for m in self.models])
+
+    def export(self, folder: Path) -> Path:
+        """Write ``ranker.json``, ``encoder.json`` and ``tasks/<task>/`` (each model's own files)."""
+        if not self.models:
+            raise RecstackError("the ranker is not fitted")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save(folder / "encoder.json")
+        for task, model in zip(self.tasks, self.models, strict=True):
+            model.save(folder / "tasks" / task)
+        meta: dict[str, Any] = {
+            "kind": self.kind.value,
+            "tasks": self.tasks,
+            "position": self.position,
+            "position_correction": self.cfg.position.value,
+            "serve_position": self.serve_position,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+
+def _check_label_columns(frame: pd.DataFrame, tasks: Sequence[str]) -> None:
+    missing = [t for t in tasks if t not in frame.columns]
+    if missing:
+        raise RecstackError(f"label columns {missing} are missing (tasks are {list(tasks)})")
+    for task in tasks:
+        values = frame[task].dropna()
+        if values.nunique() < 2:
+            raise RecstackError(
+                f"label '{task}' has one class only ({values.unique().tolist()}); "
+                "a ranker cannot learn from it"
+            )
+
+
+def make_ranker(
+    settings: Settings,
+    categorical: Sequence[str],
+    dense: Sequence[str],
+    position: str | None = None,
+    weight: str | None = None,
+    run_name: str = "ranker",
+) -> NeuralRanker | PerTaskTrainer:
+    """The trainer for ``[ranking] model``: NeuralRanker for the neural kinds, else PerTaskTrainer."""
+    if settings.ranking.model in NEURAL_RANKERS:
+        return NeuralRanker(settings, categorical, dense, position, weight, run_name)
+    return PerTaskTrainer(settings, categorical, dense, position, weight)
 
 
 def distill_light_ranker(

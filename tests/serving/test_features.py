@@ -7,8 +7,8 @@ import pytest
 
 from recstack.data.simulator import World
 from recstack.events.parquet import ParquetEventLog
-from recstack.serving.features import ColumnarEncoder, dense_values, serving_frame
-from recstack.serving.ranker import OnnxRanker
+from recstack.features.feed import ColumnarEncoder, dense_values, serving_frame
+from recstack.servables.ranker import OnnxRanker
 from recstack.serving.state import FeedState
 
 

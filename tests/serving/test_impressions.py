@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from recstack.features.feed import DENSE
 from recstack.index.sources import US
 from recstack.schema import EVENT_SCHEMA, validate_table
 from recstack.serving.api import _FEATURE_ROW
-from recstack.serving.features import DENSE
 from recstack.serving.impressions import ImpressionBuffer
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from recstack.data.simulator import World
 from recstack.events.parquet import ParquetEventLog
-from recstack.serving.bundle import ServingBundle
+from recstack.servables.bundle import ServingBundle
 from recstack.serving.graph import StageFailed, build_pipeline
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.filter import FilterOp

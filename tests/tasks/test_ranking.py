@@ -64,3 +64,17 @@ def test_top_k_labels_per_request() -> None:
     scores = np.array([0.1, 0.9, 0.5, 0.2, 0.3])
     assert top_k_labels(requests, scores, 2).tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]
     assert top_k_labels(requests, scores, 1).tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_position_propensities_recover_a_known_examination_curve() -> None:
+    from recstack.tasks.ranking import position_propensities
+
+    rng = np.random.default_rng(0)
+    examine = np.array([1.0, 0.6, 0.4, 0.25])  # the examination probability of each slot
+    positions = rng.integers(0, 4, 200_000)
+    clicks = rng.uniform(size=len(positions)) < 0.3 * examine[positions]  # same items at every slot
+    estimated = position_propensities(positions, clicks)
+    # each rate is a mean of ~50k Bernoulli draws: sd of the ratio about 0.01
+    np.testing.assert_allclose(estimated, examine, atol=0.04)
+    with pytest.raises(ValueError, match="non-empty"):
+        position_propensities(np.array([], dtype=np.int64), np.array([]))

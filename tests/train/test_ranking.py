@@ -12,7 +12,7 @@ from recstack.config import Settings, load_settings
 from recstack.errors import CheckpointError, RecstackError
 from recstack.eval.metrics import auc
 from recstack.features.tabular import MissingFeatureError
-from recstack.serving.ranker import OnnxRanker
+from recstack.servables.ranker import OnnxRanker
 from recstack.train.ranking import NeuralRanker
 
 Frames = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
@@ -30,6 +30,8 @@ def ranker_settings(tmp_path: Path, **ranking: str) -> Settings:
         "RECSTACK_RANKING__HIDDEN": "[64, 32]",
         "RECSTACK_RANKING__EXPERT_HIDDEN": "[32]",
         "RECSTACK_RANKING__EXPERTS": "2",
+        "RECSTACK_RANKING__MODEL": "dcn_v2",
+        "RECSTACK_RANKING__TASKS": '{"click": 1.0}',
     }
     return load_settings(None, env | {f"RECSTACK_RANKING__{k.upper()}": v for k, v in ranking.items()})
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recstack.serving.bundle import ServingBundle
-from recstack.serving.features import ColumnarEncoder, dense_values
+from recstack.features.feed import ColumnarEncoder, dense_values
+from recstack.servables.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.state import FeedState
 

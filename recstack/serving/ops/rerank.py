@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from recstack.config import Diversity
-from recstack.serving.bundle import ServingBundle
+from recstack.servables.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.state import FeedState
 

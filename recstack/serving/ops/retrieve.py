@@ -20,7 +20,7 @@ import numpy as np
 
 from recstack.index.retriever import TwoTowerRetriever
 from recstack.index.sources import US, MergeScratch, Request, Source, merge_arrays
-from recstack.serving.bundle import ServingBundle
+from recstack.servables.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.rank import user_vector
 from recstack.serving.state import FeedState

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recstack.serving.bundle import ServingBundle
+from recstack.servables.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.state import FeedState
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recstack.index.sources import US
+from recstack.features.definitions import US
 
 DENSE = ("retrieval_score", "age_h", "item_ctr")
 CTR_PRIOR = (1.0, 20.0)  # (clicks, impressions) added to every item's counts
@@ -83,12 +83,16 @@ class ColumnarEncoder:
     catalog and extended as it grows; request-level ones (user, surface, device) are one lookup per
     request; dense values are standardized as the encoder does (non-finite -> the training mean,
     clipped at ``clip`` sd). ``encode`` equals ``encoder.transform(serving_frame(...))`` (tested).
+    ``constants``: columns with one value at serving (a position feature takes the top slot's).
     """
 
-    def __init__(self, encoder: Any, item_fields: Sequence[str]) -> None:
+    def __init__(
+        self, encoder: Any, item_fields: Sequence[str], constants: dict[str, str] | None = None
+    ) -> None:
         self.encoder = encoder
         self.item_columns = set(ITEM_LEVEL) | set(item_fields)
-        unknown = set(encoder.categorical) - self.item_columns - set(REQUEST_LEVEL)
+        self.constants = constants or {}
+        unknown = set(encoder.categorical) - self.item_columns - set(REQUEST_LEVEL) - set(self.constants)
         if unknown:
             raise ValueError(
                 f"the ranker reads categorical columns serving does not compute: {sorted(unknown)}"
@@ -100,6 +104,11 @@ class ColumnarEncoder:
             c: {v: n + 1 for n, v in enumerate(encoder.vocab[c])}
             for c in encoder.categorical
             if c in REQUEST_LEVEL
+        }
+        self.constant_codes = {
+            c: int(encoder._lookup(c).get_indexer(pd.Index([v], dtype=object))[0] + 1)
+            for c, v in self.constants.items()
+            if c in encoder.categorical
         }
         self.mean = np.array([encoder.mean[c] for c in encoder.dense])
         self.std = np.array([encoder.std[c] for c in encoder.dense])
@@ -126,6 +135,8 @@ class ColumnarEncoder:
         for j, column in enumerate(self.encoder.categorical):
             if column in self.codes:
                 sparse[:, j] = self.codes[column][items]
+            elif column in self.constant_codes:
+                sparse[:, j] = self.constant_codes[column]
             else:
                 sparse[:, j] = self.lookups[column].get(request_values.get(column, ""), 0)
         values = (

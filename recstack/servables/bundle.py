@@ -6,9 +6,10 @@ A bundle folder:
   trained on, its holdout metrics;
 - ``retriever/``: the two-tower ANN index and its ONNX towers (``TwoTowerRetriever.save``), and
   ``item_vectors.npy``, the item tower's vectors in the retriever's item order;
-- ``heavy/``: the multi-task ranker (``NeuralRanker.export``: ONNX graph, encoder, metadata);
+- ``heavy/``: the multi-task ranker of the configured kind (``servables/ranker.py``: encoder,
+  metadata and the ONNX graph or the per-task models);
 - ``light/`` (optional): the distilled first-stage ranker, same layout;
-- ``calibration.json``: Platt parameters (a, b) per task, fitted on validation.
+- ``calibration.json``: each task's calibration fitted on validation (``servables/calibration.py``).
 
 ``ServingBundle.load`` checks every part and that the rankers read only features serving computes;
 a damaged or incompatible bundle raises CheckpointError and is never half-loaded.
@@ -22,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, logit
 
 from recstack.errors import CheckpointError
+from recstack.features.feed import DENSE, categorical_columns
 from recstack.index.retriever import TwoTowerRetriever
-from recstack.serving.features import DENSE, categorical_columns
-from recstack.serving.ranker import OnnxRanker
+from recstack.servables.calibration import TaskCalibration, read_calibration
+from recstack.servables.ranker import OnnxRanker, PerTaskRanker, load_ranker
 
 FORMAT = 1
 
@@ -38,9 +39,9 @@ class ServingBundle:
     meta: dict[str, Any]
     retriever: TwoTowerRetriever
     vectors: np.ndarray  # (n_bundle_items, D) float32, the retriever's item order
-    heavy: OnnxRanker
-    light: OnnxRanker | None
-    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)
+    heavy: OnnxRanker | PerTaskRanker
+    light: OnnxRanker | PerTaskRanker | None
+    calibration: dict[str, TaskCalibration] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -51,12 +52,11 @@ class ServingBundle:
         return list(self.heavy.tasks)
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
-        """(N, T) heavy-ranker probabilities -> calibrated ones (Platt per task where fitted)."""
+        """(N, T) heavy-ranker probabilities -> calibrated ones (each task's map where fitted)."""
         out = probs.copy()
         for t, task in enumerate(self.tasks):
             if task in self.calibration:
-                a, b = self.calibration[task]
-                out[:, t] = expit(a * logit(np.clip(probs[:, t], 1e-6, 1 - 1e-6)) + b)
+                out[:, t] = self.calibration[task](probs[:, t])
         return out
 
     @classmethod
@@ -64,18 +64,16 @@ class ServingBundle:
         folder = Path(folder)
         try:
             meta = json.loads((folder / "bundle.json").read_text())
-            calibration = {
-                k: (float(v[0]), float(v[1]))
-                for k, v in json.loads((folder / "calibration.json").read_text()).items()
-            }
+            raw_calibration = json.loads((folder / "calibration.json").read_text())
             vectors = np.load(folder / "item_vectors.npy", allow_pickle=False)
         except Exception as exc:  # json, numpy and the OS raise several types for damaged files
             raise CheckpointError(f"bundle in {folder} is missing or corrupt: {exc}") from exc
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"bundle in {folder} has format {meta.get('format')}, expected {FORMAT}")
+        calibration = read_calibration(raw_calibration)
         retriever = TwoTowerRetriever.load(folder / "retriever")
-        heavy = OnnxRanker(folder / "heavy")
-        light = OnnxRanker(folder / "light") if (folder / "light").exists() else None
+        heavy = load_ranker(folder / "heavy")
+        light = load_ranker(folder / "light") if (folder / "light").exists() else None
         fields = tuple(meta.get("item_fields", ()))
         if item_fields is not None and not set(fields) <= set(item_fields):
             raise CheckpointError(
@@ -86,7 +84,10 @@ class ServingBundle:
         for name, ranker in (("heavy", heavy), ("light", light)):
             if ranker is None:
                 continue
-            unknown = (set(ranker.encoder.categorical) - allowed_cat) | (
+            position = (
+                {ranker.meta["position"]} if ranker.meta.get("position_correction") == "feature" else set()
+            )
+            unknown = (set(ranker.encoder.categorical) - allowed_cat - position) | (
                 set(ranker.encoder.dense) - allowed_dense
             )
             if unknown:
