@@ -134,6 +134,10 @@ class IndexKind(StrEnum):
 class SourceKind(StrEnum):
     two_tower = "two_tower"
     item_to_item = "item_to_item"
+    item_cf = "item_cf"
+    ease = "ease"
+    mf = "mf"
+    popularity = "popularity"
     trending = "trending"
     fresh = "fresh"
 
@@ -146,7 +150,12 @@ class RetrievalConfig(Section):
             SourceKind.trending: 50,
             SourceKind.fresh: 50,
         },
-        description="Candidate sources in merge order, each with its quota (0 turns one off).",
+        description="Candidate sources in merge order, each with its quota (0 turns one off): "
+        "two_tower (user tower searched in the ANN index), item_to_item (neighbours of the user's recent "
+        "items in the item tower's space), item_cf (co-engagement neighbours of the recent items), ease "
+        "(EASE^R weights of the recent items), mf (MF-BPR user vector searched over its item vectors), "
+        "popularity (most engaged items of the training window), trending (live, time-decayed), fresh "
+        "(new items). recstack train builds what the quotas name.",
     )
     index: IndexKind = Field(IndexKind.hnsw, description="ANN index over the item tower: flat, hnsw or ivf.")
     ef_search: int = Field(
@@ -163,6 +172,13 @@ class RetrievalConfig(Section):
         description="Engagement kinds counted by trending, with their weights.",
     )
     fresh_window_s: float = Field(259_200.0, gt=0, description="Items created within this many s are fresh.")
+    neighbours: int = Field(200, ge=1, description="Neighbours kept per item by item_cf and ease.")
+    ease_l2: float = Field(500.0, gt=0, description="EASE^R's L2 penalty (lambda).")
+    ease_max_items: int = Field(
+        20_000,
+        ge=1,
+        description="EASE^R inverts an items x items matrix (8 bytes an entry): training refuses more items.",
+    )
 
     @field_validator("sources")
     @classmethod

@@ -354,6 +354,7 @@ def build_sources(
     if missing:
         raise ConfigError(
             f"[retrieval] sources names {missing} but only {sorted(k.value for k in available)} were built; "
-            "set their quota to 0 or supply them"
+            "retrain the bundle with them (recstack train builds the sources the quotas name) or set "
+            "their quota to 0"
         )
     return [(available[kind], quota) for kind, quota in cfg.sources.items() if quota]

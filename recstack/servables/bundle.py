@@ -9,7 +9,8 @@ A bundle folder:
 - ``heavy/``: the multi-task ranker of the configured kind (``servables/ranker.py``: encoder,
   metadata and the ONNX graph or the per-task models);
 - ``light/`` (optional): the distilled first-stage ranker, same layout;
-- ``calibration.json``: each task's calibration fitted on validation (``servables/calibration.py``).
+- ``calibration.json``: each task's calibration fitted on validation (``servables/calibration.py``);
+- ``sources/`` (optional): the other candidate sources trained with it (``servables/sources.py``).
 
 ``ServingBundle.load`` checks every part and that the rankers read only features serving computes;
 a damaged or incompatible bundle raises CheckpointError and is never half-loaded.
@@ -29,6 +30,7 @@ from recstack.features.feed import DENSE, categorical_columns
 from recstack.index.retriever import TwoTowerRetriever
 from recstack.servables.calibration import TaskCalibration, read_calibration
 from recstack.servables.ranker import OnnxRanker, PerTaskRanker, load_ranker
+from recstack.servables.sources import BundleSources, load_sources
 
 FORMAT = 1
 
@@ -42,6 +44,7 @@ class ServingBundle:
     heavy: OnnxRanker | PerTaskRanker
     light: OnnxRanker | PerTaskRanker | None
     calibration: dict[str, TaskCalibration] = field(default_factory=dict)
+    sources: BundleSources = field(default_factory=lambda: BundleSources({}, None, None))
 
     @property
     def version(self) -> str:
@@ -102,4 +105,5 @@ class ServingBundle:
             )
         if not set(calibration) <= set(heavy.tasks):
             raise CheckpointError(f"bundle in {folder}: calibration for tasks the ranker lacks")
-        return cls(folder, meta, retriever, vectors.astype(np.float32), heavy, light, calibration)
+        sources = load_sources(folder / "sources", len(retriever.item_ids))
+        return cls(folder, meta, retriever, vectors.astype(np.float32), heavy, light, calibration, sources)

@@ -31,6 +31,9 @@ from recstack.serving.ops.rank import HeavyRankOp, LightRankOp
 from recstack.serving.ops.rerank import RerankOp
 from recstack.serving.ops.retrieve import (
     BundleItemToItem,
+    BundleMF,
+    BundleNeighbours,
+    BundlePopularity,
     BundleTwoTower,
     RetrieveOp,
     StateFresh,
@@ -120,6 +123,13 @@ def build_pipeline(
         SourceKind.trending: StateTrending(state),
         SourceKind.fresh: fresh,
     }
+    bundled = bundle.sources
+    for name, weights in bundled.neighbours.items():
+        available[SourceKind(name)] = BundleNeighbours(name, weights, alignment, r.recent)
+    if bundled.mf is not None:
+        available[SourceKind.mf] = BundleMF(bundled.mf, alignment, r.recent)
+    if bundled.popularity is not None:
+        available[SourceKind.popularity] = BundlePopularity(bundled.popularity, alignment, state)
     available.update(extra_sources or {})
     sources = build_sources(r, available)
     safety = FilterOp(cfg.unsafe_threshold, unsafe_score)

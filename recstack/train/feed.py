@@ -53,6 +53,7 @@ from recstack.servables.ranker import load_ranker, score_frame
 from recstack.tasks.ranking import position_propensities, top_k_labels
 from recstack.train.ranking import NeuralRanker, PerTaskTrainer, make_ranker
 from recstack.train.recipes import train_two_tower
+from recstack.train.sources import train_sources
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,7 @@ def train_bundle(
     with torch.no_grad():
         vectors = tower.model.eval().all_item_vectors().numpy().astype(np.float32)  # type: ignore[operator]
     np.save(folder / "item_vectors.npy", vectors)
+    source_report = train_sources(settings, parts[0], parts[1], user_ids, folder / "sources")
 
     # ---------------------------------------------------------------- ranking rows and features
     joined = joined.merge(catalog, on="item_id", how="left")
@@ -339,7 +341,8 @@ def train_bundle(
         "tasks": tasks,
         "item_fields": list(item_fields),
         "metrics": metrics,
-        "retrieval": {**tower.test_metrics},
+        "retrieval": {**tower.test_metrics, **source_report},
+        "sources": sorted(k.value for k, q in settings.retrieval.sources.items() if q),
         **lineage,
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))

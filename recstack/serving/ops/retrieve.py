@@ -4,6 +4,10 @@ The sources here read the live :class:`FeedState` and the served bundle:
 
 - ``BundleTwoTower``: the user tower (ONNX) on the user's id and recent engagements, searched in the
   bundle's ANN index; the bundle's item ids are mapped to catalog indices.
+- ``BundleNeighbours``: ``item_cf`` or ``ease`` weights of the user's recent items, summed.
+- ``BundleMF``: the MF-BPR user vector (or, for a user MF never saw, the mean of the recent items'
+  vectors) searched over MF's item vectors.
+- ``BundlePopularity``: the training window's most engaged items, the same for everyone.
 - ``StateTrending`` / ``StateFresh``: trending counts and fresh items of the live state. Their
   rankings are cached for ``refresh_s`` (exponential decay keeps the order between updates, so
   the cache only misses new engagements for that long) so that a request does not sort the catalog.
@@ -17,10 +21,13 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 
+from recstack.index.faiss_index import IndexKind, ItemIndex
 from recstack.index.retriever import TwoTowerRetriever
 from recstack.index.sources import US, MergeScratch, Request, Source, merge_arrays
 from recstack.servables.bundle import ServingBundle
+from recstack.servables.sources import MFVectors
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.rank import user_vector
 from recstack.serving.state import FeedState
@@ -127,6 +134,92 @@ class BundleItemToItem:
         np.add.at(totals, inverse, scores)  # an item near several recent ones sums its similarities
         order = np.argsort(-totals, kind="stable")[:k]
         return unique[order], totals[order]
+
+
+def _to_catalog(
+    alignment: Alignment, rows: np.ndarray, scores: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bundle rows with scores -> the ``k`` best that are in the catalog, as catalog indices."""
+    catalog = alignment.catalog_of[rows]
+    known = catalog >= 0
+    catalog, scores = catalog[known], scores[known]
+    if len(catalog) > k:
+        top = np.argpartition(-scores, k - 1)[:k]
+        catalog, scores = catalog[top], scores[top]
+    order = np.argsort(-scores, kind="stable")
+    return catalog[order], scores[order].astype(np.float64)
+
+
+def _recent_rows(alignment: Alignment, history: tuple[int, ...], recent: int) -> list[int]:
+    bundle_of = alignment.bundle_of
+    rows = [int(bundle_of[i]) for i in history[:recent] if i < len(bundle_of)]
+    return list(dict.fromkeys(r for r in rows if r >= 0))
+
+
+class BundleNeighbours:
+    """``item_cf`` or ``ease``: the (I, I) item weights of the user's ``recent`` last engagements
+    summed into one score per item (sparse rows, ``neighbours`` each)."""
+
+    def __init__(self, name: str, weights: sp.csr_matrix, alignment: Alignment, recent: int = 10) -> None:
+        self.name = name
+        self.weights = weights
+        self.alignment = alignment
+        self.recent = recent
+
+    def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = _recent_rows(self.alignment, request.history, self.recent)
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        summed = self.weights[rows].sum(axis=0).A1  # (I,)
+        summed[rows] = 0.0  # the user's own items are no candidates
+        hit = np.flatnonzero(summed > 0)
+        return _to_catalog(self.alignment, hit, summed[hit], k)
+
+
+class BundleMF:
+    """MF-BPR: the user's vector (a user it never saw: the mean of the recent items' vectors, the
+    usual fold-in) searched exactly over the item vectors."""
+
+    name = "mf"
+
+    def __init__(self, vectors: MFVectors, alignment: Alignment, recent: int = 10) -> None:
+        self.vectors = vectors
+        self.alignment = alignment
+        self.recent = recent
+        self.index = ItemIndex(vectors.items.shape[1], IndexKind.flat).build(vectors.items)
+
+    def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
+        user = self.vectors.user_index.get(request.user_id or "")
+        if user is not None:
+            query = self.vectors.users[user]
+        else:
+            rows = _recent_rows(self.alignment, request.history, self.recent)
+            if not rows:
+                return np.zeros(0, dtype=np.int64), np.zeros(0)
+            query = self.vectors.items[rows].mean(axis=0)
+        scores, ids = self.index.search(query[None, :].astype(np.float32), k)
+        ok = ids[0] >= 0
+        return _to_catalog(self.alignment, ids[0][ok], scores[0][ok], k)
+
+
+class BundlePopularity:
+    """The training window's most engaged items, best first (removed items left out)."""
+
+    name = "popularity"
+
+    def __init__(self, counts: np.ndarray, alignment: Alignment, state: FeedState) -> None:
+        self.order = np.argsort(-counts, kind="stable")
+        self.order = self.order[counts[self.order] > 0]
+        self.counts = counts
+        self.alignment = alignment
+        self.state = state
+
+    def propose(self, request: Request, k: int) -> tuple[np.ndarray, np.ndarray]:
+        catalog = self.alignment.catalog_of[self.order]
+        keep = catalog >= 0
+        catalog, counts = catalog[keep], self.counts[self.order][keep]
+        live = ~self.state.removed.values[catalog]
+        return catalog[live][:k], counts[live][:k].astype(np.float64)
 
 
 class _Cached:
