@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -31,6 +31,16 @@ US = 1_000_000
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 MISSING_RECENCY = -1.0  # value of a recency feature when the entity never had the event
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def exact_us(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (``timestamp() * 1e6`` rounds through a float, which
+    can move a time across a bucket edge or a recency by a microsecond)."""
+    return (moment - _EPOCH) // _ONE_US
 
 
 def parse_duration(text: str) -> int:
@@ -232,8 +242,31 @@ class TextEmbedding(_Def):
         return FeatureSpec(self.name, FeatureKind.embedding, dim=384, source="item.text (all-MiniLM-L6-v2)")
 
 
+class ItemAge(_Def):
+    """Seconds since the item was created (``created_at`` of its latest upsert, else that upsert's
+    time), at the request; NaN for an item never upserted."""
+
+    type: Literal["item_age"] = "item_age"
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(self.name, FeatureKind.dense, source="item.created_at")
+
+
+class RetrievalScore(_Def):
+    """The two-tower score of the (user, item) pair at the request (the dot product of the user and
+    item towers): computed by serving and logged with the impression; for history without a logged
+    value, training computes it from the towers it has just trained. 0 for a pair the towers do not
+    know."""
+
+    type: Literal["retrieval_score"] = "retrieval_score"
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(self.name, FeatureKind.dense, source="request (two-tower)")
+
+
 FeatureDef = Annotated[
-    Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding, Field(discriminator="type")
+    Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding | ItemAge | RetrievalScore,
+    Field(discriminator="type"),
 ]
 FEATURE_TYPES: dict[str, type[_Def]] = {
     "counter": Counter,
@@ -243,10 +276,12 @@ FEATURE_TYPES: dict[str, type[_Def]] = {
     "attribute": Attribute,
     "context": Context,
     "text_embedding": TextEmbedding,
+    "item_age": ItemAge,
+    "retrieval_score": RetrievalScore,
 }
 
 
-def listens(feature: Counter | Rate | Recency | LastN | Attribute | Context) -> tuple[str, ...]:
+def listens(feature: _Def) -> tuple[str, ...]:
     """Event kinds that change a feature's state."""
     if isinstance(feature, Counter | Recency | LastN):
         return feature.kinds
@@ -254,7 +289,7 @@ def listens(feature: Counter | Rate | Recency | LastN | Attribute | Context) -> 
         return tuple(dict.fromkeys(feature.numerator + feature.denominator))
     if isinstance(feature, Attribute):
         return (feature.entity,)
-    if isinstance(feature, TextEmbedding):
+    if isinstance(feature, TextEmbedding | ItemAge):
         return ("item",)
     return ()
 
@@ -335,4 +370,6 @@ DEFAULT_FEATURES: list[dict[str, Any]] = [
     {"type": "context", "name": "day_of_week", "field": "weekday"},
     {"type": "context", "name": "request_surface", "field": "surface", "buckets": 101},
     {"type": "context", "name": "request_device", "field": "device", "buckets": 101},
+    {"type": "item_age", "name": "item_age"},
+    {"type": "retrieval_score", "name": "retrieval_score"},
 ]

@@ -21,11 +21,14 @@ import pyarrow.parquet as pq
 
 from recstack.errors import RecstackError
 from recstack.features.definitions import (
+    US,
     Attribute,
     Counter,
+    ItemAge,
     LastN,
     Rate,
     Recency,
+    RetrievalScore,
     TextEmbedding,
     check_unique,
 )
@@ -46,7 +49,7 @@ class _Query:
         self.con.register("rows_in", rows)
         self.con.execute("""
             CREATE TEMP TABLE ev AS SELECT event_id, kind, epoch_us(timestamp) AS ts, user_id, item_id,
-                creator_id, attributes, text FROM events_in;
+                creator_id, attributes, text, created_at FROM events_in;
             CREATE TEMP TABLE r AS SELECT row_number() OVER () - 1 AS rid, epoch_us(timestamp) AS t,
                 user_id, item_id FROM rows_in;
         """)
@@ -145,6 +148,19 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray) -> pa.Array
             ORDER BY q.rid
         """).to_arrow_table()
         return table.column("items").combine_chunks().cast(pa.list_(pa.string()))
+    if isinstance(f, RetrievalScore):  # serving's value, logged; the caller fills history without one
+        return pa.array(np.full(len(t), np.nan))
+    if isinstance(f, ItemAge):
+        born = q.column("""
+            SELECT q.rid, a.born
+            FROM (SELECT rid, item_id AS ent, t FROM r) q
+            ASOF LEFT JOIN (SELECT item_id AS ent, ts, coalesce(epoch_us(created_at), ts) AS born
+                            FROM ev WHERE kind = 'item') a
+              ON q.ent = a.ent AND q.t > a.ts
+            ORDER BY q.rid
+        """)
+        born = np.asarray(born, dtype=np.float64)  # NULL (never upserted) -> NaN
+        return pa.array((t - born) / US)
     if isinstance(f, TextEmbedding):
         texts = (
             q.con.sql("""

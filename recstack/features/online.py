@@ -27,9 +27,11 @@ from recstack.features.definitions import (
     Attribute,
     Context,
     Counter,
+    ItemAge,
     LastN,
     Rate,
     Recency,
+    RetrievalScore,
     TextEmbedding,
     check_unique,
 )
@@ -37,7 +39,7 @@ from recstack.features.stores import KVStore
 from recstack.features.text import shared_encoder
 from recstack.schema import Event, events_to_table
 
-AnyFeature = Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding
+AnyFeature = Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding | ItemAge | RetrievalScore
 State = dict[str, Any]
 
 
@@ -129,6 +131,8 @@ class OnlineFeatures:
                 self._add(f.entity, ("attr", f.entity, f.name, 0, 0))
             elif isinstance(f, TextEmbedding):
                 self._add("item", ("text", "item", f.name, 0, 0))
+            elif isinstance(f, ItemAge):
+                self._add("item", ("created", "item", f.name, 0, 0))
 
     def _add(self, kind: str, op: tuple[str, str, str, int, int]) -> None:
         self._ops.setdefault(kind, []).append(op)
@@ -182,10 +186,11 @@ class OnlineFeatures:
         users = sub.column("user_id").to_pylist()
         items = sub.column("item_id").to_pylist()
         event_ids = sub.column("event_id").to_pylist()
-        has_attrs = bool({"attr", "text"} & {op[0] for ops in self._ops.values() for op in ops})
+        has_attrs = bool({"attr", "text", "created"} & {op[0] for ops in self._ops.values() for op in ops})
         creators = sub.column("creator_id").to_pylist() if has_attrs else None
         attributes = sub.column("attributes").to_pylist() if has_attrs else None
         texts = sub.column("text").to_pylist() if has_attrs else None
+        created = sub.column("created_at").cast(pa.int64()).to_pylist() if has_attrs else None
         keys: list[str] = []
         for kind, user, item in zip(kinds, users, items, strict=True):
             for spec in self._ops[kind]:
@@ -213,6 +218,11 @@ class OnlineFeatures:
                     insort(seq, [t, event_ids[n], items[n]])
                     if len(seq) > a1:
                         del seq[: len(seq) - a1]
+                elif op == "created":  # the latest upsert by time wins
+                    assert created is not None
+                    if state.get(key + ":t", -1) <= t:
+                        state[key] = created[n] if created[n] is not None else t
+                        state[key + ":t"] = t
                 elif op == "text":  # the latest upsert by time wins; embedded when read
                     assert texts is not None
                     if state.get(key + ":t", -1) <= t:
@@ -275,6 +285,13 @@ class OnlineFeatures:
                 continue
             if isinstance(f, TextEmbedding):
                 out[f.name] = shared_encoder().embed([s.get(f.name) for s in item_states])  # (N, 384)
+                continue
+            if isinstance(f, RetrievalScore):  # computed by serving from the towers, not kept here
+                out[f.name] = np.full(n, np.nan)
+                continue
+            if isinstance(f, ItemAge):
+                born = np.array([s.get(f.name, np.nan) for s in item_states], dtype=np.float64)
+                out[f.name] = (now_us - born) / US
                 continue
             targets = [user_state] if f.entity == "user" else item_states
             if isinstance(f, Counter):

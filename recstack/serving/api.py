@@ -507,7 +507,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             )
             # applied now, so the user's next request cannot repeat it whatever the worker's lag
             # (a separate worker's next snapshot includes the same impressions)
-            state.record_served(body.user_id, served.items.tolist(), request_id)
+            state.record_served(body.user_id, served.items.tolist(), request_id, now_us)
         response = {  # the RecommendResponse shape, built without model validation (hot path)
             "request_id": request_id,
             "user_id": body.user_id,

@@ -28,10 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from recstack.config import Settings
 from recstack.errors import CheckpointError
-from recstack.index.sources import US, TrendingSource
+from recstack.features.columnar import ColumnarFeatures, FeatureChanges
+from recstack.features.definitions import FeatureDef, exact_us
+from recstack.features.online import AnyFeature
+from recstack.index.sources import TrendingSource
 from recstack.schema import Engagement, Event, Impression, ItemUpsert, UserUpsert
 
 POSITIVE = ("click", "like", "share", "comment")  # engagements that enter a user's history
@@ -85,6 +89,7 @@ class Changes:
     users: set[str] = field(default_factory=set)
     items: set[int] = field(default_factory=set)
     trending: set[int] = field(default_factory=set)
+    features: FeatureChanges = field(default_factory=FeatureChanges)
 
 
 @dataclass
@@ -140,6 +145,7 @@ class FeedState:
         half_life_s: float = 21_600.0,
         trending_weights: dict[str, float] | None = None,
         item_fields: Sequence[str] = ("topic",),
+        features: Sequence[AnyFeature] = (),
     ) -> None:
         self.history_length = history
         self.seen_limit = seen_limit
@@ -166,6 +172,7 @@ class FeedState:
         self.version = 0  # bumped by every apply
         self.catalog_version = 0  # bumped when items are added or changed
         self.changes: Changes | None = None  # tracked (for delta snapshots) when set
+        self.features = ColumnarFeatures(features)  # the [[features]] online, read by the rankers
 
     @classmethod
     def for_settings(cls, settings: Settings) -> FeedState:
@@ -177,6 +184,7 @@ class FeedState:
             settings.retrieval.trending_half_life_s,
             settings.retrieval.trending_weights,
             cfg.item_fields,
+            settings.features,
         )
 
     # ------------------------------------------------------------------ reads
@@ -194,7 +202,7 @@ class FeedState:
         return Exclusions(state.seen, state.blocked) if state else frozenset()
 
     # ------------------------------------------------------------------ writes
-    def _add_item(self, event: ItemUpsert) -> None:
+    def _add_item(self, event: ItemUpsert, changes: Changes) -> None:
         self.catalog_version += 1
         index = self.item_index.get(event.item_id)
         creator = event.creator_id or f"_item:{event.item_id}"  # no creator: the item is its own
@@ -203,7 +211,7 @@ class FeedState:
             self.creators.append(creator)
         unsafe = event.attributes.get("unsafe_score", event.attributes.get("unsafe", 0.0))
         unsafe_score = float(unsafe) if isinstance(unsafe, int | float | bool) else 0.0
-        created = int((event.created_at or event.timestamp).timestamp() * US)
+        created = exact_us(event.created_at or event.timestamp)
         removed = bool(event.attributes.get("removed", False))
         if index is None:
             self.item_index[event.item_id] = len(self.item_ids)
@@ -223,6 +231,14 @@ class FeedState:
             self.removed.data[index] = removed
             for name in self.item_fields:
                 self.fields[name][index] = str(event.attributes.get(name, ""))
+        self.features.add_items(self.n_items)
+        self.features.upsert_item(
+            self.item_index[event.item_id],
+            exact_us(event.timestamp),
+            event.creator_id,
+            event.attributes,
+            changes.features,
+        )
 
     def load_items(
         self,
@@ -266,6 +282,14 @@ class FeedState:
             for name in self.item_fields:
                 given = (fields or {}).get(name)
                 self.fields[name].extend(str(given[n]) if given is not None else "" for n in new)
+            self.features.add_items(self.n_items)
+            if self.features.item_attributes:
+                throwaway = FeatureChanges()
+                for k, n in enumerate(new):
+                    attributes = {name: values[n] for name, values in (fields or {}).items()}
+                    self.features.upsert_item(
+                        start + k, int(columns["created_us"][k]), creators[n], attributes, throwaway
+                    )
             self.version += 1
             self.catalog_version += 1
         return len(new)
@@ -298,11 +322,14 @@ class FeedState:
                 self.applied.add(event.event_id)
                 new += 1
                 if isinstance(event, ItemUpsert):
-                    self._add_item(event)
+                    self._add_item(event, changes)
                     continue
                 if isinstance(event, UserUpsert):
                     self._user(event.user_id)
                     changes.users.add(event.user_id)
+                    self.features.upsert_user(
+                        event.user_id, exact_us(event.timestamp), event.attributes, changes.features
+                    )
                     continue
                 if not isinstance(event, Impression | Engagement):
                     continue
@@ -312,6 +339,14 @@ class FeedState:
                     continue
                 state = self._user(event.user_id)
                 changes.users.add(event.user_id)
+                self.features.observe(
+                    event.kind,
+                    exact_us(event.timestamp),
+                    event.user_id,
+                    item,
+                    event.event_id,
+                    changes.features,
+                )
                 if isinstance(event, Impression):
                     self._see(state, item)
                     self.impressions.data[item] += 1
@@ -332,7 +367,7 @@ class FeedState:
                 weight = self.trending_weights.get(kind)
                 if weight:
                     trend_items.append(item)
-                    trend_times.append(int(event.timestamp.timestamp() * US))
+                    trend_times.append(exact_us(event.timestamp))
                     trend_weights.append(weight)
             if trend_items:
                 changes.trending.update(trend_items)
@@ -345,7 +380,7 @@ class FeedState:
                 self.version += 1
         return new
 
-    def record_served(self, user_id: str, items: Sequence[int], request_id: str) -> None:
+    def record_served(self, user_id: str, items: Sequence[int], request_id: str, now_us: int) -> None:
         """What serving just showed, applied at once (the user's next request must not repeat it,
         whatever the worker's lag). Its impression events (ids ``request_id:position``) reach the log
         too; ``was_served`` tells the worker to skip them, by request (one entry per served list
@@ -355,9 +390,13 @@ class FeedState:
                 return
             self.served[request_id] = len(items)
             state = self._user(user_id)
-            for item in items:
+            feature_changes = self.changes.features if self.changes is not None else FeatureChanges()
+            for position, item in enumerate(items):
                 self._see(state, item)
                 self.impressions.data[item] += 1
+                self.features.observe(
+                    "impression", now_us, user_id, item, f"{request_id}:{position}", feature_changes
+                )
             if self.changes is not None:
                 self.changes.users.add(user_id)
                 self.changes.items.update(items)
@@ -484,7 +523,11 @@ class FeedState:
                 at = np.fromiter(sorted(moved), dtype=np.int64, count=len(moved))
                 at = at[at < len(values)]
             counters[f"{name}_at"], counters[f"{name}_value"] = at, values[at]
-        return meta, lists, counters
+        feature_meta, feature_arrays = self.features.capture(
+            self.n_items, changes.features if changes is not None else None
+        )
+        meta["features"] = feature_meta
+        return meta, lists, counters | feature_arrays
 
     CATALOG = (
         "item_fields",
@@ -553,9 +596,11 @@ class FeedState:
                 size = meta["n_trending"] if name == "trending" else self.n_items
                 if len(at) and (at.min() < 0 or at.max() >= size):
                     raise ValueError(f"{name} entries out of range")
+            features = self.features.read_delta(meta["features"], arrays, self.n_items)
         except Exception as exc:  # numpy, zipfile and json raise several types for damaged blobs
             raise CheckpointError(f"feed state delta is corrupt or does not fit: {exc}") from exc
         with self.lock:
+            self.features.write_delta(features)
             self.users.update(users)
             for name in ("impressions", "clicks"):
                 at, values = counters[name]
@@ -592,7 +637,14 @@ class FeedState:
             meta, arrays = _unpack(blob)
             if meta.get("delta"):
                 raise ValueError("a delta, not a whole snapshot (apply it with apply_delta)")
-            state = cls(meta["history_length"], meta["seen_limit"], 1.0, meta["trending_weights"])
+            definitions = [_FEATURE_ADAPTER.validate_python(d) for d in meta["features"]["definitions"]]
+            state = cls(
+                meta["history_length"],
+                meta["seen_limit"],
+                1.0,
+                meta["trending_weights"],
+                features=definitions,
+            )
             shared = same_catalog is not None and same_catalog.catalog_version == meta["catalog_version"]
             if shared:
                 for name in cls.CATALOG:
@@ -647,6 +699,7 @@ class FeedState:
                 state.users[user] = UserState(
                     deque(history, maxlen=state.history_length), OrderedDict.fromkeys(seen), set(blocked)
                 )
+            state.features.load(meta["features"], arrays, meta["n_items"])
             state.applied = set(meta["applied"])
             state.served = dict(meta.get("served", {}))
             state.unknown_items = meta["unknown_items"]
@@ -654,6 +707,9 @@ class FeedState:
         except Exception as exc:  # numpy, zipfile and json raise several types for damaged blobs
             raise CheckpointError(f"feed state snapshot is corrupt: {exc}") from exc
         return state
+
+
+_FEATURE_ADAPTER: TypeAdapter[Any] = TypeAdapter(FeatureDef)
 
 
 _LISTS = ("history", "seen", "blocked")

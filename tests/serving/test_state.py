@@ -87,7 +87,7 @@ def test_deltas_applied_in_order_give_the_state_a_whole_snapshot_gives() -> None
     for round_ in range(5):
         batch = _mixed(rng, 10_000 * (round_ + 2), 80, 30, 12)
         source.apply(batch)
-        source.record_served("u3", [1, 2, 3], f"served-{round_}")  # what the API applies itself
+        source.record_served("u3", [1, 2, 3], f"served-{round_}", 10**15)  # what the API applies itself
         touched = {e.user_id for e in batch} | {"u3"}  # type: ignore[attr-defined]
         delta = source.capture(with_catalog=False, delta=True).encode().state
         meta = follower.apply_delta(delta)

@@ -124,7 +124,7 @@ def test_served_impressions_count_once_across_a_crash_between_snapshot_and_ack(t
     worker.drain()
     state = worker.state
     # the API serves items 0-2 (applied at once) and logs their impressions
-    state.record_served("u1", [0, 1, 2], "req1")
+    state.record_served("u1", [0, 1, 2], "req1", 10**15)
     log.append(
         [
             {

@@ -1,0 +1,135 @@
+"""The feed's columnar online features equal the offline point-in-time values exactly, and survive
+a snapshot (whole and delta) unchanged."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from recstack.config import Settings
+from recstack.data.simulator import RandomPolicy, Simulator, World
+from recstack.errors import ConfigError
+from recstack.features.columnar import ColumnarFeatures, FeatureChanges, feed_features
+from recstack.features.definitions import TextEmbedding
+from recstack.features.offline import materialize
+
+
+class Driver:
+    """Feeds an event table to ColumnarFeatures the way the feed's state does (items numbered in
+    arrival order, events of unknown items skipped)."""
+
+    def __init__(self, features: list[Any]) -> None:
+        self.columnar = ColumnarFeatures(features)
+        self.index: dict[str, int] = {}
+        self.created: list[int] = []
+        self.changes = FeatureChanges()
+
+    def apply(self, table: pa.Table) -> None:
+        times = table.column("timestamp").cast(pa.int64()).to_pylist()
+        created = table.column("created_at").cast(pa.int64()).to_pylist()
+        for n, row in enumerate(table.to_pylist()):
+            kind, t = row["kind"], times[n]
+            attributes = json.loads(row["attributes"]) if row["attributes"] else {}
+            if kind == "item":
+                item = self.index.setdefault(row["item_id"], len(self.index))
+                if item == len(self.created):
+                    self.created.append(0)
+                self.created[item] = created[n] if created[n] is not None else t
+                self.columnar.add_items(len(self.index))
+                self.columnar.upsert_item(item, t, row["creator_id"], attributes, self.changes)
+            elif kind == "user":
+                self.columnar.upsert_user(row["user_id"], t, attributes, self.changes)
+            elif row["item_id"] in self.index:
+                item = self.index[row["item_id"]]
+                self.columnar.observe(kind, t, row["user_id"], item, row["event_id"], self.changes)
+
+    def read(self, user: str, item: str, t: int, surface: str | None, context: Any) -> dict[str, Any]:
+        values = self.columnar.read(
+            user, np.array([self.index[item]]), t, surface, context, np.array(self.created)
+        )
+        ids = list(self.index)
+        return {k: [ids[i] for i in v[0]] if v.dtype == object else v[0] for k, v in values.items()}
+
+
+def simulated(seed: int = 4) -> tuple[pa.Table, pa.Table]:
+    world = World.generate(n_users=60, n_items=150, seed=seed)
+    sim = Simulator(world, seed=seed + 1, requests_per_day=2_000)
+    events = pa.concat_tables([sim.catalog_events(), *sim.run(RandomPolicy(world.n_items, seed=6), 3_000)])
+    rows = events.filter(pc.equal(events.column("kind"), "impression")).slice(0, 5_000)
+    return events, rows
+
+
+def test_every_default_feature_equals_its_offline_value(settings: Settings) -> None:
+    features = [f for f in settings.features if f.type != "retrieval_score"]  # the caller's
+    events, rows = simulated()
+    offline = materialize(events, rows, features).to_pydict()
+    ordered = events.sort_by([("timestamp", "ascending"), ("event_id", "ascending")])
+    event_times = ordered.column("timestamp").cast(pa.int64()).to_numpy()
+    row_times = rows.column("timestamp").cast(pa.int64()).to_numpy()
+    driver = Driver(features)
+    applied = mismatches = checked = 0
+    for r in np.argsort(row_times, kind="stable"):
+        t = int(row_times[r])
+        upto = int(np.searchsorted(event_times, t, side="left"))
+        if upto > applied:
+            driver.apply(ordered.slice(applied, upto - applied))
+            applied = upto
+        context = json.loads(offline["context"][r]) if offline["context"][r] else None
+        values = driver.read(offline["user_id"][r], offline["item_id"][r], t, offline["surface"][r], context)
+        for f in features:
+            a, b = values[f.name], offline[f.name][r]
+            same = a == b if isinstance(a, list) else (a == b or (math.isnan(a) and math.isnan(b)))
+            mismatches += not same
+            checked += 1
+    assert checked == len(rows) * len(features) and mismatches == 0
+
+
+def test_a_snapshot_whole_and_delta_reads_the_same(settings: Settings) -> None:
+    features = list(settings.features)
+    events, _ = simulated(seed=7)
+    events = events.sort_by([("timestamp", "ascending")])
+    half = events.num_rows - 300  # the delta: the last 300 events
+    source = Driver(features)
+    source.apply(events.slice(0, half))
+    meta, arrays = source.columnar.capture(len(source.index))
+    copy = ColumnarFeatures(features)
+    copy.load(json.loads(json.dumps(meta)), arrays, len(source.index))
+    source.changes = FeatureChanges()
+    source.apply(events.slice(half))
+    delta_meta, delta_arrays = source.columnar.capture(len(source.index), source.changes)
+    assert 0 < len(delta_arrays["f_items"]) < len(source.index)  # what moved, not every item
+    copy.write_delta(copy.read_delta(json.loads(json.dumps(delta_meta)), delta_arrays, len(source.index)))
+    now = int(events.column("timestamp").cast(pa.int64()).to_numpy().max()) + 1
+    items = np.arange(len(source.index))
+    created = np.array(source.created)
+    for user in ["u0", "u5", "u17", "nobody"]:
+        a = source.columnar.read(user, items, now, "feed", {"device": "ios"}, created)
+        b = copy.read(user, items, now, "feed", {"device": "ios"}, created)
+        for name in a:
+            if a[name].dtype == object:
+                assert a[name].tolist() == b[name].tolist()
+            else:
+                np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_a_damaged_delta_changes_nothing_and_text_embeddings_are_refused(settings: Settings) -> None:
+    features = list(settings.features)
+    events, _ = simulated(seed=9)
+    driver = Driver(features)
+    driver.apply(events)
+    meta, arrays = driver.columnar.capture(len(driver.index), driver.changes)
+    before = driver.columnar.items.rows.copy()
+    bad = dict(arrays) | {"f_item_rows": arrays["f_item_rows"][:, :-1]}
+    with pytest.raises(ValueError, match="item feature rows of shape"):
+        driver.columnar.read_delta(meta, bad, len(driver.index))
+    np.testing.assert_array_equal(driver.columnar.items.rows, before)
+    with pytest.raises(ValueError, match="definitions"):
+        ColumnarFeatures(features[:3]).read_delta(meta, arrays, len(driver.index))
+    with pytest.raises(ConfigError, match="text_embedding"):
+        feed_features([TextEmbedding(name="text")])
