@@ -367,9 +367,6 @@ class ServingConfig(Section):
     unsafe_threshold: float = Field(
         0.5, ge=0, le=1, description="Items whose unsafe score reaches this are filtered out."
     )
-    item_fields: list[str] = Field(
-        ["topic"], description="Item attributes serving keeps per item and the ranker reads (categorical)."
-    )
     seen_limit: int = Field(5_000, ge=0, description="Items remembered per user as already seen.")
     history: int = Field(50, ge=1, description="Recent engagements kept per user (the user tower's input).")
     impression_flush_s: float = Field(

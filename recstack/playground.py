@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,11 @@ def run_playground(
         world = World.generate(n_users=cfg.users, n_items=cfg.items, seed=cfg.seed)
         console.print(f"simulated world: {world.n_users} users, {world.n_items} items")
     live = world.n_items - min(cfg.held_back, world.n_items // 5)
-    sim = Simulator(world, seed=cfg.seed, requests_per_day=4_000, slate=cfg.slate)
+    # the history ends just before the live rounds start, as a real log does: windowed features
+    # (an item's clicks in the last hour, day, week) then describe the catalog the rounds serve
+    per_day = 4_000
+    start = datetime.now(UTC) - timedelta(days=cfg.history_requests / per_day, minutes=10)
+    sim = Simulator(world, seed=cfg.seed, start=start, requests_per_day=per_day, slate=cfg.slate)
     log = ParquetEventLog(settings.event_log_path())
     catalog = sim.catalog_events()
     item_rows = [r for r in _rows(catalog) if r["kind"] == "user" or int(r["item_id"][1:]) < live]

@@ -181,10 +181,11 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray) -> pa.Array
             seen = q.con.sql(f"""SELECT DISTINCT unnest(json_keys(attributes)) AS k FROM ev
                                  WHERE kind = '{f.entity}' AND attributes IS NOT NULL""").fetchall()
             keys = sorted(str(k[0]) for k in seen)
-            if keys and f.field not in keys:
+            if f.field not in keys:
                 raise RecstackError(
                     f"feature '{f.name}' reads attributes.{f.field}, which no {f.entity} upsert "
-                    f"has; attributes seen: {', '.join(keys[:20])}"
+                    f"has; attributes seen: {', '.join(keys[:20]) if keys else 'none'} (change or "
+                    "remove its [[features]] table)"
                 )
         table = q.con.sql(f"""
             SELECT q.rid, a.creator_id, a.attributes

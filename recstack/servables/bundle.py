@@ -2,8 +2,8 @@
 
 A bundle folder:
 
-- ``bundle.json``: format, tasks, the catalog item fields the ranker reads, the data range it was
-  trained on, its holdout metrics;
+- ``bundle.json``: format, tasks, the ``[[features]]`` definitions the rankers read (``features``),
+  the data range it was trained on, its holdout metrics;
 - ``retriever/``: the two-tower ANN index and its ONNX towers (``TwoTowerRetriever.save``), and
   ``item_vectors.npy``, the item tower's vectors in the retriever's item order;
 - ``heavy/``: the multi-task ranker of the configured kind (``servables/ranker.py``: encoder,
@@ -12,7 +12,7 @@ A bundle folder:
 - ``calibration.json``: each task's calibration fitted on validation (``servables/calibration.py``);
 - ``sources/`` (optional): the other candidate sources trained with it (``servables/sources.py``).
 
-``ServingBundle.load`` checks every part and that the rankers read only features serving computes;
+``ServingBundle.load`` checks every part and that the rankers read only the features it names;
 a damaged or incompatible bundle raises CheckpointError and is never half-loaded.
 """
 
@@ -24,15 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from recstack.errors import CheckpointError
-from recstack.features.feed import DENSE, categorical_columns
+from recstack.features.definitions import FeatureDef
+from recstack.features.feed import ranker_inputs
 from recstack.index.retriever import TwoTowerRetriever
 from recstack.servables.calibration import TaskCalibration, read_calibration
 from recstack.servables.ranker import OnnxRanker, PerTaskRanker, load_ranker
 from recstack.servables.sources import BundleSources, load_sources
 
-FORMAT = 1
+_FEATURE_ADAPTER: TypeAdapter[Any] = TypeAdapter(FeatureDef)
+
+FORMAT = 2  # 2: rankers over the [[features]] definitions saved in bundle.json
 
 
 @dataclass
@@ -62,8 +66,13 @@ class ServingBundle:
                 out[:, t] = self.calibration[task](probs[:, t])
         return out
 
+    @property
+    def features(self) -> list[Any]:
+        """The ``[[features]]`` definitions the rankers read (the validated models)."""
+        return [_FEATURE_ADAPTER.validate_python(d) for d in self.meta["features"]]
+
     @classmethod
-    def load(cls, folder: Path, item_fields: tuple[str, ...] | None = None) -> ServingBundle:
+    def load(cls, folder: Path) -> ServingBundle:
         folder = Path(folder)
         try:
             meta = json.loads((folder / "bundle.json").read_text())
@@ -72,31 +81,32 @@ class ServingBundle:
         except Exception as exc:  # json, numpy and the OS raise several types for damaged files
             raise CheckpointError(f"bundle in {folder} is missing or corrupt: {exc}") from exc
         if meta.get("format") != FORMAT:
-            raise CheckpointError(f"bundle in {folder} has format {meta.get('format')}, expected {FORMAT}")
+            raise CheckpointError(
+                f"bundle in {folder} has format {meta.get('format')}, expected {FORMAT}: retrain it "
+                "with this version (recstack train)"
+            )
         calibration = read_calibration(raw_calibration)
         retriever = TwoTowerRetriever.load(folder / "retriever")
         heavy = load_ranker(folder / "heavy")
         light = load_ranker(folder / "light") if (folder / "light").exists() else None
-        fields = tuple(meta.get("item_fields", ()))
-        if item_fields is not None and not set(fields) <= set(item_fields):
-            raise CheckpointError(
-                f"bundle in {folder} reads item fields {list(fields)} the catalog does not keep "
-                f"({list(item_fields)})"
-            )
-        allowed_cat, allowed_dense = set(categorical_columns(fields)), set(DENSE)
+        try:
+            features = [_FEATURE_ADAPTER.validate_python(d) for d in meta["features"]]
+        except Exception as exc:  # KeyError, pydantic's ValidationError
+            raise CheckpointError(f"bundle in {folder}: its feature definitions are invalid: {exc}") from exc
+        categorical, dense = ranker_inputs(features)
         for name, ranker in (("heavy", heavy), ("light", light)):
             if ranker is None:
                 continue
             position = (
                 {ranker.meta["position"]} if ranker.meta.get("position_correction") == "feature" else set()
             )
-            unknown = (set(ranker.encoder.categorical) - allowed_cat - position) | (
-                set(ranker.encoder.dense) - allowed_dense
+            unknown = (set(ranker.encoder.categorical) - set(categorical) - position) | (
+                set(ranker.encoder.dense) - set(dense)
             )
             if unknown:
                 raise CheckpointError(
-                    f"bundle in {folder}: the {name} ranker reads {sorted(unknown)}, which serving "
-                    "does not compute"
+                    f"bundle in {folder}: the {name} ranker reads {sorted(unknown)}, which its feature "
+                    "definitions do not name"
                 )
         if vectors.ndim != 2 or len(vectors) != len(retriever.item_ids):
             raise CheckpointError(

@@ -55,14 +55,14 @@ from pydantic import BaseModel, Field
 from recstack.config import EventLogBackend, Settings
 from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
-from recstack.features.feed import DENSE
+from recstack.features.feed import logged_values
 from recstack.features.stores import KVStore
 from recstack.index.sources import US
 from recstack.servables.bundle import ServingBundle
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
-from recstack.serving.ops.rank import dense_features
+from recstack.serving.ops.rank import request_features
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker, Position, state_store, sync_state
 
@@ -196,7 +196,7 @@ class Runtime:
     def serve_bundle(self, folder: Path, version: str) -> None:
         """Load and check a bundle, build its pipeline, then swap it in. On any failure the current
         pipeline keeps serving and CheckpointError (or ConfigError) is raised."""
-        bundle = ServingBundle.load(folder, tuple(self.settings.serving.item_fields))
+        bundle = ServingBundle.load(folder)
         bundle.meta["version"] = version
         with self.state.lock:
             pipeline = build_pipeline(self.settings, bundle, self.state)
@@ -688,18 +688,13 @@ class RecommendFastPath:
 
 
 def _feature_rows(request: RecRequest, items: np.ndarray, pipeline: Pipeline, state: FeedState) -> list[str]:
-    """The dense feature values the ranker used for each served item, one JSON object each
-    (computed the same way for items that skipped ranking, such as exploration picks)."""
+    """The feature values the rankers used for each served item, one JSON object each (the
+    bundle's [[features]]; computed the same way for items that skipped ranking, such as
+    exploration picks): what training reads for this impression."""
     if not len(items):
         return []
-    dense = dense_features(request, items, pipeline.bundle, state)
-    values = np.round(np.column_stack([dense[name] for name in DENSE]), 6)
-    if not np.isfinite(values).all():  # json writes NaN / Infinity; repr would not
-        return [json.dumps(dict(zip(DENSE, row, strict=True))) for row in values.tolist()]
-    return [_FEATURE_ROW % tuple(row) for row in values.tolist()]
-
-
-_FEATURE_ROW = "{" + ", ".join(f'"{name}": %r' for name in DENSE) + "}"  # repr of a finite float is JSON
+    values = request_features(request, items, pipeline.bundle, state)
+    return logged_values([f.name for f in pipeline.bundle.features], values)
 
 
 def freeze_heap() -> None:

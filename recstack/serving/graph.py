@@ -137,22 +137,26 @@ def build_pipeline(
         value = ValueOp(bundle, cfg.value_weights)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    fields = bundle.meta.get("item_fields", [])
+    kept = {f.name: f for f in state.features.features}
+    lacking = [f.name for f in bundle.features if kept.get(f.name) != f]
+    if lacking:
+        raise ConfigError(
+            f"the bundle's rankers read features {lacking} that the live state does not keep as it was "
+            f"trained with them ([[features]] keeps {sorted(kept)}): restore those definitions or "
+            "retrain (recstack train)"
+        )
 
     def encoder_of(ranker: OnnxRanker | PerTaskRanker) -> ColumnarEncoder:
         position = position_value(ranker.meta)
         constants = {ranker.meta["position"]: position} if position is not None else None
-        return ColumnarEncoder(ranker.encoder, fields, constants)
+        return ColumnarEncoder(ranker.encoder, constants)
 
-    try:
-        heavy_encoder = encoder_of(bundle.heavy)
-        light_encoder = encoder_of(bundle.light) if bundle.light is not None else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    heavy_encoder = encoder_of(bundle.heavy)
+    light_encoder = encoder_of(bundle.light) if bundle.light is not None else None
     with state.lock:
-        heavy_encoder.refresh(state)
+        heavy_encoder.refresh(state.item_ids)
         if light_encoder is not None:
-            light_encoder.refresh(state)
+            light_encoder.refresh(state.item_ids)
     stages: list[Operator] = [
         RetrieveOp(sources, bundle),
         safety,

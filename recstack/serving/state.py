@@ -144,13 +144,11 @@ class FeedState:
         seen_limit: int = 5_000,
         half_life_s: float = 21_600.0,
         trending_weights: dict[str, float] | None = None,
-        item_fields: Sequence[str] = ("topic",),
         features: Sequence[AnyFeature] = (),
     ) -> None:
         self.history_length = history
         self.seen_limit = seen_limit
         self.trending_weights = trending_weights or {"click": 1.0, "like": 2.0, "comment": 2.0, "share": 3.0}
-        self.item_fields = tuple(item_fields)
         self.item_ids: list[str] = []
         self.item_index: dict[str, int] = {}
         self.creators: list[str] = []
@@ -159,7 +157,6 @@ class FeedState:
         self.created_us = _Column(np.int64, 0)
         self.unsafe = _Column(np.float32, 0.0)
         self.removed = _Column(np.bool_, False)
-        self.fields: dict[str, list[str]] = {f: [] for f in self.item_fields}
         self.impressions = _Column(np.float64, 0.0)  # exploration posteriors: Beta(1 + clicks, 1 + misses)
         self.clicks = _Column(np.float64, 0.0)
         self.trending = TrendingSource(0, half_life_s)
@@ -183,7 +180,6 @@ class FeedState:
             cfg.seen_limit,
             settings.retrieval.trending_half_life_s,
             settings.retrieval.trending_weights,
-            cfg.item_fields,
             settings.features,
         )
 
@@ -222,15 +218,11 @@ class FeedState:
             self.removed.append(removed)
             self.impressions.append(0.0)
             self.clicks.append(0.0)
-            for name in self.item_fields:
-                self.fields[name].append(str(event.attributes.get(name, "")))
         else:  # an update: attributes change, engagement counts stay
             self.creator.data[index] = code
             self.created_us.data[index] = created
             self.unsafe.data[index] = unsafe_score
             self.removed.data[index] = removed
-            for name in self.item_fields:
-                self.fields[name][index] = str(event.attributes.get(name, ""))
         self.features.add_items(self.n_items)
         self.features.upsert_item(
             self.item_index[event.item_id],
@@ -245,10 +237,11 @@ class FeedState:
         item_ids: Sequence[str],
         creators: Sequence[str],
         created_us: np.ndarray,
-        fields: dict[str, Sequence[str]] | None = None,
+        attributes: dict[str, Sequence[Any]] | None = None,
         unsafe: np.ndarray | None = None,
     ) -> int:
-        """Bulk-add new items column-wise (a catalog import; ids already known are skipped).
+        """Bulk-add new items column-wise (a catalog import; ids already known are skipped), with
+        ``attributes`` (name -> a value per item) for the item attributes of ``[[features]]``.
         Returns how many were added."""
         with self.lock:
             new = [n for n, i in enumerate(item_ids) if i not in self.item_index]
@@ -279,16 +272,13 @@ class FeedState:
             for name, values in columns.items():
                 column: _Column = getattr(self, name)
                 setattr(self, name, _Column.of(np.concatenate([column.values, values]), column.fill))
-            for name in self.item_fields:
-                given = (fields or {}).get(name)
-                self.fields[name].extend(str(given[n]) if given is not None else "" for n in new)
             self.features.add_items(self.n_items)
             if self.features.item_attributes:
                 throwaway = FeatureChanges()
                 for k, n in enumerate(new):
-                    attributes = {name: values[n] for name, values in (fields or {}).items()}
+                    given = {name: values[n] for name, values in (attributes or {}).items()}
                     self.features.upsert_item(
-                        start + k, int(columns["created_us"][k]), creators[n], attributes, throwaway
+                        start + k, int(columns["created_us"][k]), creators[n], given, throwaway
                     )
             self.version += 1
             self.catalog_version += 1
@@ -454,7 +444,7 @@ class FeedState:
             )
 
     def catalog_bytes(self) -> bytes:
-        """The catalog (ids, creators, fields, creation times, unsafe scores, removals): it changes
+        """The catalog (ids, creators, creation times, unsafe scores, removals): it changes
         rarely, so the worker writes it only when ``catalog_version`` moved."""
         with self.lock:
             catalog = self._capture_catalog()
@@ -467,10 +457,8 @@ class FeedState:
 
     def _capture_catalog(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {
-            "item_fields": list(self.item_fields),
             "item_ids": list(self.item_ids),
             "creators": list(self.creators),
-            "fields": {name: list(values) for name, values in self.fields.items()},
             "catalog_version": self.catalog_version,
         }
         arrays = {
@@ -530,12 +518,10 @@ class FeedState:
         return meta, lists, counters | feature_arrays
 
     CATALOG = (
-        "item_fields",
         "item_ids",
         "item_index",
         "creators",
         "creator_code",
-        "fields",
         "creator",
         "created_us",
         "unsafe",
@@ -656,12 +642,10 @@ class FeedState:
                         f"catalog version {cmeta['catalog_version']} does not match the state's "
                         f"{meta['catalog_version']}"
                     )
-                state.item_fields = tuple(cmeta["item_fields"])
                 state.item_ids = cmeta["item_ids"]
                 state.item_index = {item: n for n, item in enumerate(state.item_ids)}
                 state.creators = cmeta["creators"]
                 state.creator_code = {c: n for n, c in enumerate(state.creators)}
-                state.fields = cmeta["fields"]
                 for name in ("creator", "created_us", "unsafe", "removed"):
                     setattr(state, name, _Column.of(carrays[name], getattr(state, name).fill))
             elif meta["n_items"]:

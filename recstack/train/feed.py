@@ -44,7 +44,11 @@ from recstack.errors import RecstackError
 from recstack.eval.metrics import auc, logloss
 from recstack.events.base import EventLog
 from recstack.events.join import join_engagements
-from recstack.features.feed import DENSE, categorical_columns, counts_as_of, dense_values
+from recstack.features.columnar import feed_features
+from recstack.features.definitions import Attribute, LastN, RetrievalScore
+from recstack.features.feed import categorical_text, history_similarity, is_categorical, ranker_inputs
+from recstack.features.offline import materialize
+from recstack.features.online import AnyFeature
 from recstack.index.retriever import TwoTowerRetriever
 from recstack.models.calibration import Isotonic, Platt
 from recstack.models.two_tower import TwoTower
@@ -58,7 +62,6 @@ from recstack.train.sources import train_sources
 logger = logging.getLogger(__name__)
 
 POSITIVE_KINDS = ("click", "like", "share", "comment")
-LIGHT_FEATURES = ("item_id", "creator_id")
 
 
 @dataclass
@@ -71,28 +74,15 @@ class BundleReport:
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def catalog_frame(log: EventLog, item_fields: tuple[str, ...]) -> pd.DataFrame:
-    """The latest upsert of every item in the log: item_id, creator_id, created_us and the fields."""
+def catalog_items(log: EventLog) -> list[str]:
+    """Every item id the log's upserts name, in the order of their latest upsert."""
     table = log.table(kinds=["item"])
     if table.num_rows == 0:
         raise RecstackError("the event log holds no items: upsert the catalog first")
-    frame = table.select(["item_id", "creator_id", "created_at", "timestamp", "attributes"]).to_pandas()
+    frame = table.select(["item_id", "timestamp"]).to_pandas()
     frame = frame.sort_values("timestamp", kind="stable").drop_duplicates("item_id", keep="last")
-    created = frame["created_at"].fillna(frame["timestamp"])
-    frame["created_us"] = created.astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
-    attributes = frame["attributes"].map(lambda a: json.loads(a) if a else {})
-    seen = sorted({key for a in attributes for key in a})
-    absent = [name for name in item_fields if name not in seen]
-    if absent:
-        raise RecstackError(
-            f"[serving] item_fields names {absent}, which no item upsert in the log has; item "
-            f"attributes seen: {', '.join(seen[:30]) if seen else 'none'} (set item_fields to some of "
-            "them, or to [])"
-        )
-    for name in item_fields:
-        frame[name] = attributes.map(lambda a, n=name: str(a.get(n, "")))
-    frame["creator_id"] = frame["creator_id"].fillna("_item:" + frame["item_id"])
-    return frame.reset_index(drop=True)[["item_id", "creator_id", "created_us", *item_fields]]
+    items: list[str] = frame["item_id"].tolist()
+    return items
 
 
 def _frame_from_join(joined: pa.Table) -> pd.DataFrame:
@@ -194,8 +184,8 @@ def train_bundle(
 ) -> BundleReport:
     """Train a bundle into ``folder`` (replaced) from the log's events in [start, end)."""
     cfg = settings.ranking
-    item_fields = tuple(settings.serving.item_fields)
-    catalog = catalog_frame(log, item_fields)
+    features = feed_features(settings.features)
+    catalog = catalog_items(log)
     events = log.table(start=start, end=end)
     joined = _frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
     if len(joined) < 100:
@@ -218,7 +208,7 @@ def train_bundle(
         ids = json.loads((champion / "retriever" / "ids.json").read_text())
         user_ids, item_ids = list(ids["users"]), list(ids["items"])
     else:
-        item_ids = catalog["item_id"].tolist()
+        item_ids = list(catalog)
         user_ids = sorted(set(joined["user_id"]) | set(positives["user_id"]))
     user_index = {u: n for n, u in enumerate(user_ids)}
     item_index = {i: n for n, i in enumerate(item_ids)}
@@ -257,24 +247,10 @@ def train_bundle(
     source_report = train_sources(settings, parts[0], parts[1], user_ids, folder / "sources")
 
     # ---------------------------------------------------------------- ranking rows and features
-    joined = joined.merge(catalog, on="item_id", how="left")
-    joined["creator_id"] = joined["creator_id"].fillna("_item:" + joined["item_id"])
-    for name in item_fields:
-        joined[name] = joined[name].fillna("")
-    impression_us = joined["timestamp_us"].to_numpy()
-    clicks_before, shown_before = counts_as_of(joined)
-    computed = dense_values(
-        _tower_scores(retriever, vectors, joined, tower.histories),
-        joined["created_us"].fillna(joined["timestamp_us"]).to_numpy(np.int64),
-        impression_us,
-        clicks_before,
-        shown_before,
-    )
-    for name in DENSE:
-        logged = joined["logged"].map(lambda f, n=name: f.get(n, np.nan)).to_numpy(np.float64)
-        joined[name] = np.where(np.isnan(logged), np.asarray(computed[name], dtype=np.float64), logged)
+    history = events if start is None else log.table(end=end)  # windows reach back before start
+    _add_features(joined, history, features, retriever, vectors, tower.histories)
     train, valid, holdout = _split_by_time(joined)
-    categorical = categorical_columns(item_fields)
+    categorical, dense = ranker_inputs(features)
     tasks, left_out = usable_tasks(train, list(cfg.tasks))
     for task, why in left_out.items():
         logger.warning("task '%s' is left out of the ranker: its label has %s", task, why)
@@ -296,7 +272,7 @@ def train_bundle(
         clipped = np.minimum(ips, cfg.ips_max_weight)
         train = train.assign(ips_weight=np.where(train["click"].to_numpy() > 0, clipped, 1.0))
         weight = "ips_weight"
-    heavy = make_ranker(settings, categorical, DENSE, position, weight, run_name="feed_heavy_ranker")
+    heavy = make_ranker(settings, categorical, dense, position, weight, run_name="feed_heavy_ranker")
     heavy.fit(train, valid, warm_start=_warm_folder(champion, "heavy", cfg.model.value, tasks))
     heavy.export(folder / "heavy")
     p_valid, p_hold = heavy.predict_proba(valid), heavy.predict_proba(holdout)
@@ -317,7 +293,7 @@ def train_bundle(
     # ---------------------------------------------------------------- light ranker (distilled)
     if cfg.light is not LightRankerKind.none:
         _fit_light(
-            settings, heavy, train, valid, holdout, p_valid, p_hold, categorical, folder, champion, metrics
+            settings, heavy, train, valid, holdout, p_valid, p_hold, features, folder, champion, metrics
         )
 
     rows = {"train": len(train), "valid": len(valid), "holdout": len(holdout), "positives": len(positives)}
@@ -326,7 +302,7 @@ def train_bundle(
         "data_start": start_iso,
         "data_end": data_end.astimezone(UTC).isoformat(),
         "rows": rows,
-        "features": {"categorical": categorical, "dense": list(DENSE)},
+        "inputs": {"categorical": categorical, "dense": dense},
         "ranking": {
             "model": cfg.model.value,
             "light": cfg.light.value,
@@ -339,7 +315,7 @@ def train_bundle(
     meta = {
         "format": FORMAT,
         "tasks": tasks,
-        "item_fields": list(item_fields),
+        "features": [f.model_dump(mode="json") for f in features],
         "metrics": metrics,
         "retrieval": {**tower.test_metrics, **source_report},
         "sources": sorted(k.value for k, q in settings.retrieval.sources.items() if q),
@@ -370,6 +346,55 @@ def _tower_scores(
     return out
 
 
+def _add_features(
+    joined: pd.DataFrame,
+    history: pa.Table,
+    features: list[AnyFeature],
+    retriever: TwoTowerRetriever,
+    vectors: np.ndarray,
+    histories: np.ndarray,
+) -> None:
+    """Add one column per feature to the impressions in ``joined`` (in place): the value serving
+    logged with the impression where it has one, else the offline point-in-time value over
+    ``history`` (events before each impression), the retrieval score from the towers just trained
+    and each last-N sequence as the candidate's similarity to those items' vectors. Categorical
+    values become the strings of their bucket codes."""
+    rows = pa.table(
+        {
+            "timestamp": pa.array(joined["timestamp"]),
+            "user_id": joined["user_id"].astype(str).tolist(),
+            "item_id": joined["item_id"].astype(str).tolist(),
+            "surface": joined["surface"].tolist(),
+            "context": joined["context"].tolist(),
+        }
+    )
+    offline = materialize(history, rows, features)
+    for f in features:
+        if isinstance(f, RetrievalScore):
+            computed = _tower_scores(retriever, vectors, joined, histories)
+        elif isinstance(f, LastN):
+            computed = _sequence_similarity(offline.column(f.name).to_pylist(), joined, retriever, vectors)
+        else:
+            computed = offline.column(f.name).to_numpy(zero_copy_only=False).astype(np.float64)
+        logged = joined["logged"].map(lambda values, n=f.name: values.get(n, np.nan)).to_numpy(np.float64)
+        value = np.where(np.isnan(logged), computed, logged)
+        joined[f.name] = categorical_text(value) if is_categorical(f) else value
+
+
+def _sequence_similarity(
+    sequences: list[list[str]], joined: pd.DataFrame, retriever: TwoTowerRetriever, vectors: np.ndarray
+) -> np.ndarray:
+    """(N,) each row's item vector against the mean vector of its last-N items (0 where unknown)."""
+    index = retriever.item_index
+    out = np.zeros(len(joined))
+    for n, (item, sequence) in enumerate(zip(joined["item_id"], sequences, strict=True)):
+        row = index.get(item)
+        rows = [index[i] for i in sequence if i in index]
+        if row is not None and rows:
+            out[n] = history_similarity(vectors[[row]], vectors[rows])[0]
+    return out
+
+
 def _top_k_of_requests(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.Series:
     return pd.Series(top_k_labels(frame["request_id"].to_numpy(), scores, k), index=frame.index)
 
@@ -382,7 +407,7 @@ def _fit_light(
     holdout: pd.DataFrame,
     p_valid: np.ndarray,
     p_hold: np.ndarray,
-    categorical: list[str],
+    features: list[AnyFeature],
     folder: Path,
     champion: Path | None,
     metrics: dict[str, float],
@@ -398,10 +423,12 @@ def _fit_light(
             "the light ranker is not trained: every candidate of a request is in the heavy top %d", k
         )
         return
+    categorical, dense = ranker_inputs(features)  # the light one: the item's, not the user's or context
+    item_level = {f.name for f in features if isinstance(f, Attribute) and f.entity == "item"}
     light = make_ranker(
         light_settings,
-        [c for c in categorical if c in LIGHT_FEATURES],
-        DENSE,
+        [c for c in categorical if c == "item_id" or c in item_level],
+        dense,
         run_name="feed_light_ranker",
     )
     warm = _warm_folder(champion, "light", light_settings.ranking.model.value, ["heavy_top_k"])

@@ -19,6 +19,8 @@ from recstack.serving.api import Runtime, create_app
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker
 
+FEATURES = load_settings(None, {}).features  # the default [[features]]
+
 
 def feed_settings(state_dir: Path) -> Settings:
     return load_settings(
@@ -103,7 +105,7 @@ def redis_feed(redis_url: str, unique: str, feed_log: ParquetEventLog) -> Iterat
     store = RedisStore(redis_url, prefix=f"{namespace}:state:")
     try:
         bus.append_table(feed_log.table())
-        worker = FeedWorker(bus, FeedState(item_fields=("topic",)), store)
+        worker = FeedWorker(bus, FeedState(features=FEATURES), store)
         worker.drain()
         yield RedisFeed(namespace, bus, store, worker)
     finally:

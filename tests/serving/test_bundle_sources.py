@@ -23,7 +23,7 @@ from recstack.serving.ops.retrieve import BundleMF, BundleNeighbours, BundlePopu
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker
 from recstack.train.feed import train_bundle
-from tests.serving.conftest import KEY, feed_settings
+from tests.serving.conftest import FEATURES, KEY, feed_settings
 
 QUOTAS = {"two_tower": 0, "item_to_item": 0, "item_cf": 40, "ease": 40, "mf": 40, "popularity": 40}
 
@@ -44,20 +44,20 @@ def sources_bundle(feed_world: tuple[World, Path, Path], tmp_path_factory: pytes
 
 def bundle_weights(folder: Path) -> str:
     """The bundle item with the most item_cf neighbours."""
-    bundle = ServingBundle.load(folder, ("topic",))
+    bundle = ServingBundle.load(folder)
     row = int(np.argmax(bundle.sources.neighbours["item_cf"].getnnz(axis=1)))
     return bundle.retriever.item_ids[row]
 
 
 def served_state(feed_log: ParquetEventLog) -> FeedState:
     """The live state of the history, as the worker builds it."""
-    state = FeedState(item_fields=("topic",), history=10)
+    state = FeedState(history=10, features=FEATURES)
     FeedWorker(feed_log, state, MemoryStore()).drain()
     return state
 
 
 def test_sources_propose_what_their_definitions_say(sources_bundle: Path, feed_log: ParquetEventLog) -> None:
-    bundle = ServingBundle.load(sources_bundle, ("topic",))
+    bundle = ServingBundle.load(sources_bundle)
     assert sorted(bundle.sources.kinds()) == ["ease", "item_cf", "mf", "popularity"]
     state = served_state(feed_log)
     alignment = Alignment(bundle, state)
@@ -123,7 +123,7 @@ def test_a_source_the_bundle_lacks_and_an_oversized_ease_are_clear_errors(
     feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
 ) -> None:
     state = served_state(feed_log)
-    bundle = ServingBundle.load(feed_world[2], ("topic",))  # trained with the default sources
+    bundle = ServingBundle.load(feed_world[2])  # trained with the default sources
     with pytest.raises(ConfigError, match=r"names \['ease'\].*retrain the bundle"):
         build_pipeline(sources_settings(tmp_path, two_tower=100, ease=50), bundle, state)
     settings = sources_settings(tmp_path / "big", ease=50)

@@ -7,51 +7,44 @@ import pytest
 
 from recstack.data.simulator import World
 from recstack.events.parquet import ParquetEventLog
-from recstack.features.feed import ColumnarEncoder, dense_values, serving_frame
-from recstack.servables.ranker import OnnxRanker
+from recstack.features.feed import ColumnarEncoder, frame_of
+from recstack.features.stores import MemoryStore
+from recstack.servables.bundle import ServingBundle
 from recstack.serving.state import FeedState
+from recstack.serving.worker import FeedWorker
+from tests.serving.conftest import FEATURES
 
 
 @pytest.mark.parametrize("part", ["heavy", "light"])
 def test_columnar_encoding_equals_the_frame_path(
     feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, part: str
 ) -> None:
-    state = FeedState(item_fields=("topic",))
-    state.apply(feed_log.replay())
+    state = FeedState(features=FEATURES)
+    FeedWorker(feed_log, state, MemoryStore()).drain()
     state.load_items(["brand-new"], ["new-creator"], np.array([0]), {"topic": ["t-unseen"]})
-    encoder = OnnxRanker(feed_world[2] / part).encoder
-    columnar = ColumnarEncoder(encoder, ["topic"])
-    columnar.refresh(state)
+    bundle = ServingBundle.load(feed_world[2])
+    ranker = bundle.heavy if part == "heavy" else bundle.light
+    assert ranker is not None
+    encoder = ranker.encoder
+    columnar = ColumnarEncoder(encoder)
+    columnar.refresh(state.item_ids)
     rng = np.random.default_rng(0)
     items = np.append(rng.choice(state.n_items - 1, 50, replace=False), state.n_items - 1)
-    scores = rng.normal(size=len(items))
-    scores[3] = np.nan  # non-finite -> the training mean, on both paths
     now = 1_800_000_000_000_000
     for user, context in (("u5", {"device": "ios"}), (None, {}), ("stranger", {"device": "tv"})):
-        frame = serving_frame(
-            user,
-            "feed",
-            context,
-            [state.item_ids[i] for i in items],
-            [state.creators[c] for c in state.creator.values[items]],
-            {"topic": [state.fields["topic"][i] for i in items]},
-            scores,
-            state.created_us.values[items],
-            now,
-            state.clicks.values[items],
-            state.impressions.values[items],
-        )
+        values = state.features.read(user, items, now, "feed", context, state.created_us.values)
+        values["retrieval_score"] = rng.normal(size=len(items))
+        values["retrieval_score"][3] = np.nan  # non-finite -> the training mean, on both paths
+        values["user_last_items"] = rng.normal(size=len(items))  # the similarity serving computes
+        frame = frame_of([state.item_ids[i] for i in items], user, values, encoder.categorical)
         expected = encoder.transform(frame)
-        dense = dense_values(
-            scores,
-            state.created_us.values[items],
-            now,
-            state.clicks.values[items],
-            state.impressions.values[items],
-        )
-        got = columnar.encode(
-            items, {"user_id": user or "", "surface": "feed", "device": context.get("device", "")}, dense
-        )
+        got = columnar.encode(items, user, values)
         np.testing.assert_array_equal(got.sparse, expected.sparse)
         np.testing.assert_allclose(got.dense, expected.dense, rtol=1e-6, atol=1e-6)
-    assert (got.sparse[-1] == 0).sum() >= 2  # the new item, creator and topic map to the unseen row
+    # the new item, its creator and its topic map to the unseen row
+    new_item = [
+        encoder.categorical.index(c)
+        for c in ("item_id", "item_creator", "item_topic")
+        if c in encoder.categorical
+    ]
+    assert (got.sparse[-1, new_item] == 0).all() and new_item

@@ -6,10 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recstack.features.feed import DENSE
+from recstack.features.feed import logged_values
 from recstack.index.sources import US
 from recstack.schema import EVENT_SCHEMA, validate_table
-from recstack.serving.api import _FEATURE_ROW
 from recstack.serving.impressions import ImpressionBuffer
 
 
@@ -63,10 +62,16 @@ def test_a_failed_write_is_kept_ahead_of_newer_rows_and_bounded() -> None:
     assert buffer.rows() == [] and len(buffer) == 0
 
 
-def test_logged_feature_rows_are_json_objects_of_the_dense_values() -> None:
+def test_logged_feature_rows_are_json_objects_of_the_exact_values() -> None:
     rng = np.random.default_rng(0)
-    for row in [*rng.normal(scale=1e6, size=(50, len(DENSE))).round(6).tolist(), [0.0, -0.0, 1e-7]]:
-        assert json.loads(_FEATURE_ROW % tuple(row)) == dict(zip(DENSE, row, strict=True))
+    names = ["a", "b", "c"]
+    matrix = np.vstack([rng.normal(scale=1e6, size=(50, 3)), [0.0, -0.0, 1e-7], [1 / 3, 2e-300, 7.0]])
+    rows = logged_values(names, {n: matrix[:, j] for j, n in enumerate(names)})
+    for row, values in zip(rows, matrix.tolist(), strict=True):
+        assert json.loads(row) == dict(zip(names, values, strict=True))  # exact: what training reads
+    with_nan = logged_values(names, {"a": np.array([np.nan]), "b": np.array([np.inf]), "c": np.array([1.0])})
+    decoded = json.loads(with_nan[0])
+    assert np.isnan(decoded["a"]) and decoded["b"] == np.inf and decoded["c"] == 1.0
 
 
 def test_timestamps_keep_microseconds() -> None:

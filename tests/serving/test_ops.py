@@ -14,7 +14,7 @@ from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.filter import FilterOp
 from recstack.serving.ops.rerank import dpp, mmr
 from recstack.serving.state import FeedState
-from tests.serving.conftest import feed_settings
+from tests.serving.conftest import FEATURES, feed_settings
 
 
 def test_mmr_with_lambda_one_is_value_order_and_spacing_holds() -> None:
@@ -58,7 +58,7 @@ def test_dpp_fills_the_list_when_the_kernel_runs_out() -> None:
 
 
 def _state_from(log: ParquetEventLog) -> FeedState:
-    state = FeedState(item_fields=("topic",))
+    state = FeedState(features=FEATURES)
     state.apply(log.replay())
     return state
 
@@ -69,7 +69,7 @@ def test_pipeline_serves_distinct_unseen_safe_items_with_stage_timings(
     world, _, bundle_dir = feed_world
     settings = feed_settings(tmp_path)
     state = _state_from(feed_log)
-    pipeline = build_pipeline(settings, ServingBundle.load(bundle_dir, ("topic",)), state)
+    pipeline = build_pipeline(settings, ServingBundle.load(bundle_dir), state)
     user = next(u for u, s in state.users.items() if len(s.seen) > 5)
     request = RecRequest(
         user,
@@ -106,7 +106,7 @@ def test_a_failing_stage_degrades_but_a_failing_filter_fails_the_request(
     feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
 ) -> None:
     state = _state_from(feed_log)
-    pipeline = build_pipeline(feed_settings(tmp_path), ServingBundle.load(feed_world[2], ("topic",)), state)
+    pipeline = build_pipeline(feed_settings(tmp_path), ServingBundle.load(feed_world[2]), state)
 
     pipeline.stages = [_Broken("heavy_rank", False) if s.name == "heavy_rank" else s for s in pipeline.stages]
     outcome = pipeline.run(RecRequest("u1", 10, state.trending.as_of_us), state)

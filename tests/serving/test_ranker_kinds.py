@@ -65,7 +65,7 @@ def test_every_ranker_kind_trains_and_serves_over_http(
     assert meta["ranking"]["model"] == options["model"]
     assert json.loads((tmp_path / "bundle" / "heavy" / "ranker.json").read_text())["kind"] == options["model"]
     assert report.metrics["auc_click"] > 0.5  # the simulator's clicks depend on the items served
-    bundle = ServingBundle.load(tmp_path / "bundle", ("topic",))
+    bundle = ServingBundle.load(tmp_path / "bundle")
     light = options.get("light", "shared_bottom")
     assert (bundle.light is None) == (light == "none")
     if bundle.light is not None:
@@ -124,14 +124,15 @@ def test_a_task_with_one_class_is_left_out_with_a_warning(
         train_bundle(only_report, feed_log, tmp_path / "none")
 
 
-def test_an_item_field_the_data_lacks_is_an_error_naming_what_it_has(
+def test_an_attribute_the_data_lacks_is_an_error_naming_what_it_has(
     feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
 ) -> None:
+    from recstack.features.definitions import Attribute
+
     settings = feed_settings(tmp_path / "state")
-    settings = settings.model_copy(
-        update={"serving": settings.serving.model_copy(update={"item_fields": ["topic", "genre"]})}
-    )
-    with pytest.raises(RecstackError, match=r"item_fields names \['genre'\].*attributes seen: .*topic"):
+    genre = Attribute(name="item_genre", entity="item", field="genre")
+    settings = settings.model_copy(update={"features": [*settings.features, genre]})
+    with pytest.raises(RecstackError, match=r"item_genre' reads attributes.genre.*attributes seen: .*topic"):
         train_bundle(settings, feed_log, tmp_path / "bundle")
 
 
@@ -145,11 +146,11 @@ def test_a_ranker_kind_serving_cannot_load_is_a_clear_error(
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps(meta | {"kind": "xgboost"}))
     with pytest.raises(CheckpointError, match="kind 'xgboost', which serving cannot load"):
-        ServingBundle.load(tmp_path / "bundle", ("topic",))
+        ServingBundle.load(tmp_path / "bundle")
     meta_path.write_text(json.dumps(meta))
     (tmp_path / "bundle" / "calibration.json").write_text(json.dumps({"click": {"kind": "beta"}}))
     with pytest.raises(CheckpointError, match="unknown calibration kind 'beta'"):
-        ServingBundle.load(tmp_path / "bundle", ("topic",))
+        ServingBundle.load(tmp_path / "bundle")
 
 
 def test_position_feature_is_served_at_the_top_slot(
@@ -162,9 +163,9 @@ def test_position_feature_is_served_at_the_top_slot(
 
     settings = kind_settings(tmp_path / "state", model="lr", light="none", position="feature")
     train_bundle(settings, feed_log, tmp_path / "bundle")
-    bundle = ServingBundle.load(tmp_path / "bundle", ("topic",))
+    bundle = ServingBundle.load(tmp_path / "bundle")
     assert position_value(bundle.heavy.meta) == "0"
-    encoder = ColumnarEncoder(bundle.heavy.encoder, ["topic"], {"position": "0"})
+    encoder = ColumnarEncoder(bundle.heavy.encoder, {"position": "0"})
     column = bundle.heavy.encoder.categorical.index("position")
     code = encoder.constant_codes["position"]
     assert code == bundle.heavy.encoder.vocab["position"].index("0") + 1

@@ -14,7 +14,7 @@ from recstack.events.redis_stream import RedisStreamLog
 from recstack.features.stores import MemoryStore
 from recstack.serving.api import Runtime, create_app
 from recstack.serving.state import FeedState
-from tests.serving.conftest import KEY, RedisFeed, feed_settings
+from tests.serving.conftest import FEATURES, KEY, RedisFeed, feed_settings
 
 
 @pytest.mark.services
@@ -63,7 +63,7 @@ def test_redis_down_writes_get_503_and_reads_are_served_from_memory(
     feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
 ) -> None:
     dead = RedisStreamLog("redis://127.0.0.1:1/0", socket_timeout_s=0.5)  # nothing listens there
-    state = FeedState(item_fields=("topic",))
+    state = FeedState(features=FEATURES)
     state.apply(feed_log.replay())
     runtime = Runtime(
         feed_settings(tmp_path),

@@ -1,17 +1,19 @@
-"""Light and heavy ranking: the ONNX rankers of the served bundle over the features of features.py.
+"""Light and heavy ranking: the served bundle's rankers over the ``[[features]]`` they were trained on.
 
-Features are encoded column-wise from the catalog's arrays (``ColumnarEncoder``): no frame per
-request. The dense values are computed once per request for the candidates that reach the light
-ranker and sliced for the heavy one. The light ranker (distilled from the heavy one) keeps ``keep``
-candidates; without a light ranker the retrieval order is kept. The heavy ranker sets one
-probability per task.
+The feature values of the candidates that reach the light ranker are read once per request from
+the live state (``FeedState.features``), with the request-time ones computed here (the two-tower
+``retrieval_score``; each ``last_n`` sequence as the candidates' similarity to those items), and
+sliced for the heavy ranker; they are encoded column-wise (``ColumnarEncoder``), no frame per
+request. The light ranker (distilled from the heavy one) keeps ``keep`` candidates; without a light
+ranker the retrieval order is kept. The heavy ranker sets one probability per task.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from recstack.features.feed import ColumnarEncoder, dense_values
+from recstack.features.definitions import LastN, RetrievalScore
+from recstack.features.feed import ColumnarEncoder, history_similarity
 from recstack.servables.bundle import ServingBundle
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.state import FeedState
@@ -26,30 +28,32 @@ def user_vector(request: RecRequest, bundle: ServingBundle, state: FeedState) ->
     return out
 
 
-def dense_features(
+def request_features(
     request: RecRequest, items: np.ndarray, bundle: ServingBundle, state: FeedState
 ) -> dict[str, np.ndarray]:
-    """retrieval_score, age_h and item_ctr of ``items`` for this request."""
-    rows = request.cache["bundle_of"][items]
-    known = rows >= 0
-    scores = np.zeros(len(items))
-    if known.any():
-        scores[known] = bundle.vectors[rows[known]] @ user_vector(request, bundle, state)
-    return dense_values(
-        scores,
-        state.created_us.values[items],
-        request.now_us,
-        state.clicks.values[items],
-        state.impressions.values[items],
+    """Every ranker feature of ``items`` (catalog indices) for this request: name -> (N,) float64
+    (categorical ones as bucket codes)."""
+    values = state.features.read(
+        request.user_id, items, request.now_us, request.surface, request.context, state.created_us.values
     )
-
-
-def request_values(request: RecRequest) -> dict[str, str]:
-    return {
-        "user_id": request.user_id or "",
-        "surface": request.surface,
-        "device": request.context.get("device", ""),
-    }
+    bundle_of = request.cache["bundle_of"]
+    rows = bundle_of[items]
+    known = rows >= 0
+    for f in state.features.features:
+        if isinstance(f, RetrievalScore):
+            scores = np.zeros(len(items))
+            if known.any():
+                scores[known] = bundle.vectors[rows[known]] @ user_vector(request, bundle, state)
+            values[f.name] = scores
+        elif isinstance(f, LastN):
+            sequence = values[f.name][0] if len(items) else []
+            history = bundle_of[np.asarray(sequence, dtype=np.int64)] if len(sequence) else rows[:0]
+            history = history[history >= 0]
+            similarity = np.zeros(len(items))
+            if known.any():
+                similarity[known] = history_similarity(bundle.vectors[rows[known]], bundle.vectors[history])
+            values[f.name] = similarity
+    return values
 
 
 class LightRankOp:
@@ -62,16 +66,16 @@ class LightRankOp:
         self.keep = keep
 
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
-        dense = dense_features(request, candidates.items, self.bundle, state)
+        values = request_features(request, candidates.items, self.bundle, state)
         if self.bundle.light is None or self.encoder is None or len(candidates) <= self.keep:
             order = np.arange(min(len(candidates), self.keep))
         else:
-            self.encoder.refresh(state)
-            encoded = self.encoder.encode(candidates.items, request_values(request), dense)
+            self.encoder.refresh(state.item_ids)
+            encoded = self.encoder.encode(candidates.items, request.user_id, values)
             scores = self.bundle.light.score_encoded(encoded)[:, 0]
             order = np.argsort(-scores, kind="stable")[: self.keep]
             candidates.scores = scores
-        request.cache["dense"] = {k: v[order] for k, v in dense.items()}
+        request.cache["features"] = {k: v[order] for k, v in values.items()}
         return candidates.take(order)
 
 
@@ -86,12 +90,12 @@ class HeavyRankOp:
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
         if not len(candidates):
             return candidates
-        dense = request.cache.get("dense")
-        if dense is None or len(next(iter(dense.values()))) != len(candidates):
-            dense = dense_features(request, candidates.items, self.bundle, state)
-        self.encoder.refresh(state)
+        values = request.cache.get("features")
+        if values is None or len(next(iter(values.values()))) != len(candidates):
+            values = request_features(request, candidates.items, self.bundle, state)
+        self.encoder.refresh(state.item_ids)
         probs = self.bundle.heavy.score_encoded(
-            self.encoder.encode(candidates.items, request_values(request), dense)
+            self.encoder.encode(candidates.items, request.user_id, values)
         )
         candidates.probs = probs
         candidates.tasks = tuple(self.bundle.tasks)
