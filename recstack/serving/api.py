@@ -64,7 +64,7 @@ from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import request_features
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker, Position, state_store, sync_state
+from recstack.serving.worker import FeedWorker, Position, keeps_features, state_store, sync_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,6 +146,8 @@ class Runtime:
         cfg = settings.serving
         self.store = store if store is not None else state_store(settings)
         restored = sync_state(self.store) if state is None else None
+        if restored is not None and not keeps_features(restored[0], settings):
+            restored = None
         self.state = state or (restored[0] if restored else None) or FeedState.for_settings(settings)
         # where the state stands in the separate worker's chain of snapshots
         self.synced: Position | None = restored[1] if restored else None

@@ -10,7 +10,7 @@ from recstack.config import EventLogBackend, Settings
 from recstack.events.base import EventLog
 from recstack.serving.api import Runtime, bus_for, registry_source
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker, load_state, state_store
+from recstack.serving.worker import FeedWorker, keeps_features, load_state, state_store
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
 
 def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worker-1") -> FeedWorker:
     store = state_store(settings)
-    state = load_state(store) or FeedState.for_settings(settings)
+    state = load_state(store)
+    if state is None or not keeps_features(state, settings):
+        state = FeedState.for_settings(settings)
     worker = FeedWorker(
         bus_for(settings),
         state,

@@ -147,6 +147,19 @@ def load_state(store: KVStore, key: str = STATE_KEY) -> FeedState | None:
     return loaded[0] if loaded is not None else None
 
 
+def keeps_features(state: FeedState, settings: Settings) -> bool:
+    """Whether ``state`` keeps the ``[[features]]`` of ``settings``: a snapshot taken with other
+    definitions is not resumed (its worker rebuilds the state from the log, logged as a warning)."""
+    wanted = [f.model_dump(mode="json") for f in settings.features]
+    if state.features.definitions == wanted:
+        return True
+    log.warning(
+        "the stored feed state keeps other [[features]] than the configuration: it is rebuilt from the "
+        "event log"
+    )
+    return False
+
+
 def state_version(store: KVStore, key: str = STATE_KEY) -> int | None:
     (raw,) = store.get_many([key + ":version"])
     return int(raw) if raw is not None else None
@@ -170,7 +183,9 @@ class FeedWorker:
         # the consumer group belongs to the snapshot: with no snapshot (a new or wiped store) the
         # worker starts a new group, which reads the log from its beginning
         (stored,) = store.get_many([key + ":group"])
-        has_state = state_version(store, key) is not None
+        # a fresh state (nothing applied: the store held no snapshot, or one of other [[features]])
+        # reads the log from its beginning, in a new group
+        has_state = state_version(store, key) is not None and state.version > 0
         self.group = (
             stored.decode() if stored is not None and has_state else f"{group}-{uuid.uuid4().hex[:12]}"
         )

@@ -365,3 +365,25 @@ def test_a_damaged_delta_is_a_clear_error_and_the_next_whole_snapshot_recovers(t
     worker.poll()
     moved = sync_state(store, follower, at)
     assert moved is not None and moved[0].clicks.values.sum() == 60
+
+
+def test_a_snapshot_of_other_features_is_rebuilt_from_the_log(tmp_path: Path) -> None:
+    from recstack.config import load_settings
+    from recstack.serving.api import Runtime
+
+    log = ParquetEventLog(tmp_path / "events")
+    log.append(_events(5, 12))
+    store = SQLiteStore(tmp_path / "state.sqlite")
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path / "s")})
+    old = FeedState(features=settings.features[:4])  # a worker that kept fewer features
+    FeedWorker(log, old, store).drain()
+    assert load_state(store) is not None
+    runtime = Runtime(settings, log, store=store, bundle_source=lambda: None)
+    assert runtime.worker is not None
+    assert runtime.state.version == 0  # not resumed
+    runtime.worker.drain()  # a new group: the whole log again
+    state = runtime.state
+    assert state.features.definitions == [f.model_dump(mode="json") for f in settings.features]
+    assert state.n_items == old.n_items and set(state.users) == set(old.users)
+    assert state.clicks.values.sum() == old.clicks.values.sum() == 12
+    runtime.close()
