@@ -84,6 +84,34 @@ def window_sums(rings: np.ndarray, now_us: int, bucket_us: int, n_buckets: int) 
     return total
 
 
+def ring_totals(layout: _Layout, rows: np.ndarray, now_us: int) -> np.ndarray:
+    """(R, W) rows -> (R, K): every ring's events in its window ending at ``now_us``, equal to
+    ``window_sums`` ring by ring (tested), for all rings at once.
+
+    A ring of n buckets whose latest is L holds buckets L-n+1..L, slot j the one of age
+    (L - j) mod n. With s = now // B - L the window holds the ages max(0, -s) <= a < min(n, n - s)
+    (s < 0: events timed after now, not counted). Which slots those are depends only on
+    (L mod n, s clipped to [-n, n]), so each ring's masks are a precomputed table, gathered per row;
+    the masked counts are then summed per ring by one matrix product."""
+    if not len(layout.ring_n):
+        return np.zeros((len(rows), 0), dtype=np.int64)
+    r, size = len(rows), len(layout.slot_col)
+    if layout.scratch.shape[0] < r:  # reused: fresh (R, S) temporaries cost page faults per read
+        layout.scratch = np.empty((r, size))
+        layout.scratch_mask = np.empty((r, size))
+    counts, mask = layout.scratch[:r], layout.scratch_mask[:r]
+    latest = rows[:, layout.ring_latest]  # (R, K)
+    behind = np.clip((now_us // layout.ring_bucket) - latest, -layout.ring_n, layout.ring_n)
+    code = (latest % layout.ring_n) * (2 * layout.ring_n + 1) + behind + layout.ring_n  # (R, K)
+    for k, table in enumerate(layout.mask_tables):
+        start = layout.ring_start[k]
+        mask[:, start : start + table.shape[1]] = table[code[:, k]]
+    counts[:] = rows[:, layout.slot_col]
+    counts *= mask  # (R, S)
+    totals: np.ndarray = np.rint(counts @ layout.ring_sum).astype(np.int64)  # (R, K); exact below 2**53
+    return totals
+
+
 class _Table:
     """Rows of int64 slots, grown by doubling; row 0 is the empty row (rings never counted,
     recencies -1)."""
@@ -122,6 +150,31 @@ class _Layout:
                 self.last[f.name] = width
                 width += 1
         self.width = width
+        # every ring's count slots side by side, so that one pass sums every window (ring_totals)
+        keys = list(self.rings)
+        self.ring_index = {key: k for k, key in enumerate(keys)}
+        self.ring_latest = np.array([self.rings[k][0] for k in keys], dtype=np.int64)  # (K,)
+        self.ring_n = np.array([self.rings[k][1] for k in keys], dtype=np.int64)
+        self.ring_bucket = np.array([self.rings[k][2] for k in keys], dtype=np.int64)
+        self.slot_ring = np.repeat(np.arange(len(keys)), self.ring_n)  # (S,)
+        self.slot_col = np.concatenate(
+            [np.arange(o + 1, o + 1 + n) for o, n in zip(self.ring_latest, self.ring_n, strict=True)]
+            or [np.zeros(0, dtype=np.int64)]
+        ).astype(np.int64)
+        self.slot_j = np.concatenate([np.arange(n) for n in self.ring_n] or [np.zeros(0, dtype=np.int64)])
+        self.slot_n = self.ring_n[self.slot_ring]
+        self.ring_start = np.concatenate([[0], np.cumsum(self.ring_n)[:-1]]).astype(np.int64)
+        self.ring_sum = np.zeros((len(self.slot_ring), len(keys)))  # (S, K): slot -> its ring
+        self.ring_sum[np.arange(len(self.slot_ring)), self.slot_ring] = 1.0
+        self.scratch = np.empty((0, len(self.slot_col)))
+        self.scratch_mask = np.empty((0, len(self.slot_col)))
+        # per ring: (n * (2n + 1), n) masks of the slots in the window, by (L mod n, s + n)
+        self.mask_tables = []
+        for n in self.ring_n.tolist():
+            lm, behind, j = np.meshgrid(np.arange(n), np.arange(-n, n + 1), np.arange(n), indexing="ij")
+            age = (lm - j) % n
+            inside = (age >= np.maximum(0, -behind)) & (age < np.minimum(n, n - behind))
+            self.mask_tables.append(inside.reshape(n * (2 * n + 1), n).astype(np.float64))
         empty = np.zeros(width, dtype=np.int64)
         for offset, _, _ in self.rings.values():
             empty[offset] = NEVER
@@ -297,13 +350,16 @@ class ColumnarFeatures:
         user = self.users.rows[self.user_row.get(user_id or "", 0)]  # (W_u,)
         record = self.user_records.get(user_id or "", {})
         out: dict[str, np.ndarray] = {}
+        item_totals = ring_totals(self.item_layout, rows, now_us) if rows is not None else None
+        user_totals = ring_totals(self.user_layout, user[None, :], now_us)
         for f in self.features:
             if isinstance(f, Counter | Rate | Recency):
                 if f.entity == "item":
-                    assert rows is not None
-                    out[f.name] = _value(f, self.item_layout, rows, now_us)
+                    assert rows is not None and item_totals is not None
+                    out[f.name] = _value(f, self.item_layout, rows, item_totals, now_us)
                 else:
-                    out[f.name] = np.repeat(_value(f, self.user_layout, user[None, :], now_us), n)
+                    value = _value(f, self.user_layout, user[None, :], user_totals, now_us)
+                    out[f.name] = np.repeat(value, n)
             elif isinstance(f, Attribute):
                 if f.entity == "item":
                     out[f.name] = self.attr[f.name][items].astype(np.float64)
@@ -449,15 +505,18 @@ def _missing(f: Attribute) -> float:
     return 0.0 if f.kind == "categorical" else math.nan
 
 
-def _value(f: Counter | Rate | Recency, layout: _Layout, rows: np.ndarray, now_us: int) -> np.ndarray:
-    """One definition's values over (R, W) rows of its entity's table."""
+def _value(
+    f: Counter | Rate | Recency, layout: _Layout, rows: np.ndarray, totals: np.ndarray, now_us: int
+) -> np.ndarray:
+    """One definition's values over (R, W) rows of its entity's table (``totals``: their
+    ``ring_totals``)."""
     if isinstance(f, Recency):
         last = rows[:, layout.last[f.name]]
         return Recency.finish(np.full(len(rows), now_us, dtype=np.int64), last)
 
     def total(key: str) -> np.ndarray:
-        offset, n_buckets, bucket_us = layout.rings[key]
-        return window_sums(rows[:, offset : offset + 1 + n_buckets], now_us, bucket_us, n_buckets)
+        column: np.ndarray = totals[:, layout.ring_index[key]]
+        return column
 
     if isinstance(f, Counter):
         return total(f.name).astype(np.float64)

@@ -133,3 +133,28 @@ def test_a_damaged_delta_changes_nothing_and_text_embeddings_are_refused(setting
         ColumnarFeatures(features[:3]).read_delta(meta, arrays, len(driver.index))
     with pytest.raises(ConfigError, match="text_embedding"):
         feed_features([TextEmbedding(name="text")])
+
+
+def test_ring_totals_equal_window_sums_for_any_ring_and_time() -> None:
+    from recstack.features.columnar import NEVER, _Layout, ring_totals, window_sums
+    from recstack.features.definitions import Counter
+
+    features = [
+        Counter(name="a", entity="item", kinds=("click",), window="1h"),  # 24 buckets of 150 s
+        Counter(name="b", entity="item", kinds=("click",), window="7d", bucket="1d"),
+        Counter(name="c", entity="item", kinds=("click",), window="2h", bucket="1h"),
+    ]
+    layout = _Layout(features, "item")
+    rng = np.random.default_rng(0)
+    now = 1_800_000_000_000_000
+    rows = np.tile(layout.empty, (400, 1))
+    for offset, n, bucket in layout.rings.values():
+        latest = now // bucket - rng.integers(-3, n + 4, size=len(rows))  # ahead of now, inside, stale
+        latest[:20] = NEVER
+        rows[:, offset] = latest
+        rows[:, offset + 1 : offset + 1 + n] = rng.integers(0, 50, size=(len(rows), n))
+    for t in (now, now - 3 * 3600 * 10**6, now + 86_400 * 10**6):
+        totals = ring_totals(layout, rows, t)
+        for key, (offset, n, bucket) in layout.rings.items():
+            expected = window_sums(rows[:, offset : offset + 1 + n], t, bucket, n)
+            np.testing.assert_array_equal(totals[:, layout.ring_index[key]], expected)
