@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -282,6 +282,46 @@ def models(config: ConfigOpt = None) -> None:
             str(row["data_end"]),
         )
     console.print(table)
+
+
+@app.command()
+def evaluate(
+    config: ConfigOpt = None,
+    version: Annotated[
+        list[str] | None,
+        typer.Option(help="Registered versions to evaluate (default: champion and challenger)."),
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="The last share of the log's impressions held out.")] = 0.1,
+    since: Annotated[
+        datetime | None, typer.Option(help="Hold out the impressions from this time instead (ISO-8601).")
+    ] = None,
+) -> None:
+    """The champion and the challenger (or --version N ...) on one holdout of the event log: AUC,
+    GAUC, logloss, NE and ECE per task; Recall and NDCG@K per candidate source and for the merged
+    candidates; coverage. Printed, logged to MLflow and plotted."""
+    from recstack.evaluate import describe, evaluate_bundles, plot, registry_bundles, track
+    from recstack.serving.api import bus_for
+
+    settings = _settings(config)
+    if not 0 < holdout < 1:
+        raise _fail(RecstackError(f"--holdout {holdout} must be between 0 and 1"))
+    try:
+        bundles = registry_bundles(settings, version)
+        results = evaluate_bundles(
+            settings,
+            bus_for(settings),
+            bundles,
+            holdout,
+            since.replace(tzinfo=since.tzinfo or UTC) if since else None,
+        )
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    console.print(describe(results))
+    track(settings, results)
+    path = plot(results, settings.paths.state_dir / "evaluate" / "evaluate.png")
+    console.print(
+        f"holdout: {results[0].rows:,} impressions, {results[0].users:,} users with engagements; plot {path}"
+    )
 
 
 def _train_feed(settings: Settings, incremental: bool, promote_after: bool) -> None:

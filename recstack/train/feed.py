@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,7 +86,7 @@ def catalog_items(log: EventLog) -> list[str]:
     return items
 
 
-def _frame_from_join(joined: pa.Table) -> pd.DataFrame:
+def frame_from_join(joined: pa.Table) -> pd.DataFrame:
     frame = joined.to_pandas()
     frame["timestamp_us"] = frame["timestamp"].astype("datetime64[us, UTC]").astype(np.int64)
     context = frame["context"].map(lambda c: json.loads(c) if c else {})
@@ -94,7 +95,7 @@ def _frame_from_join(joined: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def _split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     order = np.argsort(frame["timestamp_us"].to_numpy(), kind="stable")
     n = len(frame)
     a, b = int(n * 0.8), int(n * 0.9)
@@ -102,7 +103,7 @@ def _split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     return tuple(frame.iloc[p].reset_index(drop=True) for p in parts)
 
 
-def _holdout_metrics(y: pd.DataFrame, probs: np.ndarray, tasks: list[str]) -> dict[str, float]:
+def holdout_metrics(y: pd.DataFrame, probs: np.ndarray, tasks: list[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for t, task in enumerate(tasks):
         labels = y[task].to_numpy(np.float64)
@@ -187,7 +188,7 @@ def train_bundle(
     features = feed_features(settings.features)
     catalog = catalog_items(log)
     events = log.table(start=start, end=end)
-    joined = _frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
+    joined = frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
     if len(joined) < 100:
         raise RecstackError(
             f"{len(joined)} impressions in the selected range: at least 100 are needed to train a ranker"
@@ -248,8 +249,9 @@ def train_bundle(
 
     # ---------------------------------------------------------------- ranking rows and features
     history = events if start is None else log.table(end=end)  # windows reach back before start
-    _add_features(joined, history, features, retriever, vectors, tower.histories)
-    train, valid, holdout = _split_by_time(joined)
+    scores = _tower_scores(retriever, vectors, joined, tower.histories)
+    add_feature_columns(joined, history, features, retriever, vectors, scores)
+    train, valid, holdout = split_by_time(joined)
     categorical, dense = ranker_inputs(features)
     tasks, left_out = usable_tasks(train, list(cfg.tasks))
     for task, why in left_out.items():
@@ -282,10 +284,10 @@ def train_bundle(
         if fitted is not None:
             calibration[task] = fitted
     (folder / "calibration.json").write_text(json.dumps(calibration))
-    metrics = _holdout_metrics(holdout, p_hold, tasks)
+    metrics = holdout_metrics(holdout, p_hold, tasks)
     if champion is not None:  # the champion on this same holdout, for the promotion gate
         baseline = load_ranker(champion / "heavy")
-        for key, value in _holdout_metrics(holdout, score_frame(baseline, holdout), baseline.tasks).items():
+        for key, value in holdout_metrics(holdout, score_frame(baseline, holdout), baseline.tasks).items():
             metrics[f"baseline_{key}"] = value
         if champion_version is not None:
             metrics["baseline_of"] = float(champion_version)
@@ -346,19 +348,19 @@ def _tower_scores(
     return out
 
 
-def _add_features(
+def add_feature_columns(
     joined: pd.DataFrame,
     history: pa.Table,
-    features: list[AnyFeature],
+    features: Sequence[AnyFeature],
     retriever: TwoTowerRetriever,
     vectors: np.ndarray,
-    histories: np.ndarray,
+    retrieval_scores: np.ndarray,
 ) -> None:
     """Add one column per feature to the impressions in ``joined`` (in place): the value serving
     logged with the impression where it has one, else the offline point-in-time value over
-    ``history`` (events before each impression), the retrieval score from the towers just trained
-    and each last-N sequence as the candidate's similarity to those items' vectors. Categorical
-    values become the strings of their bucket codes."""
+    ``history`` (events before each impression), ``retrieval_scores`` (N,) for the retrieval score
+    and each last-N sequence as the candidate's similarity to those items' ``vectors``.
+    Categorical values become the strings of their bucket codes."""
     rows = pa.table(
         {
             "timestamp": pa.array(joined["timestamp"]),
@@ -371,7 +373,7 @@ def _add_features(
     offline = materialize(history, rows, features)
     for f in features:
         if isinstance(f, RetrievalScore):
-            computed = _tower_scores(retriever, vectors, joined, histories)
+            computed = np.asarray(retrieval_scores, dtype=np.float64)
         elif isinstance(f, LastN):
             computed = _sequence_similarity(offline.column(f.name).to_pylist(), joined, retriever, vectors)
         else:
