@@ -69,6 +69,7 @@ class RoundResult:
     promoted: bool
     gate: str
     history_ctr: float = 0.0  # the random feed's CTR in the history: the reference
+    true_value: float = 0.0  # the simulator's expected value per request of what was served
     funnel: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
 
@@ -319,11 +320,10 @@ def _round(
     users = np.array([int(u[1:]) for u in shown["user_id"].to_pylist()])
     items = np.array([int(i[1:]) for i in shown["item_id"].to_pylist()])
     positions = np.asarray(shown["position"].to_pylist())
-    true_ctr = float(
-        (
-            world.probabilities(users, items[:, None])["click"][:, 0] * world.response.examination(positions)
-        ).mean()
+    true_ctr, true_value = true_outcome(
+        world, users, items, positions, runtime.settings.serving.value_weights
     )
+    true_value *= len(shown) / cfg.requests_per_round  # per request
     engaged = [r for r in _rows(events.filter(pa.array(np.isin(kinds, ENGAGEMENTS)))) if r]
     now = time.time()
     for row in engaged:  # back to the API's own request ids and clock
@@ -340,6 +340,7 @@ def _round(
         requests=n_req,
         ctr=clicks / max(len(shown), 1),
         true_ctr=true_ctr,
+        true_value=true_value,
         hides_per_request=int((kinds == "hide").sum()) / n_req,
         explore_share=policy.explored / max(policy.served, 1),
         auc_click=None,
@@ -348,6 +349,27 @@ def _round(
         funnel={k: (after["size"][k] - before["size"].get(k, 0)) / n_req for k in after["size"]},
         latency_ms={k: 1e3 * (after["time"][k] - before["time"].get(k, 0)) / n_req for k in after["time"]},
     )
+
+
+def true_outcome(
+    world: World, users: np.ndarray, items: np.ndarray, positions: np.ndarray, weights: dict[str, float]
+) -> tuple[float, float]:
+    """The simulator's truth for impressions (users, items, positions), each (N,): the expected
+    click rate, and the expected value per impression, sum over actions of weight x P(action)
+    (like and share follow a click, hide an examined item not clicked), as the value model counts it."""
+    probs = world.probabilities(users, items[:, None])
+    seen = world.response.examination(positions)
+    click = probs["click"][:, 0] * seen
+    value = (
+        click
+        * (
+            weights.get("click", 0.0)
+            + weights.get("like", 0.0) * probs["like"][:, 0]
+            + weights.get("share", 0.0) * probs["share"][:, 0]
+        )
+        + weights.get("hide", 0.0) * seen * (1 - probs["click"][:, 0]) * probs["hide"][:, 0]
+    )
+    return float(click.mean()), float(value.mean())
 
 
 def _histograms(runtime: Runtime) -> dict[str, dict[str, float]]:

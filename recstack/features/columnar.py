@@ -47,7 +47,7 @@ from recstack.features.definitions import (
     RetrievalScore,
     TextEmbedding,
 )
-from recstack.features.online import AnyFeature, attribute_raw, context_values
+from recstack.features.online import AnyFeature, attribute_raw, context_values, ring_add
 
 NEVER = -(2**62)  # the latest bucket of a ring that never counted
 
@@ -313,23 +313,10 @@ class ColumnarFeatures:
                 changes.users.add(user_id)
             if op == "count":
                 offset, n_buckets, bucket_us = layout.rings[key]
-                self._count(table[row, offset : offset + 1 + n_buckets], t_us // bucket_us, n_buckets)
+                if not ring_add(table[row, offset : offset + 1 + n_buckets], t_us // bucket_us, n_buckets):
+                    self.late_dropped += 1
             elif table[row, layout.last[key]] < t_us:
                 table[row, layout.last[key]] = t_us
-
-    def _count(self, ring: np.ndarray, bucket: int, n_buckets: int) -> None:
-        latest = int(ring[0])
-        if bucket > latest:
-            if bucket - latest >= n_buckets:
-                ring[1:] = 0
-            else:
-                for x in range(latest + 1, bucket + 1):
-                    ring[1 + x % n_buckets] = 0
-            ring[0] = bucket
-        elif bucket <= latest - n_buckets:
-            self.late_dropped += 1
-            return
-        ring[1 + bucket % n_buckets] += 1
 
     # ------------------------------------------------------------------ reads
     def read(

@@ -69,6 +69,24 @@ def context_values(
     )
 
 
+def ring_add(ring: Any, bucket: int, n_buckets: int) -> bool:
+    """Count one event of ``bucket`` in a ring ``[latest bucket, c_0 .. c_{n-1}]`` (a list or an
+    array row, changed in place): a newer bucket clears the slots it passes; an event whose bucket
+    has left every window is not counted (False)."""
+    latest = int(ring[0])
+    if bucket > latest:
+        if bucket - latest >= n_buckets:
+            ring[1:] = [0] * n_buckets
+        else:
+            for x in range(latest + 1, bucket + 1):
+                ring[1 + x % n_buckets] = 0
+        ring[0] = bucket
+    elif bucket <= latest - n_buckets:
+        return False
+    ring[1 + bucket % n_buckets] += 1
+    return True
+
+
 def counter_read(
     rings: Sequence[list[int] | None], now_us: int, bucket_us: int, n_buckets: int
 ) -> np.ndarray:
@@ -243,18 +261,8 @@ class OnlineFeatures:
         ring = state.get(key)
         if ring is None:
             ring = state[key] = [b] + [0] * n_buckets
-        latest = ring[0]
-        if b > latest:
-            if b - latest >= n_buckets:
-                ring[1:] = [0] * n_buckets
-            else:
-                for x in range(latest + 1, b + 1):
-                    ring[1 + x % n_buckets] = 0
-            ring[0] = b
-        elif b <= latest - n_buckets:
+        if not ring_add(ring, b, n_buckets):
             self.late_dropped += 1
-            return
-        ring[1 + b % n_buckets] += 1
 
     # ------------------------------------------------------------------ reads
     def read(

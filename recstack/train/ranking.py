@@ -223,15 +223,7 @@ class NeuralRanker:
             path.replace(folder / "model.onnx")
         self.encoder.save(folder / "encoder.json")
         torch.save(model.state_dict(), folder / "model.pt")  # for warm starts; serving reads the ONNX
-        meta: dict[str, Any] = {
-            "kind": self.cfg.model.value,
-            "tasks": self.tasks,
-            "position": self.position,
-            "position_correction": self.cfg.position.value,
-            "serve_position": self.serve_position,
-            "config": self.cfg.model_dump(mode="json"),
-        }
-        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+        _write_meta(folder, self.cfg, self.tasks, self.position, self.serve_position)
         return folder
 
 
@@ -349,16 +341,23 @@ class PerTaskTrainer:
         self.encoder.save(folder / "encoder.json")
         for task, model in zip(self.tasks, self.models, strict=True):
             model.save(folder / "tasks" / task)
-        meta: dict[str, Any] = {
-            "kind": self.kind.value,
-            "tasks": self.tasks,
-            "position": self.position,
-            "position_correction": self.cfg.position.value,
-            "serve_position": self.serve_position,
-            "config": self.cfg.model_dump(mode="json"),
-        }
-        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+        _write_meta(folder, self.cfg, self.tasks, self.position, self.serve_position)
         return folder
+
+
+def _write_meta(
+    folder: Path, cfg: RankingConfig, tasks: list[str], position: str | None, serve_position: int
+) -> None:
+    """``ranker.json``: what ``servables.ranker.load_ranker`` reads (kind, tasks, position handling)."""
+    meta: dict[str, Any] = {
+        "kind": cfg.model.value,
+        "tasks": tasks,
+        "position": position,
+        "position_correction": cfg.position.value,
+        "serve_position": serve_position,
+        "config": cfg.model_dump(mode="json"),
+    }
+    (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
 
 
 def _check_label_columns(frame: pd.DataFrame, tasks: Sequence[str]) -> None:
