@@ -199,7 +199,10 @@ def serve(
     from recstack.serving.service import make_runtime
 
     try:
-        runtime = make_runtime(settings)
+        try:
+            runtime = make_runtime(settings)
+        except RecstackError as exc:
+            raise _fail(exc) from exc
         if sock is None:
             runtime.start()
             try:
@@ -234,6 +237,8 @@ def worker(
         run_worker(settings, stop, consumer)
     except KeyboardInterrupt:
         stop.set()
+    except RecstackError as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()

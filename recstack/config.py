@@ -109,6 +109,7 @@ class MFConfig(Section):
 
 
 class OnlineBackend(StrEnum):
+    auto = "auto"
     memory = "memory"
     sqlite = "sqlite"
     redis = "redis"
@@ -116,7 +117,11 @@ class OnlineBackend(StrEnum):
 
 class OnlineConfig(Section):
     backend: OnlineBackend = Field(
-        OnlineBackend.memory, description="Online feature store: memory, sqlite or redis."
+        OnlineBackend.auto,
+        description="Where the worker keeps the online state the API reads (the [[features]] values, "
+        "seen items, histories, trending, exploration counts), as snapshots: auto (redis with the "
+        "Redis bus, else sqlite), memory (nothing survives a restart: the worker rebuilds the state "
+        "from the log), sqlite or redis (needed for API processes apart from the worker).",
     )
     sqlite_path: Path | None = Field(None, description="SQLite file; default <state_dir>/online.sqlite.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend = redis.")

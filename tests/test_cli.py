@@ -97,3 +97,10 @@ def test_serve_refuses_several_processes_without_the_separate_worker(tmp_path: P
     result = runner.invoke(app, ["serve", "--processes", "2"], env=env(tmp_path))
     assert result.exit_code == 1
     assert "needs the separate worker" in result.output and "redis" in result.output
+
+
+def test_a_memory_state_with_a_separate_worker_is_refused(tmp_path: Path) -> None:
+    environ = env(tmp_path) | {"RECSTACK_EVENT_LOG__BACKEND": "redis", "RECSTACK_ONLINE__BACKEND": "memory"}
+    for command in (["serve"], ["worker"]):
+        result = runner.invoke(app, command, env=environ)
+        assert result.exit_code == 1 and "[online] backend = 'memory'" in result.output, result.output

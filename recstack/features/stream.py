@@ -21,7 +21,7 @@ def open_store(settings: Settings) -> KVStore:
         return RedisStore(cfg.redis_url, cfg.prefix)
     if cfg.backend is OnlineBackend.sqlite:
         return SQLiteStore(cfg.sqlite_path or settings.paths.state_dir / "online.sqlite")
-    return MemoryStore()
+    return MemoryStore()  # memory, and auto without a Redis store
 
 
 def open_online(settings: Settings, store: KVStore | None = None) -> OnlineFeatures:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from recstack.config import EventLogBackend, Settings
+from recstack.config import EventLogBackend, OnlineBackend, Settings
+from recstack.errors import ConfigError
 from recstack.events.base import EventLog
 from recstack.serving.api import Runtime, bus_for, registry_source
 from recstack.serving.state import FeedState
@@ -15,9 +16,23 @@ from recstack.serving.worker import FeedWorker, keeps_features, load_state, stat
 log = logging.getLogger(__name__)
 
 
+def check_shared_state(settings: Settings) -> None:
+    """With the Redis bus the worker runs apart from the API: the state they share cannot be in one
+    process's memory."""
+    if (
+        settings.event_log.backend is EventLogBackend.redis
+        and settings.online.backend is OnlineBackend.memory
+    ):
+        raise ConfigError(
+            "[online] backend = 'memory' keeps the worker's state in its own process, but with the Redis "
+            "bus the worker runs apart from the API: use 'redis' (or 'auto')"
+        )
+
+
 def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
     """The API's runtime: the embedded default runs the worker in process; with the Redis bus a
     separate ``recstack worker`` owns the state and the API loads its snapshots."""
+    check_shared_state(settings)
     embedded = settings.event_log.backend is EventLogBackend.parquet
     store = state_store(settings)
     return Runtime(
@@ -30,6 +45,7 @@ def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
 
 
 def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worker-1") -> FeedWorker:
+    check_shared_state(settings)
     store = state_store(settings)
     state = load_state(store)
     if state is None or not keeps_features(state, settings):

@@ -37,10 +37,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from recstack.config import EventLogBackend, Settings
+from recstack.config import EventLogBackend, OnlineBackend, Settings
 from recstack.errors import CheckpointError
 from recstack.events.base import EventLog
-from recstack.features.stores import KVStore, RedisStore, SQLiteStore
+from recstack.features.stores import KVStore, MemoryStore, RedisStore, SQLiteStore
 from recstack.serving.state import Captured, Changes, FeedState
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,20 @@ def _here(fn: Callable[[], Captured]) -> Captured:
 
 
 def state_store(settings: Settings) -> KVStore:
-    """Where snapshots live: Redis with the Redis bus (a separate worker and API share it), else
-    SQLite in the state dir."""
-    if settings.event_log.backend is EventLogBackend.redis:
-        return RedisStore(settings.event_log.redis_url, prefix="recstack:serving:")
-    return SQLiteStore(settings.paths.state_dir / "feed_state.sqlite")
+    """Where the worker's snapshots live, as ``[online] backend`` says: ``auto`` is Redis with the
+    Redis bus (a separate worker and the API processes share it) and SQLite in the state dir
+    otherwise; ``memory`` keeps none (a restart rebuilds the state from the log)."""
+    cfg = settings.online
+    backend = cfg.backend
+    if backend is OnlineBackend.auto:
+        redis_bus = settings.event_log.backend is EventLogBackend.redis
+        backend = OnlineBackend.redis if redis_bus else OnlineBackend.sqlite
+    if backend is OnlineBackend.redis:
+        url = cfg.redis_url if "redis_url" in cfg.model_fields_set else settings.event_log.redis_url
+        return RedisStore(url, prefix="recstack:serving:")
+    if backend is OnlineBackend.memory:
+        return MemoryStore()
+    return SQLiteStore(cfg.sqlite_path or settings.paths.state_dir / "feed_state.sqlite")
 
 
 @dataclass(frozen=True)

@@ -387,3 +387,19 @@ def test_a_snapshot_of_other_features_is_rebuilt_from_the_log(tmp_path: Path) ->
     assert state.n_items == old.n_items and set(state.users) == set(old.users)
     assert state.clicks.values.sum() == old.clicks.values.sum() == 12
     runtime.close()
+
+
+def test_online_backend_picks_where_the_state_lives(tmp_path: Path) -> None:
+    from recstack.config import load_settings
+    from recstack.serving.worker import state_store
+
+    def store(**env: str) -> object:
+        base = {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)}
+        return state_store(load_settings(None, base | {f"RECSTACK_{k.upper()}": v for k, v in env.items()}))
+
+    assert isinstance(store(), SQLiteStore)  # auto, embedded
+    assert isinstance(store(event_log__backend="redis"), RedisStore)  # auto with the Redis bus
+    assert isinstance(store(online__backend="memory"), MemoryStore)
+    assert isinstance(store(online__backend="redis"), RedisStore)
+    sqlite = store(online__backend="sqlite", online__sqlite_path=str(tmp_path / "mine.sqlite"))
+    assert isinstance(sqlite, SQLiteStore) and (tmp_path / "mine.sqlite").exists()
