@@ -89,6 +89,35 @@ class _Query:
         """).astype(np.int64)
 
 
+def _check_attribute(con: duckdb.DuckDBPyConnection, events: str, f: Attribute) -> None:
+    if f.field == "creator_id":
+        return
+    seen = con.sql(f"""SELECT DISTINCT unnest(json_keys(attributes)) AS k FROM {events}
+                       WHERE kind = '{f.entity}' AND attributes IS NOT NULL""").fetchall()
+    keys = sorted(str(k[0]) for k in seen)
+    if f.field not in keys:
+        raise RecstackError(
+            f"feature '{f.name}' reads attributes.{f.field}, which no {f.entity} upsert has; "
+            f"attributes seen: {', '.join(keys[:20]) if keys else 'none'} (change or remove its "
+            "[[features]] table)"
+        )
+
+
+def check_attributes(events: pa.Table, features: Sequence[AnyFeature]) -> None:
+    """RecstackError for an attribute feature whose field no upsert in ``events`` has (naming the
+    fields they have): a check that costs one scan of the upserts, done before anything trains."""
+    attributes = [f for f in features if isinstance(f, Attribute)]
+    if not attributes:
+        return
+    con = duckdb.connect()
+    try:
+        con.register("upserts", events.select(["kind", "attributes"]))
+        for f in attributes:
+            _check_attribute(con, "upserts", f)
+    finally:
+        con.close()
+
+
 def materialize(events: pa.Table, rows: pa.Table, features: Sequence[AnyFeature]) -> pa.Table:
     """Feature columns for ``rows`` (columns ``timestamp``, ``user_id``, ``item_id`` and optionally
     ``surface`` and ``context``) from ``events`` (EVENT_SCHEMA), point-in-time correct.
@@ -177,16 +206,7 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray) -> pa.Array
         vectors = shared_encoder().embed(texts)  # (N, 384)
         return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)
     if isinstance(f, Attribute):
-        if f.field != "creator_id":
-            seen = q.con.sql(f"""SELECT DISTINCT unnest(json_keys(attributes)) AS k FROM ev
-                                 WHERE kind = '{f.entity}' AND attributes IS NOT NULL""").fetchall()
-            keys = sorted(str(k[0]) for k in seen)
-            if f.field not in keys:
-                raise RecstackError(
-                    f"feature '{f.name}' reads attributes.{f.field}, which no {f.entity} upsert "
-                    f"has; attributes seen: {', '.join(keys[:20]) if keys else 'none'} (change or "
-                    "remove its [[features]] table)"
-                )
+        _check_attribute(q.con, "ev", f)
         table = q.con.sql(f"""
             SELECT q.rid, a.creator_id, a.attributes
             FROM (SELECT rid, {f.entity}_id AS ent, t FROM r) q

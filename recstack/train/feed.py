@@ -48,7 +48,7 @@ from recstack.events.join import join_engagements
 from recstack.features.columnar import feed_features
 from recstack.features.definitions import Attribute, LastN, RetrievalScore
 from recstack.features.feed import categorical_text, history_similarity, is_categorical, ranker_inputs
-from recstack.features.offline import materialize
+from recstack.features.offline import check_attributes, materialize
 from recstack.features.online import AnyFeature
 from recstack.index.retriever import TwoTowerRetriever
 from recstack.models.calibration import Isotonic, Platt
@@ -187,6 +187,7 @@ def train_bundle(
     cfg = settings.ranking
     features = feed_features(settings.features)
     catalog = catalog_items(log)
+    check_attributes(log.table(kinds=["item", "user"]), features)  # before anything trains
     events = log.table(start=start, end=end)
     joined = frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
     if len(joined) < 100:
