@@ -170,3 +170,30 @@ def test_position_feature_is_served_at_the_top_slot(
     code = encoder.constant_codes["position"]
     assert code == bundle.heavy.encoder.vocab["position"].index("0") + 1
     assert np.all(code > 0) and column >= 0
+
+
+def test_a_bundle_trained_on_other_features_than_the_state_keeps_is_refused(
+    feed_world: tuple[World, Path, Path], tmp_path: Path
+) -> None:
+    from recstack.errors import ConfigError
+    from recstack.features.definitions import Rate
+    from recstack.serving.graph import build_pipeline
+    from recstack.serving.state import FeedState
+    from tests.serving.conftest import FEATURES
+
+    bundle = ServingBundle.load(feed_world[2])
+    fewer = FeedState(features=[f for f in FEATURES if f.name != "item_ctr_1d"])
+    with pytest.raises(
+        ConfigError, match=r"read features \['item_ctr_1d'\] that the live state does not keep"
+    ):
+        build_pipeline(feed_settings(tmp_path), bundle, fewer)
+    changed = [
+        Rate(
+            name="item_ctr_1d", entity="item", numerator=("click",), denominator=("impression",), window="2d"
+        )
+        if f.name == "item_ctr_1d"
+        else f
+        for f in FEATURES
+    ]
+    with pytest.raises(ConfigError, match="item_ctr_1d"):  # the same name, another definition
+        build_pipeline(feed_settings(tmp_path), bundle, FeedState(features=changed))
