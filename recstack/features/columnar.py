@@ -337,7 +337,12 @@ class ColumnarFeatures:
         user = self.users.rows[self.user_row.get(user_id or "", 0)]  # (W_u,)
         record = self.user_records.get(user_id or "", {})
         out: dict[str, np.ndarray] = {}
-        item_totals = ring_totals(self.item_layout, rows, now_us) if rows is not None else None
+        item_totals = None
+        if rows is not None:  # items that never had a counted event read the empty row: zeros
+            active = np.flatnonzero(self.item_row[items])
+            item_totals = np.zeros((n, len(self.item_layout.ring_n)), dtype=np.int64)
+            if len(active):
+                item_totals[active] = ring_totals(self.item_layout, rows[active], now_us)
         user_totals = ring_totals(self.user_layout, user[None, :], now_us)
         for f in self.features:
             if isinstance(f, Counter | Rate | Recency):

@@ -62,7 +62,7 @@ from recstack.servables.bundle import ServingBundle
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
-from recstack.serving.ops.rank import request_features
+from recstack.serving.ops.rank import served_features
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker, Position, keeps_features, state_store, sync_state
 
@@ -695,7 +695,7 @@ def _feature_rows(request: RecRequest, items: np.ndarray, pipeline: Pipeline, st
     exploration picks): what training reads for this impression."""
     if not len(items):
         return []
-    values = request_features(request, items, pipeline.bundle, state)
+    values = served_features(request, items, pipeline.bundle, state)
     return logged_values([f.name for f in pipeline.bundle.features], values)
 
 

@@ -102,3 +102,37 @@ def test_every_logged_feature_equals_its_offline_value(
                 assert same, (f.name, row, got[f.name], expected)
             checked += 1
     assert checked == impressions.num_rows * (len(features) - 1)
+
+
+def test_served_features_reuse_what_the_rankers_read_and_read_the_rest(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    from recstack.serving.ops.base import RecRequest
+    from recstack.serving.ops.rank import request_features, served_features
+
+    runtime = Runtime(
+        feed_settings(tmp_path), feed_log, store=MemoryStore(), bundle_source=lambda: ("1", feed_world[2])
+    )
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    runtime.reload()
+    pipeline, state = runtime.pipeline, runtime.state
+    assert pipeline is not None
+    user = "u7"
+    request = RecRequest(user, 10, 1_800_000_000_000_000, history=tuple(state.users[user].history))
+    served = pipeline.run(request, state).candidates.items
+    assert "feature_items" in request.cache
+    unranked = np.setdiff1d(np.arange(state.n_items), request.cache["feature_items"])[:3]
+    items = np.concatenate([served, unranked])  # some the rankers read, some (as explore picks) not
+    got = served_features(request, items, pipeline.bundle, state)
+    fresh = RecRequest(user, 10, request.now_us, history=request.history)
+    fresh.cache["bundle_of"] = request.cache["bundle_of"]
+    fresh.cache["user_vector"] = request.cache["user_vector"]
+    expected = request_features(fresh, items, pipeline.bundle, state)
+    vector_dots = {"retrieval_score", "user_last_items"}  # float32 products: the batch changes the sum order
+    for name, values in expected.items():
+        if name in vector_dots:
+            np.testing.assert_allclose(got[name], values, rtol=1e-6, atol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], values, err_msg=name)
+    runtime.close()

@@ -28,6 +28,28 @@ def user_vector(request: RecRequest, bundle: ServingBundle, state: FeedState) ->
     return out
 
 
+def served_features(
+    request: RecRequest, items: np.ndarray, bundle: ServingBundle, state: FeedState
+) -> dict[str, np.ndarray]:
+    """The feature values of the served ``items``: those the rankers already read (kept in the
+    request's cache), the rest (exploration picks) read now."""
+    known_items = request.cache.get("feature_items")
+    cached = request.cache.get("features")
+    if known_items is None or cached is None or not len(known_items):
+        return request_features(request, items, bundle, state)
+    order = np.argsort(known_items, kind="stable")
+    at = np.minimum(np.searchsorted(known_items[order], items), len(order) - 1)
+    hit = known_items[order][at] == items
+    source = order[at]
+    out = {k: v[source] for k, v in cached.items()}
+    missing = np.flatnonzero(~hit)
+    if len(missing):
+        fresh = request_features(request, items[missing], bundle, state)
+        for k, v in fresh.items():
+            out[k][missing] = v
+    return out
+
+
 def request_features(
     request: RecRequest, items: np.ndarray, bundle: ServingBundle, state: FeedState
 ) -> dict[str, np.ndarray]:
@@ -76,6 +98,7 @@ class LightRankOp:
             order = np.argsort(-scores, kind="stable")[: self.keep]
             candidates.scores = scores
         request.cache["features"] = {k: v[order] for k, v in values.items()}
+        request.cache["feature_items"] = candidates.items[order]
         return candidates.take(order)
 
 
@@ -93,6 +116,7 @@ class HeavyRankOp:
         values = request.cache.get("features")
         if values is None or len(next(iter(values.values()))) != len(candidates):
             values = request_features(request, candidates.items, self.bundle, state)
+            request.cache["features"], request.cache["feature_items"] = values, candidates.items
         self.encoder.refresh(state.item_ids)
         probs = self.bundle.heavy.score_encoded(
             self.encoder.encode(candidates.items, request.user_id, values)
