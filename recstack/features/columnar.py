@@ -121,11 +121,12 @@ class _Table:
         self.rows = np.tile(empty, (64, 1))
         self.n = 1
 
-    def add(self) -> int:
-        if self.n == len(self.rows):
+    def add(self, count: int = 1) -> int:
+        """Room for ``count`` new rows; returns the first one's index."""
+        while self.n + count > len(self.rows):
             self.rows = np.concatenate([self.rows, np.tile(self.empty, (len(self.rows), 1))])
-        self.n += 1
-        return self.n - 1
+        self.n += count
+        return self.n - count
 
     def set_rows(self, rows: np.ndarray) -> None:
         """Replace every row (a whole snapshot's; row 0 included)."""
@@ -451,12 +452,14 @@ class ColumnarFeatures:
     def write_delta(self, delta: Delta) -> None:
         at, rows, attrs = delta.items, delta.rows, delta.attributes
         self.add_items(delta.n_items)
-        for item, values in zip(at.tolist(), rows, strict=True):
-            row = int(self.item_row[item])
-            if row == 0 and (values != self.item_layout.empty).any():
-                row = self.item_row[item] = self.items.add()
-            if row:
-                self.items.rows[row] = values
+        if len(at):  # column-wise: an API process applies a delta of thousands of items a second
+            fresh = (self.item_row[at] == 0) & (rows != self.item_layout.empty).any(axis=1)
+            if fresh.any():
+                first = self.items.add(int(fresh.sum()))
+                self.item_row[at[fresh]] = np.arange(first, first + int(fresh.sum()))
+            target = self.item_row[at]
+            live = target > 0
+            self.items.rows[target[live]] = rows[live]
         for name, (values, times) in attrs.items():
             self.attr[name][at] = values
             self.attr_t[name][at] = times
