@@ -56,6 +56,14 @@ def test_evaluate_compares_champion_and_challenger(tmp_path: Path) -> None:
     ):
         assert row in result.output
     assert (tmp_path / "state" / "evaluate" / "evaluate.png").stat().st_size > 1_000
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri())
+    runs = mlflow.search_runs(
+        experiment_names=[settings.tracking.experiment], filter_string="tags.mlflow.runName LIKE 'evaluate_%'"
+    )
+    assert sorted(runs["tags.mlflow.runName"]) == ["evaluate_challenger", "evaluate_champion"]
+    assert runs["metrics.click_auc"].notna().all() and runs["metrics.merged_recall_at_20"].notna().all()
 
     results = evaluate_bundles(
         settings, ParquetEventLog(settings.event_log_path()), registry_bundles(settings)

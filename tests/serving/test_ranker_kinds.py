@@ -197,3 +197,13 @@ def test_a_bundle_trained_on_other_features_than_the_state_keeps_is_refused(
     ]
     with pytest.raises(ConfigError, match="item_ctr_1d"):  # the same name, another definition
         build_pipeline(feed_settings(tmp_path), bundle, FeedState(features=changed))
+
+
+def test_an_empty_training_window_is_a_clear_error(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    window = (datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))  # before the history
+    with pytest.raises(RecstackError, match="0 impressions in the selected range: at least 100 are needed"):
+        train_bundle(feed_settings(tmp_path / "state"), feed_log, tmp_path / "bundle", *window)
