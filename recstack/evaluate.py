@@ -19,7 +19,6 @@ version) and ``<state_dir>/evaluate/evaluate.png`` plots them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +35,7 @@ from recstack.errors import RecstackError
 from recstack.eval.metrics import auc, ece, gauc, logloss, normalized_entropy, topk_metrics
 from recstack.events.base import EventLog
 from recstack.events.join import join_engagements
-from recstack.index.sources import Request, merge_arrays
+from recstack.index.sources import Request, excluded_mask, merge_arrays
 from recstack.servables.bundle import ServingBundle
 from recstack.servables.ranker import score_frame
 from recstack.serving.graph import build_pipeline
@@ -160,25 +159,19 @@ def _retrieval(
         for source, _ in sources:
             items, _scores = source.propose(request, depth + min(len(request.exclude), 1_000))
             items = np.asarray(items, dtype=np.int64)
-            items = items[~request_mask(request, items)][:depth]
+            items = items[~excluded_mask(request.exclude, items)][:depth]
             lists[source.name][n, : len(items)] = items
         merged = merge_arrays(sources, request).items[:depth]
         lists["merged"][n, : len(merged)] = merged
     out: dict[str, dict[str, float]] = {}
+    wide = sp.hstack([relevant, sp.csr_matrix((len(users), 1))]).tocsr()  # + a padding column
     for name, top in lists.items():
-        padded = np.where(top >= 0, top, state.n_items)  # a padding column no user engaged with
-        wide = sp.hstack([relevant, sp.csr_matrix((len(users), 1))]).tocsr()
+        padded = np.where(top >= 0, top, state.n_items)  # the padding column no user engaged with
         sums = topk_metrics(padded, wide, np.arange(len(users)), ks)
         out[name] = {k: v / len(users) for k, v in sums.items() if k.split("@")[0] in ("recall", "ndcg")}
         shown = top[:, : min(ks)]
         out[name][f"coverage@{min(ks)}"] = float(len(np.unique(shown[shown >= 0])) / state.n_items)
     return out
-
-
-def request_mask(request: Request, items: np.ndarray) -> np.ndarray:
-    from recstack.index.sources import excluded_mask
-
-    return excluded_mask(request.exclude, items)
 
 
 def evaluate_bundles(
@@ -206,12 +199,11 @@ def evaluate_bundles(
     ).select(["user_id", "item_id"])
     truth = positives.to_pandas().drop_duplicates()
     state = _past_state(settings, log, start)
-    history = log.table()
     out = []
     for label, (version, folder) in bundles.items():
         bundle = ServingBundle.load(folder)
         result = Evaluation(label, version, rows=len(rows), users=int(truth["user_id"].nunique()))
-        result.ranking = _ranking(bundle, rows, history, state)
+        result.ranking = _ranking(bundle, rows, events, state)
         result.retrieval = _retrieval(settings, bundle, state, truth, start_us)
         out.append(result)
     return out
@@ -273,10 +265,6 @@ def plot(results: list[Evaluation], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def as_json(results: list[Evaluation]) -> str:
-    return json.dumps([r.__dict__ for r in results], indent=2, default=float)
 
 
 def registry_bundles(settings: Settings, versions: list[str] | None = None) -> dict[str, tuple[str, Path]]:

@@ -73,20 +73,9 @@ def feed_features(features: Sequence[AnyFeature]) -> list[AnyFeature]:
     return out
 
 
-def window_sums(rings: np.ndarray, now_us: int, bucket_us: int, n_buckets: int) -> np.ndarray:
-    """(R, 1 + n) rings [latest bucket, counts...] -> (R,) events in the window ending at now_us.
-    Slot j holds bucket latest - ((latest - j) mod n); it counts when that falls in the window."""
-    latest, counts = rings[:, :1], rings[:, 1:]  # (R, 1), (R, n)
-    slot_bucket = latest - ((latest - np.arange(n_buckets)) % n_buckets)  # (R, n)
-    now_bucket = now_us // bucket_us
-    in_window = (slot_bucket > now_bucket - n_buckets) & (slot_bucket <= now_bucket)
-    total: np.ndarray = (counts * in_window).sum(axis=1)
-    return total
-
-
 def ring_totals(layout: _Layout, rows: np.ndarray, now_us: int) -> np.ndarray:
     """(R, W) rows -> (R, K): every ring's events in its window ending at ``now_us``, equal to
-    ``window_sums`` ring by ring (tested), for all rings at once.
+    summing each ring's in-window slots one by one (tested), for all rings at once.
 
     A ring of n buckets whose latest is L holds buckets L-n+1..L, slot j the one of age
     (L - j) mod n. With s = now // B - L the window holds the ages max(0, -s) <= a < min(n, n - s)
@@ -162,8 +151,6 @@ class _Layout:
             [np.arange(o + 1, o + 1 + n) for o, n in zip(self.ring_latest, self.ring_n, strict=True)]
             or [np.zeros(0, dtype=np.int64)]
         ).astype(np.int64)
-        self.slot_j = np.concatenate([np.arange(n) for n in self.ring_n] or [np.zeros(0, dtype=np.int64)])
-        self.slot_n = self.ring_n[self.slot_ring]
         self.ring_start = np.concatenate([[0], np.cumsum(self.ring_n)[:-1]]).astype(np.int64)
         self.ring_sum = np.zeros((len(self.slot_ring), len(keys)))  # (S, K): slot -> its ring
         self.ring_sum[np.arange(len(self.slot_ring)), self.slot_ring] = 1.0

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from recstack.features.definitions import Attribute, Context, LastN, TextEmbedding
+from recstack.features.definitions import Attribute, Context, TextEmbedding
 from recstack.features.online import AnyFeature
 from recstack.features.tabular import Encoded, TabularEncoder
 
@@ -129,18 +128,3 @@ class ColumnarEncoder:
             scaled = np.clip((dense - self.mean) / self.std, -self.encoder.clip, self.encoder.clip)
         scaled = np.where(np.isfinite(dense), scaled, 0.0).astype(np.float32)
         return Encoded(sparse, scaled)
-
-
-def frame_of(
-    items: Sequence[str], user_id: str | None, values: dict[str, np.ndarray], categorical: Sequence[str]
-) -> pd.DataFrame:
-    """The frame ``TabularEncoder.transform`` reads for the same request (what ``ColumnarEncoder``
-    computes without one): ids, categorical codes as strings, dense values."""
-    columns: dict[str, Any] = {"user_id": [user_id or ""] * len(items), "item_id": list(items)}
-    for name, column in values.items():
-        columns[name] = categorical_text(column) if name in categorical else column
-    return pd.DataFrame(columns)
-
-
-def last_n_names(features: Sequence[AnyFeature]) -> list[str]:
-    return [f.name for f in features if isinstance(f, LastN)]

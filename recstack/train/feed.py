@@ -75,9 +75,9 @@ class BundleReport:
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def catalog_items(log: EventLog) -> list[str]:
-    """Every item id the log's upserts name, in the order of their latest upsert."""
-    table = log.table(kinds=["item"])
+def catalog_items(upserts: pa.Table) -> list[str]:
+    """Every item id the upserts (events of the log) name, in the order of their latest upsert."""
+    table = upserts.filter(pc.equal(upserts["kind"], "item"))
     if table.num_rows == 0:
         raise RecstackError("the event log holds no items: upsert the catalog first")
     frame = table.select(["item_id", "timestamp"]).to_pandas()
@@ -186,8 +186,9 @@ def train_bundle(
     """Train a bundle into ``folder`` (replaced) from the log's events in [start, end)."""
     cfg = settings.ranking
     features = feed_features(settings.features)
-    catalog = catalog_items(log)
-    check_attributes(log.table(kinds=["item", "user"]), features)  # before anything trains
+    upserts = log.table(kinds=["item", "user"])
+    catalog = catalog_items(upserts)
+    check_attributes(upserts, features)  # before anything trains
     events = log.table(start=start, end=end)
     joined = frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
     if len(joined) < 100:

@@ -135,8 +135,19 @@ def test_a_damaged_delta_changes_nothing_and_text_embeddings_are_refused(setting
         feed_features([TextEmbedding(name="text")])
 
 
+def window_sums(rings: np.ndarray, now_us: int, bucket_us: int, n_buckets: int) -> np.ndarray:
+    """(R, 1 + n) rings [latest bucket, counts...] -> (R,) events in the window ending at now_us.
+    Slot j holds bucket latest - ((latest - j) mod n); it counts when that falls in the window."""
+    latest, counts = rings[:, :1], rings[:, 1:]  # (R, 1), (R, n)
+    slot_bucket = latest - ((latest - np.arange(n_buckets)) % n_buckets)  # (R, n)
+    now_bucket = now_us // bucket_us
+    in_window = (slot_bucket > now_bucket - n_buckets) & (slot_bucket <= now_bucket)
+    total: np.ndarray = (counts * in_window).sum(axis=1)
+    return total
+
+
 def test_ring_totals_equal_window_sums_for_any_ring_and_time() -> None:
-    from recstack.features.columnar import NEVER, _Layout, ring_totals, window_sums
+    from recstack.features.columnar import NEVER, _Layout, ring_totals
     from recstack.features.definitions import Counter
 
     features = [

@@ -1,18 +1,32 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from recstack.data.simulator import World
 from recstack.events.parquet import ParquetEventLog
-from recstack.features.feed import ColumnarEncoder, frame_of
+from recstack.features.feed import ColumnarEncoder, categorical_text
 from recstack.features.stores import MemoryStore
 from recstack.servables.bundle import ServingBundle
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker
 from tests.serving.conftest import FEATURES
+
+
+def frame_of(
+    items: Sequence[str], user_id: str | None, values: dict[str, np.ndarray], categorical: Sequence[str]
+) -> pd.DataFrame:
+    """The frame ``TabularEncoder.transform`` reads for the same request (what ``ColumnarEncoder``
+    computes without one): ids, categorical codes as strings, dense values."""
+    columns: dict[str, Any] = {"user_id": [user_id or ""] * len(items), "item_id": list(items)}
+    for name, column in values.items():
+        columns[name] = categorical_text(column) if name in categorical else column
+    return pd.DataFrame(columns)
 
 
 @pytest.mark.parametrize("part", ["heavy", "light"])
