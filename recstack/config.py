@@ -402,6 +402,14 @@ class ServingConfig(Section):
         "seen items), so it runs less often than state_sync_s; deliveries since are acknowledged "
         "then (a restart reads them again, applied once).",
     )
+    checkpoint_full_s: float = Field(
+        3600.0,
+        ge=0,
+        description="How often the worker inside the API's process writes its whole state; the "
+        "checkpoints between are deltas (a restart applies them in order). A whole one copies the "
+        "state on the serving thread (about 0.2 s at 1M items), so it is rare. It also writes a whole "
+        "one when the catalog changed. 0: every checkpoint whole.",
+    )
 
 
 class RegistryConfig(Section):

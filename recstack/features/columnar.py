@@ -103,24 +103,64 @@ def ring_totals(layout: _Layout, rows: np.ndarray, now_us: int) -> np.ndarray:
 
 class _Table:
     """Rows of int64 slots, grown by doubling; row 0 is the empty row (rings never counted,
-    recencies -1)."""
+    recencies -1). Beside them, a cache of each row's ring totals (``ring_totals``) and the bucket of
+    each ring they hold for (``totals_at``; NEVER: not cached): a window total changes only when the
+    ring is written or the window moves on by a bucket, so most reads of a hot item take the cached
+    totals instead of summing its slots again."""
 
-    def __init__(self, empty: np.ndarray) -> None:
+    def __init__(self, empty: np.ndarray, n_rings: int) -> None:
         self.empty = empty
+        self.n_rings = n_rings
         self.rows = np.tile(empty, (64, 1))
+        self.totals = np.zeros((64, n_rings), dtype=np.int64)
+        self.totals_at = np.full((64, n_rings), NEVER, dtype=np.int64)
         self.n = 1
 
     def add(self, count: int = 1) -> int:
         """Room for ``count`` new rows; returns the first one's index."""
         while self.n + count > len(self.rows):
-            self.rows = np.concatenate([self.rows, np.tile(self.empty, (len(self.rows), 1))])
+            size = len(self.rows)
+            self.rows = np.concatenate([self.rows, np.tile(self.empty, (size, 1))])
+            self.totals = np.concatenate([self.totals, np.zeros((size, self.n_rings), dtype=np.int64)])
+            self.totals_at = np.concatenate([self.totals_at, np.full((size, self.n_rings), NEVER)])
         self.n += count
         return self.n - count
 
     def set_rows(self, rows: np.ndarray) -> None:
-        """Replace every row (a whole snapshot's; row 0 included)."""
+        """Replace every row (a whole snapshot's; row 0 included); the totals cache starts empty."""
         self.rows = np.concatenate([rows, np.tile(self.empty, (max(64, len(rows) // 4), 1))])
+        self.totals = np.zeros((len(self.rows), self.n_rings), dtype=np.int64)
+        self.totals_at = np.full((len(self.rows), self.n_rings), NEVER, dtype=np.int64)
         self.n = len(rows)
+
+    def cached_totals(self, layout: _Layout, rows: np.ndarray, now_us: int) -> np.ndarray:
+        """(R,) row indices -> (R, K) ring totals at ``now_us``, equal to ``ring_totals`` of those
+        rows (tested): rows cached for the buckets of ``now_us`` are read, the others summed and
+        cached."""
+        current = now_us // layout.ring_bucket  # (K,)
+        stale = np.flatnonzero((self.totals_at[rows] != current).any(axis=1))
+        if len(stale):
+            fresh = rows[stale]
+            self.totals[fresh] = ring_totals(layout, self.rows[fresh], now_us)
+            self.totals_at[fresh] = current
+        out: np.ndarray = self.totals[rows]
+        return out
+
+    def counted(self, row: int, ring: int, bucket: int, n_buckets: int) -> None:
+        """One event was added to ring ``ring`` of ``row`` in ``bucket``: the cached total takes it
+        when the bucket is inside the cached window, and is dropped when the bucket is newer (the
+        ring may have moved past buckets of that window)."""
+        at = self.totals_at[row, ring]
+        if at == NEVER:
+            return
+        if at - n_buckets < bucket <= at:
+            self.totals[row, ring] += 1
+        elif bucket > at:
+            self.totals_at[row, ring] = NEVER
+
+    def forget(self, rows: np.ndarray) -> None:
+        """These rows were overwritten: their cached totals no longer hold."""
+        self.totals_at[rows] = NEVER
 
 
 class _Layout:
@@ -140,6 +180,8 @@ class _Layout:
                 self.last[f.name] = width
                 width += 1
         self.width = width
+        self.last_col = np.array(list(self.last.values()), dtype=np.int64)  # the recency columns
+        self.last_index = {name: j for j, name in enumerate(self.last)}
         # every ring's count slots side by side, so that one pass sums every window (ring_totals)
         keys = list(self.rings)
         self.ring_index = {key: k for k, key in enumerate(keys)}
@@ -209,11 +251,11 @@ class ColumnarFeatures:
         self.sequences = {f.name: f.n for f in self.features if isinstance(f, LastN)}
         self.item_attributes = [f for f in self.features if isinstance(f, Attribute) and f.entity == "item"]
         self.user_attributes = [f for f in self.features if isinstance(f, Attribute) and f.entity == "user"]
-        self.items = _Table(self.item_layout.empty)
+        self.items = _Table(self.item_layout.empty, len(self.item_layout.ring_n))
         self.item_row = np.zeros(0, dtype=np.int64)  # item index -> row (0: none yet)
         self.attr = {f.name: np.zeros(0) for f in self.item_attributes}  # encoded values per item
         self.attr_t = {f.name: np.zeros(0, dtype=np.int64) for f in self.item_attributes}
-        self.users = _Table(self.user_layout.empty)
+        self.users = _Table(self.user_layout.empty, len(self.user_layout.ring_n))
         self.user_row: dict[str, int] = {}
         self.user_records: dict[str, dict[str, Any]] = {}  # attributes (value, time) and sequences
         self.late_dropped = 0
@@ -301,8 +343,11 @@ class ColumnarFeatures:
                 changes.users.add(user_id)
             if op == "count":
                 offset, n_buckets, bucket_us = layout.rings[key]
-                if not ring_add(table[row, offset : offset + 1 + n_buckets], t_us // bucket_us, n_buckets):
+                bucket = t_us // bucket_us
+                if not ring_add(table[row, offset : offset + 1 + n_buckets], bucket, n_buckets):
                     self.late_dropped += 1
+                elif entity == "item":
+                    self.items.counted(row, layout.ring_index[key], bucket, n_buckets)
             elif table[row, layout.last[key]] < t_us:
                 table[row, layout.last[key]] = t_us
 
@@ -321,24 +366,24 @@ class ColumnarFeatures:
         (most recent first); ``created_us``: the catalog's creation times (item_age).
         ``retrieval_score`` is the caller's (NaN here)."""
         n = len(items)
-        rows = self.items.rows[self.item_row[items]] if self.item_layout.width else None  # (N, W)
+        layout = self.item_layout
+        row_of = self.item_row[items]  # (N,) rows; 0: the empty row (no counted event yet)
+        last = self.items.rows[row_of[:, None], layout.last_col[None, :]]  # (N, recencies)
+        item_totals = np.zeros((n, len(layout.ring_n)), dtype=np.int64)
+        active = np.flatnonzero(row_of)
+        if len(active) and len(layout.ring_n):
+            item_totals[active] = self.items.cached_totals(layout, row_of[active], now_us)
         user = self.users.rows[self.user_row.get(user_id or "", 0)]  # (W_u,)
         record = self.user_records.get(user_id or "", {})
         out: dict[str, np.ndarray] = {}
-        item_totals = None
-        if rows is not None:  # items that never had a counted event read the empty row: zeros
-            active = np.flatnonzero(self.item_row[items])
-            item_totals = np.zeros((n, len(self.item_layout.ring_n)), dtype=np.int64)
-            if len(active):
-                item_totals[active] = ring_totals(self.item_layout, rows[active], now_us)
         user_totals = ring_totals(self.user_layout, user[None, :], now_us)
+        user_last = user[None, self.user_layout.last_col]
         for f in self.features:
             if isinstance(f, Counter | Rate | Recency):
                 if f.entity == "item":
-                    assert rows is not None and item_totals is not None
-                    out[f.name] = _value(f, self.item_layout, rows, item_totals, now_us)
+                    out[f.name] = _value(f, layout, last, item_totals, now_us)
                 else:
-                    value = _value(f, self.user_layout, user[None, :], user_totals, now_us)
+                    value = _value(f, self.user_layout, user_last, user_totals, now_us)
                     out[f.name] = np.repeat(value, n)
             elif isinstance(f, Attribute):
                 if f.entity == "item":
@@ -409,7 +454,7 @@ class ColumnarFeatures:
             self.attr[f.name][:n_items] = arrays[f"f_attr:{f.name}"]
             self.attr_t[f.name][:n_items] = arrays[f"f_attr_t:{f.name}"]
         users = self._read_users(meta, arrays)
-        self.users = _Table(self.user_layout.empty)
+        self.users = _Table(self.user_layout.empty, len(self.user_layout.ring_n))
         self.user_row, self.user_records = {}, {}
         self._put_users(users)
         self.late_dropped = int(meta["late_dropped"])
@@ -447,6 +492,7 @@ class ColumnarFeatures:
             target = self.item_row[at]
             live = target > 0
             self.items.rows[target[live]] = rows[live]
+            self.items.forget(target[live])
         for name, (values, times) in attrs.items():
             self.attr[name][at] = values
             self.attr_t[name][at] = times
@@ -488,13 +534,13 @@ def _missing(f: Attribute) -> float:
 
 
 def _value(
-    f: Counter | Rate | Recency, layout: _Layout, rows: np.ndarray, totals: np.ndarray, now_us: int
+    f: Counter | Rate | Recency, layout: _Layout, last: np.ndarray, totals: np.ndarray, now_us: int
 ) -> np.ndarray:
-    """One definition's values over (R, W) rows of its entity's table (``totals``: their
-    ``ring_totals``)."""
+    """One definition's values over R rows of its entity's table: ``last`` (R, recencies) their
+    recency columns (``layout.last_col``), ``totals`` (R, K) their ``ring_totals``."""
     if isinstance(f, Recency):
-        last = rows[:, layout.last[f.name]]
-        return Recency.finish(np.full(len(rows), now_us, dtype=np.int64), last)
+        column = last[:, layout.last_index[f.name]]
+        return Recency.finish(np.full(len(last), now_us, dtype=np.int64), column)
 
     def total(key: str) -> np.ndarray:
         column: np.ndarray = totals[:, layout.ring_index[key]]

@@ -156,7 +156,14 @@ class Runtime:
         self.pipeline: Pipeline | None = None
         self.version: str | None = None
         self.worker = (
-            FeedWorker(bus, self.state, self.store, snapshot_s=cfg.checkpoint_s, full_s=cfg.state_full_s)
+            FeedWorker(
+                bus,
+                self.state,
+                self.store,
+                snapshot_s=cfg.checkpoint_s,
+                full_s=cfg.checkpoint_full_s,
+                resume=self.synced,
+            )
             if in_process_worker
             else None
         )

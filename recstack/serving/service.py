@@ -11,7 +11,7 @@ from recstack.errors import ConfigError
 from recstack.events.base import EventLog
 from recstack.serving.api import Runtime, bus_for, registry_source
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker, keeps_features, load_state, state_store
+from recstack.serving.worker import FeedWorker, keeps_features, state_store, sync_state
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,11 @@ def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
 def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worker-1") -> FeedWorker:
     check_shared_state(settings)
     store = state_store(settings)
-    state = load_state(store)
-    if state is None or not keeps_features(state, settings):
+    loaded = sync_state(store)
+    resume = None
+    if loaded is not None and keeps_features(loaded[0], settings):
+        state, resume = loaded
+    else:
         state = FeedState.for_settings(settings)
     worker = FeedWorker(
         bus_for(settings),
@@ -57,6 +60,7 @@ def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worke
         consumer=consumer,
         snapshot_s=settings.serving.state_sync_s,
         full_s=settings.serving.state_full_s,
+        resume=resume,
     )
     worker.run(stop)
     return worker

@@ -185,6 +185,7 @@ class FeedWorker:
         snapshot_s: float = 1.0,
         key: str = STATE_KEY,
         full_s: float = 60.0,
+        resume: Position | None = None,
     ) -> None:
         self.log = log_
         self.state = state
@@ -214,6 +215,12 @@ class FeedWorker:
         self.lost = False  # a write failed: what it held is in no snapshot, the next is whole
         self.written_version = -1  # the state version of the last snapshot written
         self.last_full = time.monotonic()
+        if resume is not None and has_state and resume.version == state.version == state_version(store, key):
+            # the state is the store's last snapshot: its chain goes on with deltas, instead of a
+            # whole snapshot at the first checkpoint (a copy of the whole state, which at 1M items
+            # holds the serving thread for a few hundred milliseconds)
+            self.chain, self.deltas = resume.chain or None, resume.deltas
+            self.written_version = resume.version
         state.changes = Changes()  # what a delta holds
         # where the state is copied for a snapshot: here, or (in the API's process) on the serving
         # thread between requests, where the copy does not fight serving for the GIL and the lock

@@ -403,3 +403,32 @@ def test_online_backend_picks_where_the_state_lives(tmp_path: Path) -> None:
     assert isinstance(store(online__backend="redis"), RedisStore)
     sqlite = store(online__backend="sqlite", online__sqlite_path=str(tmp_path / "mine.sqlite"))
     assert isinstance(sqlite, SQLiteStore) and (tmp_path / "mine.sqlite").exists()
+
+
+def test_a_restarted_worker_goes_on_with_the_stored_chain(tmp_path: Path) -> None:
+    """A worker started from the store's last snapshot writes deltas on that chain (no whole copy
+    of the state at its first checkpoint), and a follower and a restart see every event."""
+    log = ParquetEventLog(tmp_path / "events")
+    events = _events(10, 300)
+    log.append(events[:110])
+    store = MemoryStore()
+    first = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600)
+    first.poll()
+    log.append(events[110:200])
+    first.poll()
+    assert first.deltas == 1
+    follower, at = sync_state(store) or (None, None)
+    assert follower is not None and at is not None
+    loaded = sync_state(store)
+    assert loaded is not None
+    second = FeedWorker(log, loaded[0], store, snapshot_s=0.0, full_s=3600, resume=loaded[1])
+    log.append(events[200:])
+    second.poll()
+    assert second.chain == first.chain and second.deltas == 2
+    moved = sync_state(store, follower, at)
+    assert moved is not None and moved[0] is follower and follower.clicks.values.sum() == 300
+    restored = load_state(store)
+    assert restored is not None and _same(restored, _state_of(second))
+    # a state that is not the store's last snapshot starts a new chain with a whole one
+    stale = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600, resume=at)
+    assert stale.chain is None
