@@ -10,18 +10,25 @@ half-written file. ``compact()`` merges a day's small files. Event ids are dedup
 day partition of their timestamp (a retried event carries the same timestamp); the id sets of the
 most recent ``dedupe_days_cached`` days stay in memory, older ones are read back on demand.
 
-One process writes a given log (the API or the worker); consumer groups of the embedded log serve
-consumers in that same process. Use the Redis backend for several processes.
+Several processes may write one log (the API, a ``recstack events ingest`` or ``recstack import``
+beside it): each append holds an exclusive lock on ``<root>/_lock`` (``fcntl.flock``) while it
+takes the next file sequence from ``<root>/_seq`` and writes its files, so no two writers ever
+write the same file. Under that lock a writer first takes in the files others wrote since it last
+looked (their ids join its deduplication index), and readers and consumers look for them too, so a
+running API's worker applies events a CLI appended. Consumer groups of the embedded log serve
+consumers in one process; use the Redis backend for consumers in several.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -103,16 +110,68 @@ class ParquetEventLog:
         (self.root / "_groups").mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._files: dict[int, Path] = {}
-        for path in self.root.glob("day=*/part-*.parquet"):
-            match = _PART.search(path.name)
-            if match:
-                self._files[int(match.group(1))] = path
-        self._next_seq = max(self._files, default=-1) + 1
+        self._file_cache: tuple[int, pa.Table] | None = None
+        self._scan()
+        self._next_seq = max(max(self._files, default=-1) + 1, self._shared_seq())
         self._ids: OrderedDict[str, _DayIds] = OrderedDict()  # day -> event ids (LRU)
         self._days_cached = dedupe_days_cached
         self._groups: dict[str, _GroupState] = {}
-        self._file_cache: tuple[int, pa.Table] | None = None
         self._count: int | None = None
+
+    # ------------------------------------------------------------------ writers in other processes
+    def _scan(self) -> list[int]:
+        """Read which files are on disk (others' appends, a compaction's merges); returns the
+        sequences this log did not know."""
+        files: dict[int, Path] = {}
+        for path in self.root.glob("day=*/part-*.parquet"):
+            match = _PART.search(path.name)
+            if match:
+                files[int(match.group(1))] = path
+        found = sorted(set(files) - set(self._files))
+        if set(files) != set(self._files):
+            self._file_cache = None
+        self._files = files
+        return found
+
+    def _shared_seq(self) -> int:
+        """The next file sequence as every writer sees it (``_seq``; -1 before the first append)."""
+        try:
+            return int((self.root / "_seq").read_text())
+        except (FileNotFoundError, ValueError):
+            return -1
+
+    def _bump(self, seq: int) -> None:
+        """Tell every process that files up to ``seq - 1`` moved (written, or merged)."""
+        counter = self.root / f"_seq.{os.getpid()}.tmp"
+        counter.write_text(str(seq))
+        os.replace(counter, self.root / "_seq")
+        self._next_seq = seq
+
+    def _catch_up(self) -> None:
+        """Files other processes appended or merged since this log last looked: known from now on,
+        and their event ids in the deduplication index (one small read when nothing moved)."""
+        if self._shared_seq() <= self._next_seq:
+            return
+        found = self._scan()
+        self._next_seq = max(self._next_seq, self._shared_seq(), max(self._files, default=-1) + 1)
+        self._count = None
+        for seq in found:
+            day = self._files[seq].parent.name.removeprefix("day=")
+            ids = self._ids.get(day)
+            if ids is not None:  # a cached day: add what the other writer wrote to it
+                written = self._read_file(self._files[seq], ["event_id"]).column("event_id")
+                ids.add(id_hashes(written.to_pylist()))
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """This process's lock, then the log's file lock; everything others wrote taken in."""
+        with self._lock, (self.root / "_lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._catch_up()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ writing
     def _day_ids(self, day: str) -> _DayIds:
@@ -154,7 +213,7 @@ class ParquetEventLog:
         days = _days(table.column("timestamp"))
         hashes = id_hashes(table.column("event_id").to_pylist())
         keep = np.zeros(len(hashes), dtype=bool)
-        with self._lock:
+        with self._writing():
             for day in sorted(set(days)):
                 rows = np.flatnonzero(days == day)
                 _, first = np.unique(hashes[rows], return_index=True)
@@ -174,13 +233,13 @@ class ParquetEventLog:
     def _write(self, day: str, table: pa.Table) -> None:
         folder = self.root / f"day={day}"
         folder.mkdir(exist_ok=True)
-        seq = self._next_seq
-        self._next_seq += 1
+        seq = max(self._next_seq, self._shared_seq())  # under the file lock (``_writing``)
         final = folder / f"part-{seq:012d}.parquet"
         tmp = folder / f".part-{seq:012d}.parquet.tmp"
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, final)
         self._files[seq] = final
+        self._bump(seq + 1)
 
     def compact(self) -> int:
         """Merge each day's files into one (keeps append order). Returns the number of files removed.
@@ -189,7 +248,7 @@ class ParquetEventLog:
         unconsumed events in the files it would merge.
         """
         removed = 0
-        with self._lock:
+        with self._writing():
             lowest_open = min((g.committed[0] for g in self._groups.values()), default=None)
             for group_file in (self.root / "_groups").glob("*.json"):
                 seq = json.loads(group_file.read_text())["committed"][0]
@@ -209,6 +268,8 @@ class ParquetEventLog:
                     self._files.pop(seq).unlink()
                     removed += 1
             self._file_cache = None
+            if removed:
+                self._bump(max(self._next_seq, self._shared_seq()) + 1)  # others read the files again
         return removed
 
     # ------------------------------------------------------------------ reading
@@ -228,6 +289,7 @@ class ParquetEventLog:
         kinds: Sequence[str] | None = None,
     ) -> pa.Table:
         with self._lock:
+            self._catch_up()
             if not self._files:
                 return EVENT_SCHEMA.empty_table()
             where, params = _where(start, end, kinds)
@@ -257,6 +319,7 @@ class ParquetEventLog:
 
     def count(self) -> int:
         with self._lock:
+            self._catch_up()
             if self._count is None:
                 self._count = sum(pq.ParquetFile(p).metadata.num_rows for p in self._files.values())
             return self._count
@@ -282,6 +345,7 @@ class ParquetEventLog:
         del consumer, block_ms  # one process: consumers of a group share its position; no blocking
         out: list[Delivery] = []
         with self._lock:
+            self._catch_up()
             state = self._group(group)
             seq, row = state.next_pos
             for file_seq in sorted(s for s in self._files if s >= seq):

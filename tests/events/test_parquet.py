@@ -78,3 +78,53 @@ def test_days_are_the_utc_dates_of_the_timestamps() -> None:
         [pa.array([0, 86_399_999_999, 86_400_000_000, -1], type=pa.timestamp("us", tz="UTC"))]
     )
     assert list(_days(stamps)) == ["1970-01-01", "1970-01-01", "1970-01-02", "1969-12-31"]
+
+
+def _click(event_id: str, day: int = 23) -> dict[str, object]:
+    return {
+        "event_id": event_id,
+        "kind": "click",
+        "timestamp": f"2026-11-{day:02d}T10:00:00Z",
+        "user_id": "u",
+        "item_id": "i",
+    }
+
+
+def _write(root: str, writer: int, batches: int, start: object) -> None:
+    """One writer process: ``batches`` appends of 20 events of its own and 5 shared by every writer
+    (each shared id must land once), waiting for ``start`` so the writers overlap."""
+    start.wait()  # type: ignore[attr-defined]
+    log = ParquetEventLog(Path(root))
+    for b in range(batches):
+        own = [_click(f"w{writer}-{b}-{k}", day=20 + b % 3) for k in range(20)]
+        shared = [_click(f"shared-{b}-{k}", day=20 + b % 3) for k in range(5)]
+        log.append(own + shared)
+
+
+def test_two_writer_processes_lose_nothing_and_a_running_log_sees_both(tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    running = ParquetEventLog(tmp_path)  # opened before the writers, as a serving API is
+    running.append([_click("before", day=20)])
+    start = context.Event()
+    writers = [context.Process(target=_write, args=(str(tmp_path), w, 30, start)) for w in range(2)]
+    for process in writers:
+        process.start()
+    start.set()
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    expected = {"before"} | {f"w{w}-{b}-{k}" for w in range(2) for b in range(30) for k in range(20)}
+    expected |= {f"shared-{b}-{k}" for b in range(30) for k in range(5)}
+    fresh = ParquetEventLog(tmp_path)
+    ids = fresh.table().column("event_id").to_pylist()
+    assert len(ids) == len(expected) == 1 + 1200 + 150 and set(ids) == expected
+    # the log that was open all along reads them, consumes them, and deduplicates against them
+    assert running.count() == len(expected)
+    consumed = []
+    while batch := running.consume("g", "c", count=500):
+        consumed += [d.event_id for d in batch]
+    assert sorted(consumed) == sorted(expected)
+    result = running.append([_click("w0-0-0", day=20), _click("after", day=21)])
+    assert (result.accepted, result.duplicates) == (1, 1)
