@@ -494,6 +494,34 @@ def events_join(
     )
 
 
+@events_app.command("dead-letters")
+def events_dead_letters(
+    config: ConfigOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, the newest last.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line, with the event.")] = False,
+) -> None:
+    """Events the feed worker could not apply (unreadable, timed outside the accepted window, or
+    failing when applied), with the reason; the rest of their batches were applied."""
+    from recstack.serving.worker import dead_letters, state_store
+
+    settings = _settings(config)
+    try:
+        store = state_store(settings)
+        count, records = dead_letters(store, limit=limit)
+        store.close()
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        for record in records:
+            typer.echo(json.dumps(record))
+        return
+    console.print(f"{count} dead letters in all; the last {len(records)}:" if count else "no dead letters")
+    for record in records:
+        console.print(
+            f"  {record['at']}  {record['event_id']}: {record['reason']}", markup=False, highlight=False
+        )
+
+
 @events_app.command("compact")
 def events_compact(config: ConfigOpt = None) -> None:
     """Merge each day's small Parquet files (embedded log only)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pydantic import (
 
 from recstack.errors import ConfigError
 from recstack.features.definitions import DEFAULT_FEATURES, FEATURE_TYPES, FeatureDef, check_unique
-from recstack.schema import ENGAGEMENT_KINDS
+from recstack.schema import ENGAGEMENT_KINDS, TimeWindow
 
 _FEATURE_ADAPTER: TypeAdapter[Any] = TypeAdapter(FeatureDef)
 
@@ -60,6 +61,24 @@ class EventLogConfig(Section):
     attribution_window_s: float = Field(
         3600.0, gt=0, description="An engagement joins an impression shown at most this long before it."
     )
+    earliest: datetime = Field(
+        datetime(1970, 1, 1, tzinfo=UTC),
+        description="An event (or an item's created_at) timed before this is rejected at append.",
+    )
+    max_ahead_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="An event (or an item's created_at) timed more than this many seconds past the "
+        "server's clock is rejected at append.",
+    )
+
+    @field_validator("earliest")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    def window(self) -> TimeWindow:
+        return TimeWindow(self.earliest, self.max_ahead_s)
 
 
 class Optimizer(StrEnum):

@@ -112,6 +112,38 @@ class SearchQuery(_Event):
 Event = Annotated[
     ItemUpsert | UserUpsert | Impression | Engagement | SearchQuery, Field(discriminator="kind")
 ]
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """The times an appended event may carry (``timestamp`` and an item's ``created_at``): none
+    before ``earliest`` and none more than ``ahead_s`` past the server's clock at the append. A
+    click stamped in 9999 would otherwise set every windowed count's clock there."""
+
+    earliest: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    ahead_s: float = 86_400.0
+
+    def bounds_us(self) -> tuple[int, int]:
+        """(earliest, latest) in microseconds since the epoch, the latest from the clock now."""
+        now = datetime.now(UTC).timestamp()
+        return int(self.earliest.timestamp() * 1_000_000), int((now + self.ahead_s) * 1_000_000)
+
+    def problem(self, event: Any) -> tuple[str, datetime] | None:
+        """(field, value) of the first time of ``event`` outside the window, or None."""
+        low, high = self.bounds_us()
+        for field in ("timestamp", "created_at"):
+            value = getattr(event, field, None)
+            if value is not None and not low <= int(value.timestamp() * 1_000_000) <= high:
+                return field, value
+        return None
+
+    def reason(self) -> str:
+        return (
+            f"must be within [{self.earliest.isoformat()}, server clock + {self.ahead_s:g} s] "
+            "([event_log] earliest, max_ahead_s)"
+        )
+
+
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
@@ -299,9 +331,12 @@ def conform_table(table: pa.Table) -> pa.Table:
     return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
 
 
-def validate_table(table: pa.Table) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def validate_table(
+    table: pa.Table, window: TimeWindow | None = None
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Column-wise validation of events (the bulk path): returns a (N,) bool mask of valid rows and,
-    for each invalid row, its index and the first problem (field and value), as parse_event would."""
+    for each invalid row, its index and the first problem (field and value), as parse_event would
+    (with ``window``'s bounds on the times, the default window when None)."""
     import pyarrow.compute as pc
 
     n = table.num_rows
@@ -323,6 +358,11 @@ def validate_table(table: pa.Table) -> tuple[np.ndarray, list[tuple[int, str]]]:
     )
     flag(pc.invert(pc.is_in(kind, pa.array(EVENT_KINDS))), "kind", f"must be one of {', '.join(EVENT_KINDS)}")
     flag(pc.is_null(table.column("timestamp")), "timestamp", "is required")
+    window = window or TimeWindow()
+    low, high = window.bounds_us()
+    for field in ("timestamp", "created_at"):
+        micros = table.column(field).cast(pa.int64())
+        flag(pc.or_(pc.less(micros, low), pc.greater(micros, high)), field, window.reason())
     for field, kinds in _NEEDS.items():
         needed = pc.is_in(kind, pa.array(kinds))
         flag(

@@ -23,5 +23,9 @@ def open_event_log(settings: Settings) -> EventLog:
     """The event log the configuration names (``[event_log] backend``)."""
     cfg = settings.event_log
     if cfg.backend is EventLogBackend.redis:
-        return RedisStreamLog(cfg.redis_url, cfg.stream, dedupe_days=cfg.dedupe_days_cached)
-    return ParquetEventLog(settings.event_log_path(), dedupe_days_cached=cfg.dedupe_days_cached)
+        return RedisStreamLog(
+            cfg.redis_url, cfg.stream, dedupe_days=cfg.dedupe_days_cached, window=cfg.window()
+        )
+    return ParquetEventLog(
+        settings.event_log_path(), dedupe_days_cached=cfg.dedupe_days_cached, window=cfg.window()
+    )

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from recstack.errors import EventValidationError
-from recstack.schema import Event, parse_event
+from recstack.schema import Event, TimeWindow, parse_event
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,15 @@ class EventLog(Protocol):
     def close(self) -> None: ...
 
 
-def validate_batch(raw_events: Sequence[Any]) -> tuple[list[tuple[int, Event]], AppendResult]:
-    """Parse each raw event; returns the valid ones with their index, and a result holding rejections.
+def validate_batch(
+    raw_events: Sequence[Any], window: TimeWindow | None = None
+) -> tuple[list[tuple[int, Event]], AppendResult]:
+    """Parse each raw event; returns the valid ones with their index, and a result holding rejections
+    (an event timed outside ``window``, the default window when None, is rejected).
 
     An id repeated within the batch counts as a duplicate of its first occurrence.
     """
+    window = window or TimeWindow()
     result = AppendResult()
     valid: list[tuple[int, Event]] = []
     seen: set[str] = set()
@@ -140,6 +144,11 @@ def validate_batch(raw_events: Sequence[Any]) -> tuple[list[tuple[int, Event]], 
             event = parse_event(raw, index)
         except EventValidationError as exc:
             result.rejected.append(Rejected(index, str(exc)))
+            continue
+        outside = window.problem(event)
+        if outside is not None:
+            error = EventValidationError(index, outside[0], outside[1].isoformat(), window.reason())
+            result.rejected.append(Rejected(index, str(error)))
             continue
         if event.event_id in seen:
             result.duplicates += 1

@@ -41,7 +41,15 @@ import pyarrow.parquet as pq
 
 from recstack.errors import DataFormatError
 from recstack.events.base import AppendResult, Delivery, Rejected, validate_batch
-from recstack.schema import EVENT_SCHEMA, Event, conform_table, events_to_table, row_to_event, validate_table
+from recstack.schema import (
+    EVENT_SCHEMA,
+    Event,
+    TimeWindow,
+    conform_table,
+    events_to_table,
+    row_to_event,
+    validate_table,
+)
 
 _PART = re.compile(r"part-(\d{12})\.parquet$")
 
@@ -104,8 +112,9 @@ class _GroupState:
 class ParquetEventLog:
     """Event log over day-partitioned Parquet files. See the module docstring."""
 
-    def __init__(self, root: Path, dedupe_days_cached: int = 8) -> None:
+    def __init__(self, root: Path, dedupe_days_cached: int = 8, window: TimeWindow | None = None) -> None:
         self.root = Path(root)
+        self.window = window or TimeWindow()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "_groups").mkdir(exist_ok=True)
         self._lock = threading.RLock()
@@ -187,7 +196,7 @@ class ParquetEventLog:
         return ids
 
     def append(self, events: Sequence[Any]) -> AppendResult:
-        valid, result = validate_batch(events)
+        valid, result = validate_batch(events, self.window)
         if valid:
             events_ok = [event for _, event in valid]
             written = self._append_valid(events_to_table(events_ok))
@@ -203,7 +212,7 @@ class ParquetEventLog:
 
     def append_table(self, table: pa.Table) -> AppendResult:
         table = conform_table(table)
-        valid, problems = validate_table(table)
+        valid, problems = validate_table(table, self.window)
         written = self._append_valid(table.filter(pa.array(valid)))
         written.rejected = [Rejected(i, msg) for i, msg in problems]
         return written

@@ -35,6 +35,7 @@ from recstack.events.base import AppendResult, Delivery, Rejected, in_selection,
 from recstack.schema import (
     EVENT_SCHEMA,
     Event,
+    TimeWindow,
     conform_table,
     events_to_table,
     parse_event_json,
@@ -92,8 +93,10 @@ class RedisStreamLog:
         dedupe_days: int = 8,
         claim_idle_ms: int = 60_000,
         socket_timeout_s: float = 5.0,
+        window: TimeWindow | None = None,
     ) -> None:
         self.url = url
+        self.window = window or TimeWindow()
         self.stream = stream
         self.dedupe_days = dedupe_days
         self.claim_idle_ms = claim_idle_ms
@@ -110,7 +113,7 @@ class RedisStreamLog:
         return bool(self._call("ping", self.client.ping))
 
     def append(self, events: Sequence[Any]) -> AppendResult:
-        valid, result = validate_batch(events)
+        valid, result = validate_batch(events, self.window)
         if not valid:
             return result
         argv: list[str] = []
@@ -127,7 +130,7 @@ class RedisStreamLog:
         """Rows written as their events' JSON, built column-wise from the validated table (no model
         per row: the served impressions of every request come this way)."""
         table = conform_table(table)
-        valid, problems = validate_table(table)
+        valid, problems = validate_table(table, self.window)
         table = table.filter(pa.array(valid))
         result = AppendResult(rejected=[Rejected(i, msg) for i, msg in problems])
         if not table.num_rows:

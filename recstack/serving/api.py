@@ -52,7 +52,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 
-from recstack.config import EventLogBackend, Settings
+from recstack.config import Settings
 from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
 from recstack.features.feed import logged_values
@@ -163,6 +163,7 @@ class Runtime:
                 snapshot_s=cfg.checkpoint_s,
                 full_s=cfg.checkpoint_full_s,
                 resume=self.synced,
+                window=settings.event_log.window(),
             )
             if in_process_worker
             else None
@@ -726,13 +727,9 @@ _unfreeze_at_exit = False
 
 def bus_for(settings: Settings) -> EventLog:
     """The bus the settings name: the Parquet log (embedded) or the Redis stream."""
-    if settings.event_log.backend is EventLogBackend.redis:
-        from recstack.events.redis_stream import RedisStreamLog
+    from recstack.events import open_event_log
 
-        return RedisStreamLog(settings.event_log.redis_url, settings.event_log.stream)
-    from recstack.events.parquet import ParquetEventLog
-
-    return ParquetEventLog(settings.event_log_path(), settings.event_log.dedupe_days_cached)
+    return open_event_log(settings)
 
 
 def registry_source(settings: Settings) -> Callable[[], tuple[str, Path] | None]:

@@ -61,6 +61,7 @@ def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worke
         snapshot_s=settings.serving.state_sync_s,
         full_s=settings.serving.state_full_s,
         resume=resume,
+        window=settings.event_log.window(),
     )
     worker.run(stop)
     return worker

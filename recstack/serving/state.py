@@ -298,12 +298,13 @@ class FeedState:
         while len(state.seen) > self.seen_limit:
             state.seen.popitem(last=False)
 
-    def apply(self, events: Iterable[Event]) -> int:
-        """Apply events not applied before, in order; returns how many were new."""
+    def apply(self, events: Iterable[Event], failed: list[tuple[Event, str]] | None = None) -> int:
+        """Apply events not applied before, in order; returns how many were new. An event whose
+        application raises is added to ``failed`` with the reason and the rest go on (with
+        ``failed`` None, the error propagates)."""
         new = 0
-        trend_items: list[int] = []
-        trend_times: list[int] = []
-        trend_weights: list[float] = []
+        trend: tuple[list[int], list[int], list[float]] = ([], [], [])
+        trend_items, trend_times, trend_weights = trend
         with self.lock:
             changes = self.changes or Changes()  # a throwaway when untracked
             for event in events:
@@ -311,54 +312,12 @@ class FeedState:
                     continue
                 self.applied.add(event.event_id)
                 new += 1
-                if isinstance(event, ItemUpsert):
-                    self._add_item(event, changes)
-                    continue
-                if isinstance(event, UserUpsert):
-                    self._user(event.user_id)
-                    changes.users.add(event.user_id)
-                    self.features.upsert_user(
-                        event.user_id, exact_us(event.timestamp), event.attributes, changes.features
-                    )
-                    continue
-                if not isinstance(event, Impression | Engagement):
-                    continue
-                item = self.item_index.get(event.item_id)
-                if item is None:
-                    self.unknown_items += 1
-                    continue
-                state = self._user(event.user_id)
-                changes.users.add(event.user_id)
-                self.features.observe(
-                    event.kind,
-                    exact_us(event.timestamp),
-                    event.user_id,
-                    item,
-                    event.event_id,
-                    changes.features,
-                )
-                if isinstance(event, Impression):
-                    self._see(state, item)
-                    self.impressions.data[item] += 1
-                    changes.items.add(item)
-                    continue
-                kind = event.kind
-                if kind == "click":
-                    self.clicks.data[item] += 1
-                    changes.items.add(item)
-                if kind in POSITIVE:
-                    if item in state.history:
-                        state.history.remove(item)
-                    state.history.appendleft(item)
-                    self._see(state, item)
-                elif kind in NEGATIVE:
-                    state.blocked.add(item)
-                    self._see(state, item)
-                weight = self.trending_weights.get(kind)
-                if weight:
-                    trend_items.append(item)
-                    trend_times.append(exact_us(event.timestamp))
-                    trend_weights.append(weight)
+                try:
+                    self._apply_one(event, changes, trend)
+                except Exception as exc:
+                    if failed is None:
+                        raise
+                    failed.append((event, f"{type(exc).__name__}: {exc}"))
             if trend_items:
                 changes.trending.update(trend_items)
                 self.trending.observe(
@@ -369,6 +328,60 @@ class FeedState:
             if new:
                 self.version += 1
         return new
+
+    def _apply_one(
+        self, event: Event, changes: Changes, trend: tuple[list[int], list[int], list[float]]
+    ) -> None:
+        """One new event's effect (under the lock); trending observations are added to ``trend``."""
+        trend_items, trend_times, trend_weights = trend
+        if isinstance(event, ItemUpsert):
+            self._add_item(event, changes)
+            return
+        if isinstance(event, UserUpsert):
+            self._user(event.user_id)
+            changes.users.add(event.user_id)
+            self.features.upsert_user(
+                event.user_id, exact_us(event.timestamp), event.attributes, changes.features
+            )
+            return
+        if not isinstance(event, Impression | Engagement):
+            return
+        item = self.item_index.get(event.item_id)
+        if item is None:
+            self.unknown_items += 1
+            return
+        state = self._user(event.user_id)
+        changes.users.add(event.user_id)
+        self.features.observe(
+            event.kind,
+            exact_us(event.timestamp),
+            event.user_id,
+            item,
+            event.event_id,
+            changes.features,
+        )
+        if isinstance(event, Impression):
+            self._see(state, item)
+            self.impressions.data[item] += 1
+            changes.items.add(item)
+            return
+        kind = event.kind
+        if kind == "click":
+            self.clicks.data[item] += 1
+            changes.items.add(item)
+        if kind in POSITIVE:
+            if item in state.history:
+                state.history.remove(item)
+            state.history.appendleft(item)
+            self._see(state, item)
+        elif kind in NEGATIVE:
+            state.blocked.add(item)
+            self._see(state, item)
+        weight = self.trending_weights.get(kind)
+        if weight:
+            trend_items.append(item)
+            trend_times.append(exact_us(event.timestamp))
+            trend_weights.append(weight)
 
     def record_served(self, user_id: str, items: Sequence[int], request_id: str, now_us: int) -> None:
         """What serving just showed, applied at once (the user's next request must not repeat it,

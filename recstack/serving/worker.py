@@ -25,27 +25,49 @@ changed that second rather than every user. Store keys, under ``key``:
 ``sync_state`` reads the chain: the API in another process calls it every ``state_sync_s`` and
 applies the deltas it has not applied yet (in place), crosses to a new chain by its bridge, or loads
 the whole snapshot when it cannot (a worker restart, a new catalog, a missing delta); a restarted
-worker loads the whole snapshot and its deltas, then starts a new chain.
+worker loads the whole snapshot and its deltas and goes on with that chain.
+
+Dead letters: an event that cannot be read, is timed outside the window the log accepts
+(``[event_log] earliest``, ``max_ahead_s``) or raises while it is applied is not applied; the
+rest of its batch is. It is written with its reason to ``key:dead:<n>`` (the last
+``DEAD_LETTERS_KEPT``, ``key:dead:count`` in all) in the same write as the snapshot that
+acknowledges it, and ``recstack events dead-letters`` lists them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from recstack.config import EventLogBackend, OnlineBackend, Settings
 from recstack.errors import CheckpointError
 from recstack.events.base import EventLog
 from recstack.features.stores import KVStore, MemoryStore, RedisStore, SQLiteStore
+from recstack.schema import Event, TimeWindow
 from recstack.serving.state import Captured, Changes, FeedState
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "recstack:feed_state"
+DEAD_LETTERS_KEPT = 10_000
+
+
+def dead_letters(store: KVStore, key: str = STATE_KEY, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
+    """(how many events went to dead letters in all, the last ``limit`` of those kept, newest
+    last)."""
+    (raw,) = store.get_many([key + ":dead:count"])
+    count = int(raw) if raw is not None else 0
+    first = max(1, count - min(limit, DEAD_LETTERS_KEPT) + 1)
+    numbers = range(first, count + 1)
+    blobs = store.get_many([f"{key}:dead:{(n - 1) % DEAD_LETTERS_KEPT}" for n in numbers])
+    return count, [json.loads(b) for b in blobs if b is not None]
 
 
 def _here(fn: Callable[[], Captured]) -> Captured:
@@ -186,8 +208,13 @@ class FeedWorker:
         key: str = STATE_KEY,
         full_s: float = 60.0,
         resume: Position | None = None,
+        window: TimeWindow | None = None,
     ) -> None:
         self.log = log_
+        self.window = window or TimeWindow()
+        self.dead: list[dict[str, Any]] = []  # dead letters not written yet
+        (raw_dead,) = store.get_many([key + ":dead:count"])
+        self.dead_count = int(raw_dead) if raw_dead is not None else 0
         self.state = state
         self.store = store
         # the consumer group belongs to the snapshot: with no snapshot (a new or wiped store) the
@@ -232,14 +259,47 @@ class FeedWorker:
         if deliveries:
             state = self.state
             with state.lock:  # skipped by id, unparsed: impressions of lists this state served
-                todo = [d for d in deliveries if not state.was_served(d.event_id)]
-            self.applied += state.apply(d.event for d in todo if d.event_id not in state.applied)
+                todo = [
+                    d
+                    for d in deliveries
+                    if not state.was_served(d.event_id) and d.event_id not in state.applied
+                ]
+            events: list[Event] = []
+            for delivery in todo:
+                try:
+                    event = delivery.event
+                except Exception as exc:  # a row no writer validated (damaged, or another producer's)
+                    self._dead(delivery.event_id, f"unreadable: {exc}", None)
+                    continue
+                outside = self.window.problem(event)
+                if outside is not None:
+                    field, value = outside
+                    self._dead(
+                        event.event_id, f"field '{field}' = {value.isoformat()} {self.window.reason()}", event
+                    )
+                    continue
+                events.append(event)
+            failed: list[tuple[Event, str]] = []
+            self.applied += state.apply(events, failed)
+            for event, reason in failed:
+                self._dead(event.event_id, reason, event)
             self.pending.extend(d.delivery_id for d in deliveries)
             self.pending_ids.extend(d.event_id for d in deliveries)
             self.delivered += len(deliveries)
         if self.pending and time.monotonic() - self.last_snapshot >= self.snapshot_s:
             self.checkpoint()
         return len(deliveries)
+
+    def _dead(self, event_id: str, reason: str, event: Event | None) -> None:
+        log.warning("event %s goes to the dead letters: %s", event_id, reason)
+        self.dead.append(
+            {
+                "event_id": event_id,
+                "reason": reason,
+                "at": datetime.now(UTC).isoformat(),
+                "event": json.loads(event.model_dump_json()) if event is not None else None,
+            }
+        )
 
     def checkpoint(self) -> None:
         """Write the state (a delta, or whole with the catalog when it changed), then acknowledge
@@ -284,6 +344,11 @@ class FeedWorker:
             writes[self.key + ":deltas"] = str(self.deltas + 1).encode()
         if snapshot.catalog is not None:
             writes[self.key + ":catalog"] = snapshot.catalog
+        dead = self.dead
+        for n, record in enumerate(dead, start=self.dead_count + 1):  # with the acks that drop them
+            writes[f"{self.key}:dead:{(n - 1) % DEAD_LETTERS_KEPT}"] = json.dumps(record).encode()
+        if dead:
+            writes[self.key + ":dead:count"] = str(self.dead_count + len(dead)).encode()
         try:
             self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
         except Exception:
@@ -299,6 +364,8 @@ class FeedWorker:
             self.deltas += 1
         self.written_version = snapshot.version
         self.catalog_written = snapshot.catalog_version
+        self.dead_count += len(dead)
+        self.dead = self.dead[len(dead) :]
         if self.pending:
             self.log.ack(self.group, self.pending)
             self.pending = []

@@ -189,3 +189,45 @@ def test_tables_are_validated_like_single_events_and_round_trip(backend: tuple[E
         assert f"'{column}'" in rejected.error
     replayed = sorted(log.replay(), key=lambda e: e.event_id)  # the Parquet log replays by time
     assert replayed == [parse_event(e) for e in good]
+
+
+def test_times_outside_the_window_are_rejected_by_row_and_table(backend: tuple[EventLog, Reopen]) -> None:
+    """Before 1970 or more than a day past the clock (the defaults): a clear rejection naming the
+    field, on both paths; one hour ahead (a client's clock running fast) is accepted."""
+    import pyarrow as pa
+
+    from recstack.schema import conform_table
+
+    log, _ = backend
+    soon = datetime.now(UTC).timestamp() + 3_600
+    events = [
+        ev(1, timestamp="9999-12-31T00:00:00Z"),
+        ev(2, timestamp="1969-12-31T23:59:59Z"),
+        {
+            "event_id": "it",
+            "kind": "item",
+            "timestamp": soon,
+            "item_id": "x",
+            "created_at": "9999-12-31T00:00:00Z",
+        },
+        ev(3, timestamp=soon),
+    ]
+    result = log.append(events)
+    assert result.accepted == 1 and [r.index for r in result.rejected] == [0, 1, 2]
+    assert "'timestamp'" in result.rejected[0].error and "max_ahead_s" in result.rejected[0].error
+    assert "'created_at'" in result.rejected[2].error
+    rows = {
+        "event_id": ["t1", "t2", "t3"],
+        "kind": ["click"] * 3,
+        "timestamp": [
+            datetime(9999, 12, 31, tzinfo=UTC),
+            datetime(1960, 1, 1, tzinfo=UTC),
+            datetime.now(UTC),
+        ],
+        "user_id": ["u"] * 3,
+        "item_id": ["i"] * 3,
+    }
+    bulk = log.append_table(conform_table(pa.table(rows)))
+    assert bulk.accepted == 1 and [r.index for r in bulk.rejected] == [0, 1]
+    assert "'timestamp'" in bulk.rejected[0].error
+    assert log.count() == 2

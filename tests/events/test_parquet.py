@@ -128,3 +128,25 @@ def test_two_writer_processes_lose_nothing_and_a_running_log_sees_both(tmp_path:
     assert sorted(consumed) == sorted(expected)
     result = running.append([_click("w0-0-0", day=20), _click("after", day=21)])
     assert (result.accepted, result.duplicates) == (1, 1)
+
+
+def test_the_configured_time_window_is_the_logs(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from recstack.config import load_settings
+    from recstack.events import open_event_log
+
+    settings = load_settings(
+        None,
+        {
+            "RECSTACK_PATHS__STATE_DIR": str(tmp_path),
+            "RECSTACK_EVENT_LOG__MAX_AHEAD_S": "60",
+            "RECSTACK_EVENT_LOG__EARLIEST": "2020-01-01T00:00:00Z",
+        },
+    )
+    log = open_event_log(settings)
+    now = datetime.now(UTC).timestamp()
+    result = log.append([_click("old", day=1) | {"timestamp": "2019-06-01T00:00:00Z"}])
+    assert result.accepted == 0 and "2020-01-01" in result.rejected[0].error
+    result = log.append([_click("ahead") | {"timestamp": now + 600}, _click("now") | {"timestamp": now}])
+    assert result.accepted == 1 and [r.index for r in result.rejected] == [0]

@@ -432,3 +432,60 @@ def test_a_restarted_worker_goes_on_with_the_stored_chain(tmp_path: Path) -> Non
     # a state that is not the store's last snapshot starts a new chain with a whole one
     stale = FeedWorker(log, FeedState(), store, snapshot_s=0.0, full_s=3600, resume=at)
     assert stale.chain is None
+
+
+def test_a_poison_event_goes_to_the_dead_letters_and_the_rest_of_its_batch_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three poisons in the middle of one batch: a row no writer validated (unreadable), a click
+    timed in 9999 (accepted by a log with a wide window, refused by the worker's), and an event
+    whose application raises. Each is a dead letter with its reason, written with the snapshot that
+    acknowledges it and listed by ``recstack events dead-letters``; every other event is applied."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from recstack.cli import app
+    from recstack.config import load_settings
+    from recstack.schema import TimeWindow, conform_table
+    from recstack.serving.worker import dead_letters, state_store
+
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path / "state")})
+    log = ParquetEventLog(tmp_path / "events", window=TimeWindow(ahead_s=1e12))
+    good = _events(10, 60)
+    log.append([*good[:30], {**good[30], "event_id": "future", "timestamp": "9999-12-31T00:00:00Z"}])
+    damaged = conform_table(
+        pa.table({"event_id": ["broken"], "kind": ["click"], "timestamp": [good[31]["timestamp"]]})
+    )
+    damaged = damaged.set_column(
+        damaged.schema.get_field_index("timestamp"),
+        "timestamp",
+        pa.array([2_000_000_000], pa.timestamp("us", tz="UTC")),
+    )
+    folder = tmp_path / "events" / "day=1970-01-01"
+    pq.write_table(damaged, folder / "part-000000000500.parquet")  # no user or item: not an event
+    ParquetEventLog(tmp_path / "events").append(good[31:])
+    original = FeedState._apply_one
+
+    def failing(self: FeedState, event: object, *args: object) -> None:
+        if getattr(event, "event_id", None) == "c40":
+            raise ValueError("boom")
+        original(self, event, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FeedState, "_apply_one", failing)
+    store = state_store(settings)
+    worker = FeedWorker(ParquetEventLog(tmp_path / "events"), FeedState(), store, snapshot_s=3600)
+    worker.drain()
+    count, records = dead_letters(store)
+    assert count == 3 and [r["event_id"] for r in records] == ["future", "broken", "c40"]
+    assert "max_ahead_s" in records[0]["reason"] and records[0]["event"]["kind"] == "click"
+    assert records[1]["reason"].startswith("unreadable") and records[1]["event"] is None
+    assert records[2]["reason"] == "ValueError: boom"
+    applied = worker.state.clicks.values.sum()
+    assert applied == 60 - 2  # every click but the one timed in 9999 and the one that raised
+    store.close()
+    result = CliRunner().invoke(
+        app, ["events", "dead-letters"], env={"RECSTACK_PATHS__STATE_DIR": str(tmp_path / "state")}
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 dead letters" in result.output and "c40: ValueError: boom" in result.output
