@@ -345,6 +345,131 @@ def _train_feed(settings: Settings, incremental: bool, promote_after: bool) -> N
     )
 
 
+@app.command("import")
+def import_files(
+    interactions: Annotated[
+        Path | None, typer.Argument(help="Interactions file (CSV, TSV, JSONL, Parquet, MovieLens).")
+    ] = None,
+    items: Annotated[Path | None, typer.Option(help="Item attributes file.")] = None,
+    users: Annotated[Path | None, typer.Option(help="User attributes file.")] = None,
+    config: ConfigOpt = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="[mapping] format, for every file.")] = None,
+    columns: Annotated[str | None, typer.Option(help="[mapping] columns, comma-separated.")] = None,
+    user: Annotated[str | None, typer.Option(help="[mapping] user: the user column.")] = None,
+    item: Annotated[str | None, typer.Option(help="[mapping] item: the item column.")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="[mapping] timestamp: the time column.")] = None,
+    time_unit: Annotated[str | None, typer.Option(help="[mapping] time_unit: s, ms, us or iso.")] = None,
+    rating: Annotated[str | None, typer.Option(help="[mapping] rating: the value column.")] = None,
+    engagement: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KIND=LEAST: rating >= LEAST makes the row a KIND (repeatable; replaces [mapping] "
+            "engagements)."
+        ),
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="[mapping] kind: a column naming each row's kind.")] = None,
+    no_impressions: Annotated[bool, typer.Option(help="Rows are engagements only, no impressions.")] = False,
+    text: Annotated[
+        list[str] | None, typer.Option(help="[mapping] text: an item text column (repeatable).")
+    ] = None,
+    creator: Annotated[str | None, typer.Option(help="[mapping] creator: the item creator column.")] = None,
+    catalog_time: Annotated[
+        datetime | None, typer.Option(help="[mapping] catalog_time (ISO-8601, UTC).")
+    ] = None,
+) -> None:
+    """Import a team's own files into the event log: interactions become impressions and
+    engagements, item and user rows upserts, with ids derived from the rows (importing a file again
+    adds nothing). Bad lines are reported with file, line and reason; the rest is imported (exit 1
+    when any line was bad)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from recstack.config import MappingConfig
+    from recstack.data.importer import earliest_time, import_file, read_rows
+
+    settings = _settings(config)
+    given: dict[str, Any] = {
+        "format": fmt,
+        "columns": [c.strip() for c in columns.split(",")] if columns else None,
+        "user": user,
+        "item": item,
+        "timestamp": timestamp,
+        "time_unit": time_unit,
+        "rating": rating,
+        "kind": kind,
+        "creator": creator,
+        "text": text or None,
+        "catalog_time": catalog_time.replace(tzinfo=catalog_time.tzinfo or UTC) if catalog_time else None,
+    }
+    update = {k: v for k, v in given.items() if v is not None}
+    if no_impressions:
+        update["impressions"] = False
+    if kind is not None:
+        update["rating"] = None
+    try:
+        if engagement:
+            update["engagements"] = {
+                k.strip(): float(v) for k, _, v in (e.partition("=") for e in engagement)
+            }
+        mapping = MappingConfig.model_validate(settings.mapping.model_dump() | update)
+    except ValueError as exc:
+        raise _fail(RecstackError(f"bad mapping: {exc}")) from exc
+    files = [
+        (p, what) for p, what in ((items, "items"), (users, "users"), (interactions, "interactions")) if p
+    ]
+    if not files:
+        raise _fail(RecstackError("nothing to import: give an interactions file, --items or --users"))
+    log = _log(settings)
+    summaries = []
+    try:
+        catalog_us: int | None
+        if mapping.catalog_time is not None:
+            catalog_us = int(mapping.catalog_time.timestamp() * 1_000_000)
+        else:
+            first = earliest_time(interactions, mapping, mapping.format) if interactions else None
+            catalog_us = first - 1_000_000 if first is not None else None
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar:
+            for path, what in files:
+                _, total = read_rows(path, mapping.format, mapping.columns)
+                task = bar.add_task(f"{what} {path.name}", total=total)
+                summaries.append(
+                    import_file(
+                        log,
+                        path,
+                        what,
+                        mapping,
+                        mapping.format,
+                        catalog_us,
+                        mapping.batch,
+                        progress=lambda n, task=task: bar.advance(task, n),  # type: ignore[misc]
+                    )
+                )
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        log.close()
+    for summary in summaries:
+        events = ", ".join(f"{k} {v:,}" for k, v in summary.events.items()) or "no events"
+        console.print(
+            f"{escape(summary.path.name)}: {summary.rows:,} rows -> {events}; accepted {summary.accepted:,}, "
+            f"duplicates {summary.duplicates:,}, bad lines {summary.bad_lines:,}",
+            highlight=False,
+        )
+    bad = [(s.path.name, line, reason) for s in summaries for line, reason in s.errors]
+    for name, line, reason in bad[:20]:
+        console.print(f"  {escape(name)} line {line}: {escape(reason)}")
+    if len(bad) > 20:
+        console.print(f"  ... and {len(bad) - 20} more bad lines")
+    if bad:
+        raise typer.Exit(1)
+
+
 @data_app.command("list")
 def data_list(config: ConfigOpt = None) -> None:
     """The known data sets, whether each is present, and its licence."""

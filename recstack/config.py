@@ -81,6 +81,88 @@ class EventLogConfig(Section):
         return TimeWindow(self.earliest, self.max_ahead_s)
 
 
+class ImportFormat(StrEnum):
+    auto = "auto"
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    movielens = "movielens"
+
+
+class TimeUnit(StrEnum):
+    s = "s"
+    ms = "ms"
+    us = "us"
+    iso = "iso"
+
+
+class MappingConfig(Section):
+    """How `recstack import` reads a team's files (each key is also a flag of the command)."""
+
+    format: ImportFormat = Field(
+        ImportFormat.auto,
+        description="csv, tsv (a header row, or `columns`), jsonl, parquet, movielens (u.data, u.item, "
+        "u.user, ratings.dat, movies.dat, users.dat), or auto: by the file's name.",
+    )
+    columns: list[str] | None = Field(
+        None, description="Column names of a CSV/TSV file without a header row (it is then all data)."
+    )
+    user: str = Field("user_id", description="Interactions: the column holding the user id.")
+    item: str = Field("item_id", description="Interactions: the column holding the item id.")
+    timestamp: str = Field("timestamp", description="Interactions: the column holding the time.")
+    time_unit: TimeUnit = Field(
+        TimeUnit.s, description="How times are written: s, ms or us since the epoch, or iso (ISO-8601)."
+    )
+    rating: str | None = Field(
+        "rating",
+        description="Interactions: the column whose value maps to engagements (a rating, a 0/1 label); "
+        "unset: every row is an engagement of each kind in `engagements`.",
+    )
+    engagements: dict[str, float] = Field(
+        {"click": 4.0, "like": 5.0},
+        description="Engagement kind -> the least value of `rating` that makes a row that engagement.",
+    )
+    kind: str | None = Field(
+        None,
+        description="Interactions: a column naming each row's engagement kind (impression or view: "
+        "shown only), instead of `rating`.",
+    )
+    impressions: bool = Field(
+        True, description="Each interaction row is also an impression (the rankers' negatives)."
+    )
+    surface: str = Field("feed", description="The surface the imported impressions were shown on.")
+    item_id: str = Field("item_id", description="Items: the column holding the item id.")
+    text: list[str] = Field([], description='Items: columns joined as the item\'s text (e.g. ["title"]).')
+    creator: str | None = Field(None, description="Items: the column holding the creator id.")
+    created_at: str | None = Field(
+        None, description="Items: the column holding the creation time (in `time_unit`)."
+    )
+    item_attributes: list[str] | None = Field(
+        None, description="Items: the attribute columns; unset: every other column."
+    )
+    user_id: str = Field("user_id", description="Users: the column holding the user id.")
+    user_attributes: list[str] | None = Field(
+        None, description="Users: the attribute columns; unset: every other column."
+    )
+    catalog_time: datetime | None = Field(
+        None,
+        description="When item and user rows are upserted; unset: one second before the import's "
+        "earliest interaction (1970-01-02 when it has none).",
+    )
+    batch: int = Field(50_000, ge=1, description="Events per append.")
+
+    @field_validator("engagements")
+    @classmethod
+    def _kinds(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(ENGAGEMENT_KINDS))
+        if unknown:
+            raise ValueError(
+                f"unknown engagement kind(s) {', '.join(unknown)}; kinds: {', '.join(ENGAGEMENT_KINDS)}"
+            )
+        return value
+
+
 class Optimizer(StrEnum):
     adam = "adam"
     adamw = "adamw"
@@ -466,6 +548,7 @@ class Settings(Section):
     online: OnlineConfig = OnlineConfig()
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
+    mapping: MappingConfig = MappingConfig()
     features: list[FeatureDef] = Field(
         default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
         description="Feature definitions, one [[features]] table each.",
