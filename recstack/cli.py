@@ -113,6 +113,10 @@ def train(
     promote_after: Annotated[
         bool, typer.Option("--promote/--no-promote", help="Feed: promote through the gate after training.")
     ] = True,
+    since: Annotated[
+        datetime | None, typer.Option(help="Feed: train on events from this time (ISO-8601, UTC if naive).")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="Feed: ... up to this time (exclusive).")] = None,
 ) -> None:
     """Train MF with BPR on a data set and report test metrics; with --feed (or --incremental),
     train the feed bundle from the event log, register it and promote it through the gate."""
@@ -120,9 +124,13 @@ def train(
         import time
 
         settings = _settings(config)
+        start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+        end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+        if start and end and start >= end:
+            raise _fail(RecstackError(f"--since {start.isoformat()} is not before --until {end.isoformat()}"))
         while True:
             try:
-                _train_feed(settings, incremental, promote_after)
+                _train_feed(settings, incremental, promote_after, start, end)
             except RecstackError as exc:
                 if every is None:
                     raise _fail(exc) from exc
@@ -329,11 +337,19 @@ def evaluate(
     )
 
 
-def _train_feed(settings: Settings, incremental: bool, promote_after: bool) -> None:
+def _train_feed(
+    settings: Settings,
+    incremental: bool,
+    promote_after: bool,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> None:
     from recstack.serving.api import bus_for
     from recstack.train.rounds import train_and_register
 
-    result = train_and_register(settings, bus_for(settings), incremental=incremental, promote=promote_after)
+    result = train_and_register(
+        settings, bus_for(settings), incremental=incremental, promote=promote_after, start=start, end=end
+    )
     table = Table("holdout metric", "value")
     for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4f}")

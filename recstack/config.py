@@ -177,8 +177,25 @@ class Schedule(StrEnum):
     plateau = "plateau"
 
 
+class HoldoutKind(StrEnum):
+    tail = "tail"
+    served = "served"
+
+
 class TrainConfig(Section):
     seed: int = Field(2026, description="Seeds Python, NumPy and PyTorch.")
+    holdout: HoldoutKind = Field(
+        HoldoutKind.tail,
+        description="Feed: the holdout the gate reads: tail (the last 10% of the window's impressions by "
+        "time) or served (the last 10% of the impressions the API served; training reads what came "
+        "before them).",
+    )
+    mixed_ctr_factor: float = Field(
+        2.0,
+        gt=1,
+        description="Feed: warn when the window mixes served impressions and others (imported, "
+        "backfilled) whose click rates differ by more than this factor.",
+    )
     epochs: int = Field(20, ge=1, description="Maximum epochs.")
     batch_size: int = Field(2048, ge=1, description="Rows per training batch.")
     optimizer: Optimizer = Field(Optimizer.adam, description="adam, adamw, sgd or adagrad.")

@@ -39,7 +39,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from recstack.config import CalibrationKind, LightRankerKind, PositionCorrection, RankerKind, Settings
+from recstack.config import (
+    CalibrationKind,
+    HoldoutKind,
+    LightRankerKind,
+    PositionCorrection,
+    RankerKind,
+    Settings,
+)
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.eval.metrics import auc, logloss
@@ -101,6 +108,56 @@ def split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     a, b = int(n * 0.8), int(n * 0.9)
     parts = (order[:a], order[a:b], order[b:])
     return tuple(frame.iloc[p].reset_index(drop=True) for p in parts)
+
+
+def served_rows(frame: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: the impressions the API served (their model versions name a feed bundle), as
+    against imported or backfilled ones."""
+    versions = frame["model_versions"] if "model_versions" in frame else pd.Series([None] * len(frame))
+    return np.array([bool(v) and '"feed"' in v for v in versions], dtype=bool)
+
+
+def split_holdout(frame: pd.DataFrame, kind: HoldoutKind) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, valid, holdout): ``tail``, the window's impressions 8:1:1 by time; ``served``, the last
+    10% of the served impressions as the holdout and what came before them 8:1 by time."""
+    if kind is HoldoutKind.tail:
+        return split_by_time(frame)
+    served = frame[served_rows(frame)]
+    if len(served) < 20:
+        raise RecstackError(
+            f"[train] holdout = served, but the window holds {len(served)} impressions the API served "
+            "(at least 20 are needed): serve traffic first, or use holdout = tail"
+        )
+    times = np.sort(served["timestamp_us"].to_numpy())
+    cut = times[int(len(times) * 0.9)]
+    holdout = served[served["timestamp_us"] >= cut].reset_index(drop=True)
+    before = frame[frame["timestamp_us"] < cut]
+    order = np.argsort(before["timestamp_us"].to_numpy(), kind="stable")
+    a = int(len(before) * 8 / 9)
+    train, valid = (before.iloc[p].reset_index(drop=True) for p in (order[:a], order[a:]))
+    if not len(train) or not len(valid):
+        raise RecstackError("[train] holdout = served: nothing before the served holdout to train on")
+    return train, valid, holdout
+
+
+def mixed_sources(frame: pd.DataFrame, factor: float) -> str | None:
+    """A warning when the window mixes served impressions and others whose click rates differ by
+    more than ``factor`` (a model trained on both scores neither well), else None."""
+    served = served_rows(frame)
+    if served.all() or not served.any():
+        return None
+    clicks = frame["click"].to_numpy(np.float64)
+    ctr_served, ctr_other = clicks[served].mean(), clicks[~served].mean()
+    low, high = sorted((ctr_served, ctr_other))
+    if low > 0 and high / low <= factor:
+        return None
+    ratio = f"{high / low:.1f} times" if low > 0 else "infinitely"
+    return (
+        f"the training window mixes {int(served.sum()):,} served impressions (click rate {ctr_served:.1%}) "
+        f"and {int((~served).sum()):,} others, imported or backfilled (click rate {ctr_other:.1%}): the "
+        f"rates differ {ratio}, more than [train] mixed_ctr_factor = {factor:g}. Train on one of them "
+        "(recstack train --feed --since/--until) or hold out served traffic ([train] holdout = served)."
+    )
 
 
 def holdout_metrics(y: pd.DataFrame, probs: np.ndarray, tasks: list[str]) -> dict[str, float]:
@@ -253,7 +310,10 @@ def train_bundle(
     history = events if start is None else log.table(end=end)  # windows reach back before start
     scores = _tower_scores(retriever, vectors, joined, tower.histories)
     add_feature_columns(joined, history, features, retriever, vectors, scores)
-    train, valid, holdout = split_by_time(joined)
+    mixed = mixed_sources(joined, settings.train.mixed_ctr_factor)
+    if mixed:
+        logger.warning("%s", mixed)
+    train, valid, holdout = split_holdout(joined, settings.train.holdout)
     categorical, dense = ranker_inputs(features)
     tasks, left_out = usable_tasks(train, list(cfg.tasks))
     for task, why in left_out.items():
@@ -315,6 +375,8 @@ def train_bundle(
         },
         "tasks_left_out": left_out,
         "warm_start": str(champion) if champion is not None else None,
+        "holdout": settings.train.holdout.value,
+        "mixed_sources": mixed,
     }
     meta = {
         "format": FORMAT,

@@ -207,3 +207,41 @@ def test_an_empty_training_window_is_a_clear_error(
     window = (datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))  # before the history
     with pytest.raises(RecstackError, match="0 impressions in the selected range: at least 100 are needed"):
         train_bundle(feed_settings(tmp_path / "state"), feed_log, tmp_path / "bundle", *window)
+
+
+def test_train_since_until_trains_on_that_window_and_registers_its_range(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    """``recstack train --feed --since --until``: the bundle's rows and data range are the window's;
+    a window that is not a range is refused before anything trains."""
+    from datetime import timedelta
+
+    from typer.testing import CliRunner
+
+    from recstack.cli import app
+    from recstack.registry import Registry
+
+    times = feed_log.table(kinds=["impression"]).column("timestamp").to_pylist()
+    first, last = min(times), max(times)
+    since, until = first + (last - first) / 4, first + 3 * (last - first) / 4
+    env = {
+        "RECSTACK_PATHS__STATE_DIR": str(tmp_path / "state"),
+        "RECSTACK_EVENT_LOG__PATH": str(feed_log.root),
+        "RECSTACK_TRACKING__ENABLED": "false",
+        "RECSTACK_TRAIN__PROGRESS": "false",
+        "RECSTACK_TRAIN__EPOCHS": "1",
+        "RECSTACK_TWO_TOWER__DIM": "16",
+        "RECSTACK_RETRIEVAL__INDEX": "flat",
+    }
+    window = ["--since", since.isoformat(), "--until", until.isoformat()]
+    result = CliRunner().invoke(app, ["train", "--feed", *window], env=env)
+    assert result.exit_code == 0, result.output
+    settings = feed_settings(tmp_path / "state")
+    (version,) = Registry(settings).versions()
+    assert version["data_start"] == since.isoformat() and version["data_end"] == until.isoformat()
+    meta = json.loads((Registry(settings).fetch(version["version"]) / "bundle.json").read_text())
+    inside = sum(since <= t < until for t in times)
+    assert sum(meta["rows"][k] for k in ("train", "valid", "holdout")) == inside < len(times)
+    backwards = ["--since", until.isoformat(), "--until", (since - timedelta(seconds=1)).isoformat()]
+    refused = CliRunner().invoke(app, ["train", "--feed", *backwards], env=env)
+    assert refused.exit_code == 1 and "is not before --until" in refused.output
