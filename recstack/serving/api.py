@@ -254,6 +254,24 @@ class Runtime:
             except Exception as exc:  # a background task must not die; it logs and tries again
                 log.error("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
 
+    def waiting_for(self) -> list[str]:
+        """Why the API is not ready to serve yet (empty: ready): a model, a catalog, and the feed
+        state caught up with the log (the in-process worker read to its end once) or loaded from a
+        separate worker's snapshot. Before that, feeds would repeat what users already saw."""
+        waiting = []
+        if self.pipeline is None:
+            waiting.append("no model is served yet (recstack train --feed, recstack promote)")
+        if self.worker is not None:
+            if not self.worker.caught_up.is_set():
+                waiting.append(
+                    f"the worker is reading the event log ({self.worker.delivered:,} events so far)"
+                )
+        elif self.synced is None:
+            waiting.append("no state snapshot from a worker yet (is `recstack worker` running?)")
+        if self.state.n_items == 0:
+            waiting.append("the catalog is empty (recstack import --items, or POST /v1/items)")
+        return waiting
+
     def _sync_state(self) -> None:
         """A separate worker owns the state: apply its deltas since the last sync in place, or take
         over its whole snapshot when it started a new chain (the catalog, tens of MB at 1M items,
@@ -573,9 +591,11 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/health/ready")
     def ready() -> JSONResponse:
-        ok = runtime.pipeline is not None
+        waiting = runtime.waiting_for()
+        ok = not waiting
         body = {
             "status": "ready" if ok else "not ready",
+            "waiting_for": waiting,
             "model_version": runtime.version,
             "catalog_items": runtime.state.n_items,
             "bus": "ok" if runtime.bus_ok else "unavailable",

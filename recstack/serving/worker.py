@@ -212,6 +212,7 @@ class FeedWorker:
     ) -> None:
         self.log = log_
         self.window = window or TimeWindow()
+        self.caught_up = threading.Event()  # set once a poll found the end of the log
         self.dead: list[dict[str, Any]] = []  # dead letters not written yet
         (raw_dead,) = store.get_many([key + ":dead:count"])
         self.dead_count = int(raw_dead) if raw_dead is not None else 0
@@ -256,6 +257,7 @@ class FeedWorker:
     def poll(self, count: int = 1000, block_ms: int = 0) -> int:
         """Read and apply one batch; snapshot and acknowledge when due. Returns deliveries read."""
         deliveries = self.log.consume(self.group, self.consumer, count=count, block_ms=block_ms)
+        at_end = len(deliveries) < count
         if deliveries:
             state = self.state
             with state.lock:  # skipped by id, unparsed: impressions of lists this state served
@@ -288,6 +290,8 @@ class FeedWorker:
             self.delivered += len(deliveries)
         if self.pending and time.monotonic() - self.last_snapshot >= self.snapshot_s:
             self.checkpoint()
+        if at_end:
+            self.caught_up.set()
         return len(deliveries)
 
     def _dead(self, event_id: str, reason: str, event: Event | None) -> None:

@@ -93,6 +93,11 @@ def make_schedule(
     return None
 
 
+def _stage(run_name: str) -> str:
+    """What a progress bar calls the run: ``feed_heavy_ranker`` -> ``heavy ranker``."""
+    return run_name.removeprefix("feed_").replace("_", " ").replace("two tower", "two-tower")
+
+
 class Trainer:
     """Fits a model with a task. ``run_name`` names the checkpoint folder and the tracking run."""
 
@@ -153,7 +158,7 @@ class Trainer:
                 total, batches = 0.0, 0
                 bar = tqdm(
                     train,
-                    desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                    desc=f"{_stage(self.run_name)} epoch {epoch + 1}/{cfg.epochs}",
                     leave=False,
                     disable=not cfg.progress or rank != 0,
                 )

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from recstack.data.simulator import World
 from recstack.errors import BackendUnavailableError
 from recstack.events.parquet import ParquetEventLog
 from recstack.features.stores import MemoryStore
@@ -249,3 +250,40 @@ def test_snapshot_copies_run_on_the_serving_loop_when_one_runs(
         serving.join()
         loop.close()
     assert runtime.on_serving_thread(threading.get_ident) == here  # the loop stopped: in place again
+
+
+def test_ready_only_when_the_state_has_caught_up_with_the_log(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    """Embedded: not ready while the in-process worker has not read the log to its end (the first
+    feeds would repeat what users already saw), ready after. A separate worker's API: not ready
+    until a snapshot of the worker's is loaded, and it says why."""
+    bundle = feed_world[2]
+    runtime = Runtime(
+        feed_settings(tmp_path), feed_log, store=MemoryStore(), bundle_source=lambda: ("1", bundle)
+    )
+    runtime.reload()
+    client = TestClient(create_app(runtime))
+    waiting = client.get("/health/ready")
+    assert waiting.status_code == 503
+    reasons = " ".join(waiting.json()["waiting_for"])
+    assert "worker is reading the event log" in reasons and "catalog is empty" in reasons
+    assert runtime.worker is not None
+    runtime.worker.poll(count=100)  # part of the log: still behind
+    assert client.get("/health/ready").status_code == 503
+    runtime.worker.drain()
+    ready = client.get("/health/ready")
+    assert (
+        ready.status_code == 200 and ready.json()["waiting_for"] == [] and ready.json()["catalog_items"] > 0
+    )
+
+    apart = Runtime(
+        feed_settings(tmp_path / "apart"),
+        feed_log,
+        store=MemoryStore(),
+        bundle_source=lambda: ("1", bundle),
+        in_process_worker=False,
+    )
+    apart.reload()
+    answer = TestClient(create_app(apart)).get("/health/ready")
+    assert answer.status_code == 503 and any("recstack worker" in w for w in answer.json()["waiting_for"])
