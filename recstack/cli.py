@@ -23,6 +23,7 @@ from recstack.errors import RecstackError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 app = typer.Typer(
     help="recstack: a complete multi-stage recommender system.",
@@ -211,17 +212,29 @@ def serve(
             runtime = make_runtime(settings)
         except RecstackError as exc:
             raise _fail(exc) from exc
+        access = settings.serving.access_log
+        where = (
+            f"http://{host}:{port} (API docs at /docs; requests carry an X-API-Key header); state in "
+            f"{settings.paths.state_dir}"
+        )
         if sock is None:
             runtime.start()
+            console.print(f"serving on {where}; Ctrl-C stops it", highlight=False)
             try:
-                uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning")
+                uvicorn.run(
+                    create_app(runtime),
+                    host=host,
+                    port=port,
+                    log_config=prefork.uvicorn_logging(access),
+                    access_log=access,
+                )
             finally:
                 runtime.close()
             return
         prefork.prepare_parent()
         runtime.reload()
-        console.print(f"serving on http://{host}:{port} with {count} processes; Ctrl-C stops them")
-        raise typer.Exit(prefork.serve_processes(runtime, create_app, sock, count))
+        console.print(f"serving on {where} with {count} processes; Ctrl-C stops them", highlight=False)
+        raise typer.Exit(prefork.serve_processes(runtime, create_app, sock, count, access))
     finally:
         prefork.remove_metrics_folder(metrics_folder)
 

@@ -520,6 +520,9 @@ class ServingConfig(Section):
         "seen items), so it runs less often than state_sync_s; deliveries since are acknowledged "
         "then (a restart reads them again, applied once).",
     )
+    access_log: bool = Field(
+        True, description="`recstack serve` logs one line per request (method, path, status) on stdout."
+    )
     checkpoint_full_s: float = Field(
         3600.0,
         ge=0,

@@ -188,12 +188,26 @@ def after_fork_in_child() -> None:
             engine.dispose(close=False)
 
 
+def uvicorn_logging(access_log: bool) -> dict[str, Any]:
+    """uvicorn's logging config with its own messages at warning and, with ``access_log``, one
+    line per request (method, path, status) on stdout."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["uvicorn"]["level"] = "WARNING"
+    config["loggers"]["uvicorn.error"] = {"level": "WARNING"}
+    config["loggers"]["uvicorn.access"]["level"] = "INFO" if access_log else "WARNING"
+    return config
+
+
 def serve_processes(
     runtime: Runtime,
     app_factory: Callable[[Runtime], Any],
     sock: socket.socket,
     processes: int,
-    log_level: str = "warning",
+    access_log: bool = False,
 ) -> int:
     """Fork ``processes`` children serving ``app_factory(runtime)`` on the port ``sock`` holds
     (from ``listen``) and supervise them until SIGTERM/SIGINT; returns the exit status (0, or 1
@@ -226,7 +240,9 @@ def serve_processes(
         after_fork_in_child()
         runtime.after_fork()
         runtime.start_background()
-        config = uvicorn.Config(app_factory(runtime), log_level=log_level, access_log=False)
+        config = uvicorn.Config(
+            app_factory(runtime), log_config=uvicorn_logging(access_log), access_log=access_log
+        )
         server = ChannelServer(config)
         server.channel = channel
         try:
