@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ pytest: $(VENV)/.installed
 	$(BIN)/pytest -q -ra
 
 test: lint typecheck pytest
+
+# docs/cli.md and docs/config.md, generated from the code (tests/test_reference.py checks them)
+docs: $(VENV)/.installed
+	$(BIN)/python -m recstack.reference docs
 
 clean:
 	rm -rf $(VENV) .recstack .pytest_cache .mypy_cache .ruff_cache

@@ -520,6 +520,11 @@ class ServingConfig(Section):
         "seen items), so it runs less often than state_sync_s; deliveries since are acknowledged "
         "then (a restart reads them again, applied once).",
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body any route accepts (413 above it, before it is parsed).",
+    )
     access_log: bool = Field(
         True, description="`recstack serve` logs one line per request (method, path, status) on stdout."
     )

@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
@@ -50,7 +51,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Match
 
 from recstack.config import Settings
 from recstack.errors import BackendUnavailableError, RecstackError
@@ -90,8 +92,11 @@ class Metrics:
             registry=r,
             buckets=(0, 5, 10, 20, 50, 100, 200, 500, 1000),
         )
-        self.errors = Counter(
-            "recstack_errors", "Responses with status >= 400", ["endpoint", "status"], registry=r
+        self.responses = Counter(
+            "recstack_responses",
+            "Responses by route template (never the raw path) and status code",
+            ["route", "status"],
+            registry=r,
         )
         self.degraded = Counter(
             "recstack_degraded_stages", "Stages skipped after a failure", ["stage"], registry=r
@@ -327,11 +332,20 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------- request and response bodies
+ContextKey = Annotated[str, Field(min_length=1, max_length=64)]
+ContextValue = Annotated[str, Field(max_length=256)]
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class RecommendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     user_id: str | None = Field(None, min_length=1, max_length=256)
     n: int | None = Field(None, ge=1)
     surface: str = Field("feed", min_length=1, max_length=64)
-    context: dict[str, str] = Field(default_factory=dict)
+    context: dict[ContextKey, ContextValue] = Field(
+        default_factory=dict, max_length=32, description="Request context (e.g. device); at most 32 keys."
+    )
 
 
 class RecommendedItem(BaseModel):
@@ -358,23 +372,40 @@ class IngestResponse(BaseModel):
 
 
 class ItemBody(BaseModel):
-    item_id: str = Field(min_length=1, max_length=256)
-    creator_id: str | None = Field(None, min_length=1, max_length=256)
-    attributes: dict[str, str | int | float | bool | list[str] | None] = Field(default_factory=dict)
-    text: str | None = None
+    """An item upsert. ``event_id`` and ``timestamp``, when the client sends them, are kept, so a
+    retried request is a duplicate rather than a second upsert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: Id
+    creator_id: Id | None = None
+    attributes: dict[Annotated[str, Field(max_length=256)], str | int | float | bool | list[str] | None] = (
+        Field(default_factory=dict, max_length=256)
+    )
+    text: str | None = Field(None, max_length=65_536)
     created_at: datetime | None = None
+    event_id: Id | None = None
+    timestamp: datetime | None = None
 
 
 class UserBody(BaseModel):
-    user_id: str = Field(min_length=1, max_length=256)
-    attributes: dict[str, str | int | float | bool | list[str] | None] = Field(default_factory=dict)
+    """A user upsert; ``event_id`` and ``timestamp`` as for items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id
+    attributes: dict[Annotated[str, Field(max_length=256)], str | int | float | bool | list[str] | None] = (
+        Field(default_factory=dict, max_length=256)
+    )
+    event_id: Id | None = None
+    timestamp: datetime | None = None
 
 
 class GorseFeedback(BaseModel):
-    FeedbackType: str = Field(min_length=1)
-    UserId: str = Field(min_length=1, max_length=256)
-    ItemId: str = Field(min_length=1, max_length=256)
-    Timestamp: str | None = None
+    FeedbackType: str = Field(min_length=1, max_length=64)
+    UserId: Id
+    ItemId: Id
+    Timestamp: str | None = Field(None, max_length=64)
 
 
 GORSE_KINDS = {
@@ -416,13 +447,12 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        runtime.metrics.errors.labels(request.url.path, "422").inc()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
     def error_response(path: str, exc: RecstackError) -> JSONResponse:
+        del path  # counted by route template in Gate
         status = 503 if isinstance(exc, BackendUnavailableError | StageFailed) else 400
-        runtime.metrics.errors.labels(path, str(status)).inc()
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.exception_handler(RecstackError)
@@ -463,27 +493,26 @@ def create_app(runtime: Runtime) -> FastAPI:
     def now_iso() -> str:
         return datetime.now(UTC).isoformat()
 
-    @secured.post("/v1/items", response_model=IngestResponse)
-    def post_items(body: list[ItemBody]) -> IngestResponse:
+    def upserts(kind: str, body: list[ItemBody] | list[UserBody]) -> list[dict[str, Any]]:
         stamp = now_iso()
-        return ingest(
-            [
-                {"event_id": f"item:{b.item_id}:{uuid.uuid4().hex}", "kind": "item", "timestamp": stamp}
-                | b.model_dump(exclude_none=True, mode="json")
-                for b in body
-            ]
-        )
+        out = []
+        for b in body:
+            fields = b.model_dump(exclude_none=True, mode="json")
+            entity = fields["item_id" if kind == "item" else "user_id"]
+            fields.setdefault("event_id", f"{kind}:{entity}:{uuid.uuid4().hex}")
+            fields.setdefault("timestamp", stamp)
+            out.append({"kind": kind, **fields})
+        return out
+
+    @secured.post("/v1/items", response_model=IngestResponse)
+    def post_items(body: list[ItemBody] | ItemBody) -> IngestResponse:
+        """Upsert items: a JSON array, or one object."""
+        return ingest(upserts("item", body if isinstance(body, list) else [body]))
 
     @secured.post("/v1/users", response_model=IngestResponse)
-    def post_users(body: list[UserBody]) -> IngestResponse:
-        stamp = now_iso()
-        return ingest(
-            [
-                {"event_id": f"user:{b.user_id}:{uuid.uuid4().hex}", "kind": "user", "timestamp": stamp}
-                | b.model_dump(mode="json")
-                for b in body
-            ]
-        )
+    def post_users(body: list[UserBody] | UserBody) -> IngestResponse:
+        """Upsert users: a JSON array, or one object."""
+        return ingest(upserts("user", body if isinstance(body, list) else [body]))
 
     def recommend(body: RecommendBody) -> dict[str, Any]:
         started = time.perf_counter()
@@ -567,7 +596,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse(recommend(body))
 
     @secured.get("/v1/items/{item_id}/similar")
-    def similar(item_id: str, n: Annotated[int, Query(ge=1)] = 10) -> dict[str, Any]:
+    def similar(
+        item_id: Annotated[str, PathParam(min_length=1, max_length=256)], n: Annotated[int, Query(ge=1)] = 10
+    ) -> dict[str, Any]:
         if n > cfg.max_n:
             raise HTTPException(422, f"n = {n} is more than [serving] max_n = {cfg.max_n}")
         pipeline = runtime.pipeline
@@ -628,19 +659,141 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"RowAffected": out.accepted, "rejected": out.rejected}
 
     @secured.get("/api/recommend/{user_id}")
-    def gorse_recommend(user_id: str, n: Annotated[int, Query(ge=1)] = 10) -> list[str]:
+    def gorse_recommend(
+        user_id: Annotated[str, PathParam(min_length=1, max_length=256)], n: Annotated[int, Query(ge=1)] = 10
+    ) -> list[str]:
         return [item["item_id"] for item in recommend(RecommendBody(user_id=user_id, n=n))["items"]]
 
     app.include_router(secured)
-    app.outermost = lambda stack: RecommendFastPath(
-        stack,
+    app.outermost = lambda stack: Gate(
+        RecommendFastPath(
+            stack,
+            keys=keys,
+            max_n=cfg.max_n,
+            ready=lambda: runtime.pipeline is not None,
+            handler=recommend,
+            on_error=error_response,
+        ),
         keys=keys,
-        max_n=cfg.max_n,
-        ready=lambda: runtime.pipeline is not None,
-        handler=recommend,
-        on_error=error_response,
+        max_body=cfg.max_body_bytes,
+        responses=runtime.metrics.responses,
+        # the routes with their templates (the app's own list wraps included routers)
+        routes=[r for r in [*secured.routes, *app.routes] if isinstance(getattr(r, "path", None), str)],
     )
     return app
+
+
+class Gate:
+    """The outermost layer of every request: the API key checked before any body is read (401),
+    the body's size bounded (413, from Content-Length or as it streams in), and every response
+    counted by route template and status code (``recstack_responses``; a raw path with ids in it
+    would grow the label set without bound)."""
+
+    PUBLIC = ("/health/", "/metrics", "/docs", "/redoc", "/openapi.json", "/static/")
+
+    def __init__(
+        self, app: Any, keys: set[str], max_body: int, responses: Counter, routes: list[Any]
+    ) -> None:
+        self.app = app
+        self.routes = routes
+        self.plain: dict[str, str] = {}  # paths that are their own template
+        self.keys = {k.encode("latin-1") for k in keys}
+        self.max_body = max_body
+        self.responses = responses
+        self.children: dict[tuple[str, int], Any] = {}  # (route, status) -> counter child
+
+    def count(self, route: str, status: int) -> None:
+        child = self.children.get((route, status))
+        if child is None:
+            child = self.children[(route, status)] = self.responses.labels(route, str(status))
+        child.inc()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if not (path.startswith(self.PUBLIC) or path == "/"):
+            key = next((v for k, v in scope["headers"] if k == b"x-api-key"), None)
+            if key not in self.keys:
+                await self.reply(
+                    scope, send, 401, "missing or invalid API key (send it in the X-API-Key header)"
+                )
+                return
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                await self.reply(scope, send, 413, self.too_large())
+                return
+            if length is None and scope["method"] != "GET":
+                bounded = await self.buffered(scope, receive, send)  # chunked: read here, bounded
+                if bounded is None:
+                    return
+                receive = bounded
+        status = 500
+        started = False
+
+        async def watched_send(message: Any) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = int(message["status"]), True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        finally:
+            if started:
+                self.count(self.template(scope), status)
+
+    def template(self, scope: dict[str, Any]) -> str:
+        """The route template a request matched (``/api/recommend/{user_id}``), or ``unmatched``."""
+        matched = getattr(scope.get("route"), "path", None)
+        if matched:
+            return str(matched)
+        path = scope["path"]
+        known = self.plain.get(path)  # the fast path's requests: no search per request
+        if known is not None:
+            return known
+        for route in self.routes:  # not routed (the fast path, a request refused before routing)
+            if route.matches(scope)[0] is Match.FULL:
+                template = str(route.path)
+                if template == path:  # no path parameters: the same answer every time
+                    self.plain[path] = template
+                return template
+        return "unmatched"
+
+    async def buffered(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        """A body sent without Content-Length (chunked), read here up to ``max_body``: a receive that
+        replays it, or None after answering 413."""
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away: the app sees the disconnect
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_body:
+                await self.reply(scope, send, 413, self.too_large())
+                return None
+            if not message.get("more_body"):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed() -> Any:
+            return replay.pop() if replay else await receive()
+
+        return replayed
+
+    def too_large(self) -> str:
+        return f"the request body is larger than [serving] max_body_bytes = {self.max_body:,} bytes"
+
+    async def reply(self, scope: dict[str, Any], send: Any, status: int, detail: str) -> None:
+        self.count(self.template(scope), status)
+        response = JSONResponse({"detail": detail}, status_code=status)
+        await response(scope, _no_body, send)
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 class FeedApp(FastAPI):

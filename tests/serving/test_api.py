@@ -287,3 +287,78 @@ def test_ready_only_when_the_state_has_caught_up_with_the_log(
     apart.reload()
     answer = TestClient(create_app(apart)).get("/health/ready")
     assert answer.status_code == 503 and any("recstack worker" in w for w in answer.json()["waiting_for"])
+
+
+def test_the_key_is_checked_before_the_body_and_every_route_bounds_its_size(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    settings = feed_settings(tmp_path)
+    settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"max_body_bytes": 4096})}
+    )
+    runtime = Runtime(settings, feed_log, store=MemoryStore(), bundle_source=lambda: ("1", feed_world[2]))
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    runtime.start()
+    try:
+        with TestClient(create_app(runtime)) as client:
+            json_header = {"content-type": "application/json"}
+            # malformed JSON without a key: 401, not 422 (the body is never read)
+            assert client.post("/v1/events", content=b"{nope", headers=json_header).status_code == 401
+            assert client.post("/v1/events", content=b"{nope", headers=KEY | json_header).status_code == 422
+            big = b'{"user_id": "u1", "context": {"k": "' + b"x" * 5000 + b'"}}'
+            for route in ("/v1/recommend", "/v1/events", "/v1/items", "/api/feedback"):
+                answer = client.post(route, content=big, headers=KEY | json_header)
+                assert answer.status_code == 413 and "max_body_bytes = 4,096" in answer.json()["detail"]
+
+            def streamed() -> Any:  # no Content-Length: counted as it arrives
+                for _ in range(10):
+                    yield b" " * 1000
+
+            chunked = client.post("/v1/events", content=streamed(), headers=KEY | json_header)
+            assert chunked.status_code == 413
+            # bounded ids and context on every route, the Gorse aliases included; the connection goes on
+            long_id = "u" * 257
+            assert client.get(f"/api/recommend/{long_id}", headers=KEY).status_code == 422
+            assert client.get(f"/v1/items/{long_id}/similar", headers=KEY).status_code == 422
+            many = {"user_id": "u1", "context": {f"k{i}": "v" for i in range(33)}}
+            assert client.post("/v1/recommend", json=many, headers=KEY).status_code == 422
+            assert client.get("/api/recommend/u1", headers=KEY).status_code == 200
+            assert client.get("/nowhere", headers=KEY).status_code == 404
+            metrics = client.get("/metrics").text
+    finally:
+        runtime.close()
+    counted = {
+        line[line.index("{") + 1 : line.rindex("}")]
+        for line in metrics.splitlines()
+        if line.startswith("recstack_responses_total{")
+    }
+    assert 'route="/v1/events",status="401"' in counted and 'route="/v1/events",status="422"' in counted
+    assert 'route="/v1/recommend",status="413"' in counted
+    assert 'route="/api/recommend/{user_id}",status="422"' in counted
+    assert 'route="/api/recommend/{user_id}",status="200"' in counted
+    assert 'route="unmatched",status="404"' in counted
+    assert not any(long_id in label or "u1" in label for label in counted)  # never a raw path
+
+
+def test_items_and_users_take_one_object_refuse_unknown_fields_and_keep_client_ids(
+    served: tuple[TestClient, Runtime, dict],
+) -> None:
+    client, runtime, _ = served
+    item = {
+        "item_id": "new-1",
+        "attributes": {"topic": "t1"},
+        "event_id": "client-7",
+        "timestamp": "2026-11-30T10:00:00Z",
+    }
+    first = client.post("/v1/items", json=item, headers=KEY)
+    assert first.status_code == 200 and first.json()["accepted"] == 1
+    retry = client.post("/v1/items", json=[item], headers=KEY).json()
+    assert (retry["accepted"], retry["duplicates"]) == (0, 1)  # the client's id: a retry is a duplicate
+    upserted = [e for e in runtime.bus.replay(kinds=["item"]) if e.event_id == "client-7"]
+    assert len(upserted) == 1 and upserted[0].timestamp.isoformat() == "2026-11-30T10:00:00+00:00"
+    unknown = client.post("/v1/items", json={"item_id": "x", "colour": "red"}, headers=KEY)
+    assert unknown.status_code == 422 and "colour" in unknown.text
+    user = client.post("/v1/users", json={"user_id": "new-u", "attributes": {"age": 30}}, headers=KEY)
+    assert user.status_code == 200 and user.json()["accepted"] == 1
+    assert client.post("/v1/users", json={"user_id": "x", "name": "y"}, headers=KEY).status_code == 422
