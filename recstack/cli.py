@@ -121,8 +121,38 @@ def train(
 ) -> None:
     """Train MF with BPR on a data set and report test metrics; with --feed (or --incremental),
     train the feed bundle from the event log, register it and promote it through the gate."""
+    import signal
+
+    from recstack.train.loop import request_stop
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # training stops at its next batch
+        signal.signal(sig, request_stop)
+    try:
+        _train(config, dataset, split, feed, incremental, every, promote_after, since, until)
+    except KeyboardInterrupt:
+        from recstack.train.tracking import end_open_runs
+
+        ended = end_open_runs("KILLED")
+        console.print(
+            f"[red]training interrupted[/red]: nothing was registered; {ended} MLflow run(s) marked "
+            "KILLED. A rerun starts from scratch."
+        )
+        raise typer.Exit(130) from None
+
+
+def _train(
+    config: Path | None,
+    dataset: str,
+    split: str,
+    feed: bool,
+    incremental: bool,
+    every: float | None,
+    promote_after: bool,
+    since: datetime | None,
+    until: datetime | None,
+) -> None:
     if feed or incremental:
-        import time
+        from recstack.train.loop import STOP, check_stop
 
         settings = _settings(config)
         start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
@@ -138,7 +168,8 @@ def train(
                 console.print(f"[red]training round failed:[/red] {escape(str(exc))}")
             if every is None:
                 return
-            time.sleep(every)
+            STOP.wait(every)  # a Ctrl-C or SIGTERM between rounds ends the wait
+            check_stop()
     from recstack.data.interactions import Interactions
     from recstack.data.readers import read_bars_ml1m, read_movielens_100k
     from recstack.data.splits import Split, leave_last_out, random_ratio_split, temporal_split

@@ -63,6 +63,7 @@ from recstack.models.two_tower import TwoTower
 from recstack.servables.bundle import FORMAT
 from recstack.servables.ranker import load_ranker, score_frame
 from recstack.tasks.ranking import position_propensities, top_k_labels
+from recstack.train.loop import check_stop
 from recstack.train.ranking import NeuralRanker, PerTaskTrainer, make_ranker
 from recstack.train.recipes import train_two_tower
 from recstack.train.sources import train_sources
@@ -306,6 +307,7 @@ def train_bundle(
     np.save(folder / "item_vectors.npy", vectors)
     source_report = train_sources(settings, parts[0], parts[1], user_ids, folder / "sources")
 
+    check_stop()  # a Ctrl-C or SIGTERM during the sources (LightGBM, EASE^R do not look)
     # ---------------------------------------------------------------- ranking rows and features
     history = events if start is None else log.table(end=end)  # windows reach back before start
     scores = _tower_scores(retriever, vectors, joined, tower.histories)
@@ -336,6 +338,7 @@ def train_bundle(
         clipped = np.minimum(ips, cfg.ips_max_weight)
         train = train.assign(ips_weight=np.where(train["click"].to_numpy() > 0, clipped, 1.0))
         weight = "ips_weight"
+    check_stop()
     heavy = make_ranker(settings, categorical, dense, position, weight, run_name="feed_heavy_ranker")
     heavy.fit(train, valid, warm_start=_warm_folder(champion, "heavy", cfg.model.value, tasks))
     heavy.export(folder / "heavy")

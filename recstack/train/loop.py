@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,24 @@ def make_schedule(
     return None
 
 
+STOP = threading.Event()  # set by ``request_stop``: training stops at the next batch
+
+
+def request_stop(signum: int, frame: object) -> None:
+    """A signal handler (SIGINT, SIGTERM) for training: the loop stops at its next batch, where no
+    write is half done (the MLflow run is then ended as KILLED); a second signal stops at once."""
+    del signum, frame
+    if STOP.is_set():
+        raise KeyboardInterrupt
+    STOP.set()
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt when a stop was requested (called between batches and stages)."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def _stage(run_name: str) -> str:
     """What a progress bar calls the run: ``feed_heavy_ranker`` -> ``heavy ranker``."""
     return run_name.removeprefix("feed_").replace("_", " ").replace("two tower", "two-tower")
@@ -163,6 +182,7 @@ class Trainer:
                     disable=not cfg.progress or rank != 0,
                 )
                 for batch in bar:
+                    check_stop()
                     loss = task.loss(net, batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
@@ -226,6 +246,9 @@ class Trainer:
             result.samples_per_s = samples / busy if busy else 0.0
             self.tracker.log_metrics({"samples_per_s": result.samples_per_s}, step=result.epochs_run)
             status = "FINISHED"
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
+            status = "KILLED"
+            raise
         finally:
             result.run_id = self.tracker.run_id
             self.tracker.end(status)

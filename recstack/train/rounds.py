@@ -11,6 +11,7 @@ from recstack.config import Settings
 from recstack.events.base import EventLog
 from recstack.registry import GateResult, Registry
 from recstack.train.feed import train_bundle
+from recstack.train.loop import check_stop
 
 
 @dataclass
@@ -45,6 +46,7 @@ def train_and_register(
     report = train_bundle(
         settings, log_, folder, start, end, champion=champion_folder, champion_version=champion
     )
+    check_stop()  # stopped after the last model trained: nothing is registered
     version = registry.register(folder, report.metrics, report.lineage)
     registry.set_alias("challenger", version)
     gate = None

@@ -32,6 +32,18 @@ class NullTracker:
         del status
 
 
+_OPEN: dict[str, MlflowTracker] = {}  # runs started in this process and not ended yet
+
+
+def end_open_runs(status: str = "KILLED") -> int:
+    """End every run this process started and did not end (an interrupted training's); returns
+    how many."""
+    open_runs = list(_OPEN.values())
+    for tracker in open_runs:
+        tracker.end(status)
+    return len(open_runs)
+
+
 class MlflowTracker:
     """One MLflow run. ``uri`` like ``sqlite:///.recstack/mlflow.db`` or a server URL."""
 
@@ -46,6 +58,7 @@ class MlflowTracker:
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
         self.run_id: str | None = run.info.run_id
+        _OPEN[run.info.run_id] = self
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -67,5 +80,6 @@ class MlflowTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
+            _OPEN.pop(self.run_id, None)
             self.client.set_terminated(self.run_id, status=status)
             self.run_id = None

@@ -116,6 +116,45 @@ def test_mlflow_tracking_records_params_and_metrics(tmp_path: Path) -> None:
     assert [h.step for h in history] == [1, 2, 3]
 
 
+def test_a_stop_request_ends_the_run_as_killed_at_the_next_batch(tmp_path: Path) -> None:
+    """A SIGINT/SIGTERM during training (``request_stop``) stops it at the next batch with
+    KeyboardInterrupt, the run ended as KILLED; a second signal stops at once."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from recstack.train.loop import STOP, request_stop
+
+    class StopsAtBatch3(Regression):
+        calls = 0
+
+        def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 3:
+                request_stop(signal.SIGTERM, None)
+            return super().loss(model, batch)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "tests", run_name="stopped")
+    task = StopsAtBatch3()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(config(), tmp_path, tracker).fit(nn.Linear(3, 1), task, linear_data())
+        assert task.calls == 3  # the batch under way finished; the next did not start
+        assert (
+            MlflowClient(uri)
+            .search_runs([MlflowClient(uri).get_experiment_by_name("tests").experiment_id])[0]
+            .info.status
+            == "KILLED"
+        )
+        with pytest.raises(KeyboardInterrupt):  # a second signal while a stop is pending
+            request_stop(signal.SIGINT, None)
+    finally:
+        STOP.clear()
+    result = Trainer(config(epochs=2), tmp_path).fit(nn.Linear(3, 1), Regression(), linear_data())
+    assert result.epochs_run == 2  # cleared: the next training runs
+
+
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
