@@ -19,7 +19,7 @@ from recstack.eval.metrics import full_ranking_eval
 from recstack.models.mf import MatrixFactorization
 from recstack.tasks.bpr import BPRTask
 from recstack.train.batch import BatchLoader, ColumnRoles
-from recstack.train.loop import FitResult, Trainer
+from recstack.train.loop import FitResult, Trainer, seed_everything
 from recstack.train.tracking import MlflowTracker, NullTracker, Tracker
 
 
@@ -73,6 +73,7 @@ def train_mf_bpr(
     training items masked, and validation items too when ``mask_validation`` (RecBole's protocol;
     the BARS protocol masks training items only)."""
     train_m, valid_m, test_m = train.csr(), valid.csr(), test.csr()
+    seed_everything(settings.train.seed)  # before the model is built: its initial weights
     model = MatrixFactorization(train.n_users, train.n_items, settings.mf.dim)
     loader = BatchLoader(
         {"user": train.users, "item": train.items},

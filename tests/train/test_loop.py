@@ -192,3 +192,48 @@ def test_mf_bpr_on_movielens_100k_beats_popularity(settings: Settings) -> None:
     assert run.test_metrics["users"] == 943
     assert run.test_metrics["ndcg@10"] > popularity["ndcg@10"] + 0.02
     assert run.test_metrics["recall@10"] > 0.15
+
+
+def _fit_mf(out: str, disturb: bool) -> None:
+    """MF-BPR on a small fixed interaction set, in a fresh process; ``disturb`` draws random numbers
+    first, as a process that did other work before training would."""
+    import pandas as pd
+
+    from recstack.config import load_settings
+    from recstack.data.interactions import Interactions
+
+    if disturb:
+        torch.rand(1_000)
+        np.random.rand(1_000)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"user_id": rng.integers(60, size=2_000), "item_id": rng.integers(80, size=2_000)})
+    frame = frame.drop_duplicates().reset_index(drop=True)
+    parts = [Interactions.from_indices(frame.iloc[i::3].reset_index(drop=True), 60, 80) for i in range(3)]
+    settings = load_settings(
+        None,
+        {
+            "RECSTACK_PATHS__STATE_DIR": out,
+            "RECSTACK_TRACKING__ENABLED": "false",
+            "RECSTACK_TRAIN__PROGRESS": "false",
+            "RECSTACK_TRAIN__EPOCHS": "3",
+            "RECSTACK_TRAIN__BATCH_SIZE": "128",
+        },
+    )
+    run = train_mf_bpr(*parts, settings)
+    torch.save(torch.load(run.fit.checkpoint, weights_only=True)["model"], Path(out) / "weights.pt")
+
+
+def test_the_same_settings_train_the_same_weights_in_two_processes(tmp_path: Path) -> None:
+    """Every model is seeded before it is built: two processes, one of which used its random
+    generators first, train bit-identical MF-BPR weights."""
+    context = mp.get_context("spawn")
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out, disturb in zip(outs, (False, True), strict=True):
+        process = context.Process(target=_fit_mf, args=(str(out), disturb))
+        process.start()
+        process.join(300)
+        assert process.exitcode == 0
+    first, second = (torch.load(out / "weights.pt", weights_only=True) for out in outs)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
