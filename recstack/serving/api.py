@@ -51,7 +51,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 from starlette.routing import Match
 
 from recstack.config import Settings
@@ -70,6 +70,7 @@ from recstack.serving.worker import FeedWorker, Position, keeps_features, state_
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_BATCH = 10_000
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 1.0)
@@ -335,6 +336,9 @@ class Runtime:
 ContextKey = Annotated[str, Field(min_length=1, max_length=64)]
 ContextValue = Annotated[str, Field(max_length=256)]
 Id = Annotated[str, Field(min_length=1, max_length=256)]
+Stamp = Annotated[
+    datetime | StrictInt | StrictFloat, Field(description="ISO-8601 with an offset, or epoch seconds.")
+]
 
 
 class RecommendBody(BaseModel):
@@ -365,9 +369,74 @@ class RecommendResponse(BaseModel):
     degraded_stages: list[str] = Field(default_factory=list)
 
 
+class ErrorBody(BaseModel):
+    """Every error but a validation error: what went wrong and what to do."""
+
+    detail: str
+
+
+class EventsEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+
+
+def _at_most(max_n: int, required: bool = False) -> Callable[[F], F]:
+    """Give a route's ``n`` parameter its bound from config (``le=max_n``, in the OpenAPI schema
+    too): set as an object, since this module's annotations are strings FastAPI resolves in its
+    globals, where the settings are not."""
+
+    def bound(fn: F) -> F:
+        kind = int if required else int | None
+        fn.__annotations__["n"] = Annotated[
+            kind, Query(ge=1, le=max_n, description=f"Items to return, at most [serving] max_n = {max_n}.")
+        ]
+        return fn
+
+    return bound
+
+
+def _typed(**annotations: Any) -> Callable[[F], F]:
+    """Set a route's parameter types as objects (types made inside ``create_app`` from config)."""
+
+    def typed(fn: F) -> F:
+        fn.__annotations__.update(annotations)
+        return fn
+
+    return typed
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses of the error codes a route can answer (422 is FastAPI's own)."""
+    why = {
+        400: "The body could not be read (not UTF-8 JSON).",
+        401: "Missing or invalid X-API-Key.",
+        404: "Unknown item.",
+        413: "Body above [serving] max_body_bytes, or a batch above 10,000 events.",
+        503: "No model served yet, or the event bus is down (nothing of the batch was accepted).",
+    }
+    return {code: {"model": ErrorBody, "description": why[code]} for code in codes}
+
+
 class IngestResponse(BaseModel):
     accepted: int
     duplicates: int
+    rejected: list[dict[str, Any]]
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    items: list[SimilarItem]
+    model_version: str | None
+
+
+class GorseFeedbackResponse(BaseModel):
+    RowAffected: int
     rejected: list[dict[str, Any]]
 
 
@@ -383,9 +452,9 @@ class ItemBody(BaseModel):
         Field(default_factory=dict, max_length=256)
     )
     text: str | None = Field(None, max_length=65_536)
-    created_at: datetime | None = None
+    created_at: Stamp | None = None
     event_id: Id | None = None
-    timestamp: datetime | None = None
+    timestamp: Stamp | None = None
 
 
 class UserBody(BaseModel):
@@ -398,7 +467,7 @@ class UserBody(BaseModel):
         Field(default_factory=dict, max_length=256)
     )
     event_id: Id | None = None
-    timestamp: datetime | None = None
+    timestamp: Stamp | None = None
 
 
 class GorseFeedback(BaseModel):
@@ -443,11 +512,20 @@ def create_app(runtime: Runtime) -> FastAPI:
         if request.headers.get("x-api-key") not in keys:
             raise HTTPException(401, "missing or invalid API key (send it in the X-API-Key header)")
 
-    secured = APIRouter(dependencies=[Depends(require_key)])
+    secured = APIRouter(dependencies=[Depends(require_key)], responses=_errors(400, 401, 413))
+    max_n = Annotated[int, Field(ge=1, le=cfg.max_n)]
+
+    class Recommend(RecommendBody):
+        """A feed request (``n`` at most ``[serving] max_n``)."""
+
+        n: max_n | None = None
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
         return JSONResponse({"detail": detail}, status_code=422)
 
     def error_response(path: str, exc: RecstackError) -> JSONResponse:
@@ -480,13 +558,15 @@ def create_app(runtime: Runtime) -> FastAPI:
             rejected=[{"index": r.index, "error": r.error} for r in result.rejected],
         )
 
-    @secured.post("/v1/events", response_model=IngestResponse)
-    def post_events(body: list[dict[str, Any]] | dict[str, list[dict[str, Any]]]) -> IngestResponse:
+    @secured.post("/v1/events", response_model=IngestResponse, responses=_errors(503))
+    def post_events(
+        body: Annotated[list[dict[str, Any]], Field(max_length=MAX_BATCH)] | EventsEnvelope,
+    ) -> IngestResponse:
+        """Append events (a JSON array, or ``{"events": [...]}``; at most 10,000), each an event of
+        the schema in docs/event-log.md: an event that fails validation is rejected with its index
+        and the reason, the others are kept. Idempotent by event id."""
         started = time.perf_counter()
-        raw = body.get("events") if isinstance(body, dict) else body
-        if raw is None:
-            raise HTTPException(422, 'send a JSON array of events or {"events": [...]}')
-        out = ingest(raw)
+        out = ingest(body.events if isinstance(body, EventsEnvelope) else body)
         runtime.metrics.latency.labels("/v1/events").observe(time.perf_counter() - started)
         return out
 
@@ -504,12 +584,12 @@ def create_app(runtime: Runtime) -> FastAPI:
             out.append({"kind": kind, **fields})
         return out
 
-    @secured.post("/v1/items", response_model=IngestResponse)
+    @secured.post("/v1/items", response_model=IngestResponse, responses=_errors(503))
     def post_items(body: list[ItemBody] | ItemBody) -> IngestResponse:
         """Upsert items: a JSON array, or one object."""
         return ingest(upserts("item", body if isinstance(body, list) else [body]))
 
-    @secured.post("/v1/users", response_model=IngestResponse)
+    @secured.post("/v1/users", response_model=IngestResponse, responses=_errors(503))
     def post_users(body: list[UserBody] | UserBody) -> IngestResponse:
         """Upsert users: a JSON array, or one object."""
         return ingest(upserts("user", body if isinstance(body, list) else [body]))
@@ -583,7 +663,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # async: the funnel runs on the event loop (a few ms of CPU, serialized by the state lock
     # anyway), sparing the thread-pool hop per request
-    @secured.get("/v1/recommend", response_model=RecommendResponse)
+    @secured.get("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
+    @_at_most(cfg.max_n)
     async def get_recommend(
         user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         n: Annotated[int | None, Query(ge=1)] = None,
@@ -591,13 +672,16 @@ def create_app(runtime: Runtime) -> FastAPI:
     ) -> JSONResponse:
         return JSONResponse(recommend(RecommendBody(user_id=user_id, n=n, surface=surface)))
 
-    @secured.post("/v1/recommend", response_model=RecommendResponse)
+    @secured.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
+    @_typed(body=Recommend)
     async def post_recommend(body: RecommendBody) -> JSONResponse:
         return JSONResponse(recommend(body))
 
-    @secured.get("/v1/items/{item_id}/similar")
+    @secured.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, responses=_errors(404, 503))
+    @_at_most(cfg.max_n, required=True)
     def similar(
-        item_id: Annotated[str, PathParam(min_length=1, max_length=256)], n: Annotated[int, Query(ge=1)] = 10
+        item_id: Annotated[str, PathParam(min_length=1, max_length=256)],
+        n: Annotated[int, Query(ge=1)] = 10,
     ) -> dict[str, Any]:
         if n > cfg.max_n:
             raise HTTPException(422, f"n = {n} is more than [serving] max_n = {cfg.max_n}")
@@ -634,13 +718,13 @@ def create_app(runtime: Runtime) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         runtime.metrics.items.set(runtime.state.n_items)
         return PlainTextResponse(generate_latest(runtime.metrics.collected()), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ Gorse-compatible aliases
-    @secured.post("/api/feedback")
+    @secured.post("/api/feedback", response_model=GorseFeedbackResponse, responses=_errors(503))
     def gorse_feedback(body: list[GorseFeedback]) -> dict[str, Any]:
         raw = []
         for f in body:
@@ -658,9 +742,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         out = ingest(raw)
         return {"RowAffected": out.accepted, "rejected": out.rejected}
 
-    @secured.get("/api/recommend/{user_id}")
+    @secured.get("/api/recommend/{user_id}", responses=_errors(503))
+    @_at_most(cfg.max_n, required=True)
     def gorse_recommend(
-        user_id: Annotated[str, PathParam(min_length=1, max_length=256)], n: Annotated[int, Query(ge=1)] = 10
+        user_id: Annotated[str, PathParam(min_length=1, max_length=256)],
+        n: Annotated[int, Query(ge=1)] = 10,
     ) -> list[str]:
         return [item["item_id"] for item in recommend(RecommendBody(user_id=user_id, n=n))["items"]]
 
@@ -713,6 +799,15 @@ class Gate:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        if scope["method"] not in ("GET", "POST"):  # e.g. OPTIONS: 405 naming every method of the path
+            allowed = self.methods(scope)
+            if allowed and scope["method"] not in allowed:
+                self.count(self.template(scope), 405)
+                response = JSONResponse(
+                    {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
+                )
+                await response(scope, _no_body, send)
+                return
         if not (path.startswith(self.PUBLIC) or path == "/"):
             key = next((v for k, v in scope["headers"] if k == b"x-api-key"), None)
             if key not in self.keys:
@@ -743,6 +838,14 @@ class Gate:
         finally:
             if started:
                 self.count(self.template(scope), status)
+
+    def methods(self, scope: dict[str, Any]) -> list[str]:
+        """Every method the routes of this path answer (several routes can share a path)."""
+        out: set[str] = set()
+        for route in self.routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                out |= set(getattr(route, "methods", None) or ())
+        return sorted(out)
 
     def template(self, scope: dict[str, Any]) -> str:
         """The route template a request matched (``/api/recommend/{user_id}``), or ``unmatched``."""

@@ -55,7 +55,7 @@ def test_api_key_is_required(served: tuple[TestClient, Runtime, dict]) -> None:
 def test_bad_input_gets_4xx_with_a_message(served: tuple[TestClient, Runtime, dict]) -> None:
     client = served[0]
     huge = client.get("/v1/recommend", params={"user_id": "u1", "n": 10**9}, headers=KEY)
-    assert huge.status_code == 422 and "max_n" in huge.json()["detail"]
+    assert huge.status_code == 422 and "less than or equal to 200" in huge.text  # [serving] max_n
     assert client.get("/v1/recommend", params={"n": "ten"}, headers=KEY).status_code == 422
     bad_json = client.post("/v1/events", content=b"{nope", headers=KEY | {"content-type": "application/json"})
     assert bad_json.status_code == 422
