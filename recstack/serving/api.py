@@ -504,9 +504,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         lifespan=lifespan,
         title="recstack",
         version="0.1.0",
-        description="The multi-stage feed API: events in, ranked feeds out.",
+        description="The multi-stage feed API: events in, ranked feeds out. Every route under /v1 and "
+        "/api needs the X-API-Key header ([serving] api_keys); bodies are at most [serving] "
+        "max_body_bytes, ids at most 256 characters.",
+        docs_url=None,  # served below from the swagger-ui-bundle package: /docs works offline
+        redoc_url=None,
     )
     app.state.runtime = runtime
+    _offline_docs(app)
 
     async def require_key(request: Request) -> None:  # async: a sync dependency costs a thread hop
         if request.headers.get("x-api-key") not in keys:
@@ -897,6 +902,27 @@ class Gate:
 
 async def _no_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the assets the swagger-ui-bundle package ships (FastAPI's default
+    page loads them from a CDN, and is blank without the internet)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from starlette.responses import HTMLResponse
+
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="recstack API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
 
 
 class FeedApp(FastAPI):

@@ -362,3 +362,17 @@ def test_items_and_users_take_one_object_refuse_unknown_fields_and_keep_client_i
     user = client.post("/v1/users", json={"user_id": "new-u", "attributes": {"age": 30}}, headers=KEY)
     assert user.status_code == 200 and user.json()["accepted"] == 1
     assert client.post("/v1/users", json={"user_id": "x", "name": "y"}, headers=KEY).status_code == 422
+
+
+def test_the_docs_page_loads_its_assets_from_the_api_itself(served: tuple[TestClient, Runtime, dict]) -> None:
+    """/docs works offline: the page names no external host, and every asset it loads is served."""
+    import re
+
+    client = served[0]
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert assets and not [a for a in assets if a.startswith(("http://", "https://", "//"))]
+    for asset in assets:
+        answer = client.get(asset)
+        assert answer.status_code == 200 and len(answer.content) > 100, asset
