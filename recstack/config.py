@@ -209,7 +209,13 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this; none = off.")
     patience: int = Field(3, ge=1, description="Stop after this many validations without improvement.")
     validate_every: int = Field(1, ge=1, description="Validate every N epochs.")
-    num_threads: int = Field(2, ge=1, description="torch intra-op threads.")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads for torch and LightGBM; unset: the cores free (this process's cores minus the "
+        "1-minute load average, at least 1). Set it (or RECSTACK_TRAIN__NUM_THREADS) when other work "
+        "shares the machine.",
+    )
     backend: str = Field("gloo", description="torch.distributed backend (gloo on CPU).")
     checkpoint_dir: Path | None = Field(None, description="Default <state_dir>/checkpoints/<run name>.")
     progress: bool = Field(True, description="Show a progress bar.")

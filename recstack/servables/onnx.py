@@ -3,9 +3,13 @@ opening an ONNX Runtime session (serving side, no torch needed)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+# before ONNX Runtime starts: otherwise it writes a telemetry device id and database under
+# ~/.cache/Microsoft/DeveloperTools, outside the state directory
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
 

@@ -56,6 +56,17 @@ class FitResult:
     samples_per_s: float = 0.0
 
 
+def free_cores() -> int:
+    """The cores this process may use that are not busy: its CPU affinity minus the 1-minute load
+    average, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
+def training_threads(configured: int | None) -> int:
+    return configured if configured is not None else free_cores()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -142,7 +153,7 @@ class Trainer:
         the last epoch's weights are kept."""
         cfg = self.config
         seed_everything(cfg.seed)
-        torch.set_num_threads(cfg.num_threads)
+        torch.set_num_threads(training_threads(cfg.num_threads))
         rank, world = init_distributed(cfg.backend)
         train.shard(rank, world)
         train.seed = cfg.seed

@@ -51,7 +51,7 @@ from recstack.models.position import PositionBias
 from recstack.servables.onnx import export_onnx
 from recstack.tasks.ranking import MultiTaskBCE, top_k_labels
 from recstack.train.batch import BatchLoader, ColumnRoles
-from recstack.train.loop import FitResult
+from recstack.train.loop import FitResult, training_threads
 from recstack.train.tracking import Tracker
 
 ACTIVATIONS: dict[Activation, type[nn.Module]] = {
@@ -268,7 +268,7 @@ class PerTaskTrainer:
             num_leaves=cfg.gbdt_leaves,
             learning_rate=cfg.gbdt_learning_rate,
             rounds=cfg.gbdt_rounds,
-            threads=self.settings.train.num_threads,
+            threads=training_threads(self.settings.train.num_threads),
             seed=self.settings.train.seed,
         )
 

@@ -237,3 +237,13 @@ def test_the_same_settings_train_the_same_weights_in_two_processes(tmp_path: Pat
     assert first.keys() == second.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name
+
+
+def test_training_threads_default_to_the_cores_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recstack.train import loop
+
+    monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for load, free in ((0.0, 4), (1.2, 3), (2.6, 1), (9.0, 1)):
+        monkeypatch.setattr(loop.os, "getloadavg", lambda load=load: (load, load, load))
+        assert loop.training_threads(None) == free
+    assert loop.training_threads(7) == 7  # configured: taken as given
