@@ -717,6 +717,17 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def sections() -> list[tuple[str, type[Section]]]:
+    """(name, model) of every table of ``recstack.toml`` but ``[[features]]``, in file order."""
+    out = []
+    for name, field in Settings.model_fields.items():
+        model = field.annotation
+        if name != "features":
+            assert isinstance(model, type) and issubclass(model, Section)
+            out.append((name, model))
+    return out
+
+
 def annotated_default() -> str:
     """The default ``recstack.toml``: every key with its comment and default; unset keys commented."""
     lines = [
@@ -725,11 +736,7 @@ def annotated_default() -> str:
         "# REDIS_URL sets [event_log] redis_url; DATABASE_URL sets [registry] uri.",
         "",
     ]
-    for section, field in Settings.model_fields.items():
-        if section == "features":
-            continue
-        model = field.annotation
-        assert isinstance(model, type) and issubclass(model, Section)
+    for section, model in sections():
         lines.append(f"[{section}]")
         defaults = model()
         for key, sub in model.model_fields.items():

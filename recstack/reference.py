@@ -84,7 +84,7 @@ def _default(value: Any) -> str:
 
 
 def config_reference() -> str:
-    from recstack.config import Section, Settings
+    from recstack.config import Section, sections
     from recstack.features.definitions import FEATURE_TYPES
 
     lines = [
@@ -99,11 +99,7 @@ def config_reference() -> str:
         "`DATABASE_URL` `[registry] uri`.",
         "",
     ]
-    for section, field in Settings.model_fields.items():
-        if section == "features":
-            continue
-        model = field.annotation
-        assert isinstance(model, type) and issubclass(model, Section)
+    for section, model in sections():
         lines += [f"## `[{section}]`", ""]
         if model.__doc__ and model.__doc__ != Section.__doc__:
             lines += [inspect.cleandoc(model.__doc__), ""]
@@ -122,10 +118,10 @@ def config_reference() -> str:
         "([docs/feed.md](feed.md), [docs/features.md](features.md)). Durations look like 30s, 15m, 1h, 7d.",
         "",
     ]
-    for kind, model in FEATURE_TYPES.items():
-        lines += [f'### `type = "{kind}"`', "", " ".join((model.__doc__ or "").split()), ""]
+    for kind, feature in FEATURE_TYPES.items():
+        lines += [f'### `type = "{kind}"`', "", " ".join((feature.__doc__ or "").split()), ""]
         lines += ["| key | type | default | description |", "|---|---|---|---|"]
-        for key, sub in model.model_fields.items():
+        for key, sub in feature.model_fields.items():
             if key == "type":
                 continue
             default = "required" if sub.is_required() else _default(sub.default)
