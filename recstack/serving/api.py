@@ -51,7 +51,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from starlette.routing import Match
 
 from recstack.config import Settings
@@ -66,7 +66,7 @@ from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import served_features
 from recstack.serving.state import FeedState
-from recstack.serving.worker import FeedWorker, Position, keeps_features, state_store, sync_state
+from recstack.serving.worker import STATE_KEY, FeedWorker, Position, keeps_features, state_store, sync_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -260,6 +260,25 @@ class Runtime:
             except Exception as exc:  # a background task must not die; it logs and tries again
                 log.error("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
 
+    def item_records(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The latest upsert of each item (item id -> record) as the worker keeps it: written with its
+        snapshots to the state store, and in the embedded default also those it has not written yet."""
+        out: dict[str, dict[str, Any]] = {}
+        pending = self.worker.items if self.worker is not None else {}
+        missing = []
+        for item_id in item_ids:
+            upsert = pending.get(item_id)
+            if upsert is not None:
+                out[item_id] = json.loads(upsert.model_dump_json())
+            else:
+                missing.append(item_id)
+        if missing:
+            keys = [f"{STATE_KEY}:item:{i}" for i in missing]
+            for item_id, raw in zip(missing, self.store.get_many(keys), strict=True):
+                if raw is not None:
+                    out[item_id] = json.loads(raw)
+        return out
+
     def waiting_for(self) -> list[str]:
         """Why the API is not ready to serve yet (empty: ready): a model, a catalog, and the feed
         state caught up with the log (the in-process worker read to its end once) or loaded from a
@@ -350,6 +369,11 @@ class RecommendBody(BaseModel):
     context: dict[ContextKey, ContextValue] = Field(
         default_factory=dict, max_length=32, description="Request context (e.g. device); at most 32 keys."
     )
+    fields: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Item attributes to return with each item (`text` for its text); at most 16.",
+    )
 
 
 class RecommendedItem(BaseModel):
@@ -358,6 +382,21 @@ class RecommendedItem(BaseModel):
     source: str
     position: int
     explore: bool = False
+    attributes: dict[str, Any] | None = Field(
+        None, description="The item's attributes the request named in `fields` (`text`: its text)."
+    )
+
+
+class ItemRecord(BaseModel):
+    """An item as its latest upsert left it."""
+
+    item_id: str
+    creator_id: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    text: str | None = None
+    created_at: datetime | None = None
+    timestamp: datetime
+    event_id: str
 
 
 class RecommendResponse(BaseModel):
@@ -650,15 +689,25 @@ def create_app(runtime: Runtime) -> FastAPI:
             # applied now, so the user's next request cannot repeat it whatever the worker's lag
             # (a separate worker's next snapshot includes the same impressions)
             state.record_served(body.user_id, served.items.tolist(), request_id, now_us)
+        entries: list[dict[str, Any]] = [
+            {"item_id": item, "score": score, "source": source, "position": pos, "explore": e}
+            for pos, (item, score, source, e) in enumerate(
+                zip(item_ids, served.scores.tolist(), served.sources, explore.tolist(), strict=True)
+            )
+        ]
+        if body.fields:
+            records = runtime.item_records(item_ids)
+            wanted = set(body.fields)
+            for entry in entries:
+                record = records.get(entry["item_id"], {})
+                values = {k: v for k, v in (record.get("attributes") or {}).items() if k in wanted}
+                if "text" in wanted and record.get("text") is not None:
+                    values["text"] = record["text"]
+                entry["attributes"] = values
         response = {  # the RecommendResponse shape, built without model validation (hot path)
             "request_id": request_id,
             "user_id": body.user_id,
-            "items": [
-                {"item_id": item, "score": score, "source": source, "position": pos, "explore": e}
-                for pos, (item, score, source, e) in enumerate(
-                    zip(item_ids, served.scores.tolist(), served.sources, explore.tolist(), strict=True)
-                )
-            ],
+            "items": entries,
             "model_version": version,
             "degraded": bool(outcome.degraded) or not runtime.bus_ok,
             "degraded_stages": outcome.degraded,
@@ -674,8 +723,28 @@ def create_app(runtime: Runtime) -> FastAPI:
         user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         n: Annotated[int | None, Query(ge=1)] = None,
         surface: Annotated[str, Query(min_length=1, max_length=64)] = "feed",
+        fields: Annotated[
+            str | None,
+            Query(
+                max_length=1024,
+                description="Comma-separated item attributes to return with each item (`text`: its text).",
+            ),
+        ] = None,
     ) -> JSONResponse:
-        return JSONResponse(recommend(RecommendBody(user_id=user_id, n=n, surface=surface)))
+        names = [f.strip() for f in fields.split(",") if f.strip()] if fields else []
+        try:
+            body = RecommendBody(user_id=user_id, n=n, surface=surface, fields=names)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from exc
+        return JSONResponse(recommend(body))
+
+    @secured.get("/v1/items/{item_id}", response_model=ItemRecord, responses=_errors(404))
+    def get_item(item_id: Annotated[str, PathParam(min_length=1, max_length=256)]) -> dict[str, Any]:
+        """The item as its latest upsert left it (as the worker has applied it)."""
+        record = runtime.item_records([item_id]).get(item_id)
+        if record is None:
+            raise HTTPException(404, f"item '{item_id}' was never upserted")
+        return record
 
     @secured.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
     @_typed(body=Recommend)
@@ -971,8 +1040,8 @@ class RecommendFastPath:
             return None
         params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         given = dict(params)
-        if len(given) != len(params):
-            return None  # a parameter given twice: the route decides
+        if len(given) != len(params) or "fields" in given:
+            return None  # a parameter given twice, or item attributes asked for: the route decides
         user_id, n, surface = given.get("user_id"), given.get("n"), given.get("surface", "feed")
         if user_id is not None and not 1 <= len(user_id) <= 256:
             return None

@@ -20,7 +20,9 @@ changed that second rather than every user. Store keys, under ``key``:
   ``next_chain``), so a follower of the previous chain moves to the new one without loading the
   whole snapshot (the previous chain's deltas are kept until the chain after);
 - ``key:chain``: the chain's id (new with every whole snapshot); ``key:version``: the state version
-  of the last snapshot written; ``key:group``: the consumer group.
+  of the last snapshot written; ``key:group``: the consumer group;
+- ``key:item:<id>``: each item's latest upsert, written with the snapshot after it was applied
+  (``GET /v1/items/{id}`` and the attributes a feed request asks for read it).
 
 ``sync_state`` reads the chain: the API in another process calls it every ``state_sync_s`` and
 applies the deltas it has not applied yet (in place), crosses to a new chain by its bridge, or loads
@@ -50,13 +52,19 @@ from recstack.config import EventLogBackend, OnlineBackend, Settings
 from recstack.errors import CheckpointError
 from recstack.events.base import EventLog
 from recstack.features.stores import KVStore, MemoryStore, RedisStore, SQLiteStore
-from recstack.schema import Event, TimeWindow
+from recstack.schema import Event, ItemUpsert, TimeWindow
 from recstack.serving.state import Captured, Changes, FeedState
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "recstack:feed_state"
 DEAD_LETTERS_KEPT = 10_000
+
+
+def item_record(store: KVStore, item_id: str, key: str = STATE_KEY) -> dict[str, Any] | None:
+    """The latest upsert of an item as the worker last wrote it (None: never upserted)."""
+    (raw,) = store.get_many([f"{key}:item:{item_id}"])
+    return json.loads(raw) if raw is not None else None
 
 
 def dead_letters(store: KVStore, key: str = STATE_KEY, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
@@ -214,6 +222,7 @@ class FeedWorker:
         self.window = window or TimeWindow()
         self.caught_up = threading.Event()  # set once a poll found the end of the log
         self.dead: list[dict[str, Any]] = []  # dead letters not written yet
+        self.items: dict[str, ItemUpsert] = {}  # item records not written yet
         (raw_dead,) = store.get_many([key + ":dead:count"])
         self.dead_count = int(raw_dead) if raw_dead is not None else 0
         self.state = state
@@ -283,6 +292,11 @@ class FeedWorker:
                 events.append(event)
             failed: list[tuple[Event, str]] = []
             self.applied += state.apply(events, failed)
+            for event in events:  # the latest upsert of each item, for GET /v1/items/{id}
+                if isinstance(event, ItemUpsert):
+                    known = self.items.get(event.item_id)
+                    if known is None or known.timestamp <= event.timestamp:
+                        self.items[event.item_id] = event
             for event, reason in failed:
                 self._dead(event.event_id, reason, event)
             self.pending.extend(d.delivery_id for d in deliveries)
@@ -349,6 +363,10 @@ class FeedWorker:
         if snapshot.catalog is not None:
             writes[self.key + ":catalog"] = snapshot.catalog
         dead = self.dead
+        items = self.items
+        self.items = {}
+        for item_id, upsert in items.items():
+            writes[f"{self.key}:item:{item_id}"] = upsert.model_dump_json().encode()
         for n, record in enumerate(dead, start=self.dead_count + 1):  # with the acks that drop them
             writes[f"{self.key}:dead:{(n - 1) % DEAD_LETTERS_KEPT}"] = json.dumps(record).encode()
         if dead:
@@ -357,6 +375,7 @@ class FeedWorker:
             self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
         except Exception:
             self.lost = True  # the changes captured are lost with this write: next, a whole one
+            self.items = items | self.items  # written with the next one
             raise
         old: list[str] = []  # the chain before the previous one: no bridge leads from it any more
         if whole:

@@ -376,3 +376,37 @@ def test_the_docs_page_loads_its_assets_from_the_api_itself(served: tuple[TestCl
     for asset in assets:
         answer = client.get(asset)
         assert answer.status_code == 200 and len(answer.content) > 100, asset
+
+
+def test_an_item_reads_back_and_feeds_carry_the_attributes_asked_for(
+    served: tuple[TestClient, Runtime, dict],
+) -> None:
+    client, runtime, _ = served
+    item = {"item_id": "i3", "attributes": {"topic": "t9", "colour": "red"}, "text": "A red thing"}
+    assert client.post("/v1/items", json=item, headers=KEY).json()["accepted"] == 1
+    assert runtime.worker is not None
+    runtime.worker.poll()  # applied (written to the store with the next snapshot)
+    got = client.get("/v1/items/i3", headers=KEY)
+    assert got.status_code == 200 and got.json()["attributes"] == {"topic": "t9", "colour": "red"}
+    assert got.json()["text"] == "A red thing"
+    runtime.worker.checkpoint()  # written: read back from the store now
+    assert (
+        runtime.worker.items == {} and client.get("/v1/items/i3", headers=KEY).json()["text"] == "A red thing"
+    )
+    assert client.get("/v1/items/never", headers=KEY).status_code == 404
+    feed = client.get(
+        "/v1/recommend", params={"user_id": "u4", "n": 8, "fields": "topic,text"}, headers=KEY
+    ).json()
+    assert len(feed["items"]) == 8 and all(set(i["attributes"]) <= {"topic", "text"} for i in feed["items"])
+    assert any("topic" in i["attributes"] for i in feed["items"])  # the simulator's items have topics
+    posted = client.post(
+        "/v1/recommend", json={"user_id": "u4", "n": 3, "fields": ["topic"]}, headers=KEY
+    ).json()
+    assert all(set(i["attributes"]) <= {"topic"} for i in posted["items"])
+    plain = client.get("/v1/recommend", params={"user_id": "u4", "n": 3}, headers=KEY).json()
+    assert all("attributes" not in i for i in plain["items"])
+    too_many = ",".join(f"f{i}" for i in range(17))
+    assert (
+        client.get("/v1/recommend", params={"user_id": "u4", "fields": too_many}, headers=KEY).status_code
+        == 422
+    )
