@@ -39,10 +39,11 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -551,9 +552,19 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     _offline_docs(app)
+    _event_schemas(app)
 
-    async def require_key(request: Request) -> None:  # async: a sync dependency costs a thread hop
-        if request.headers.get("x-api-key") not in keys:
+    api_key = APIKeyHeader(
+        name="X-API-Key",
+        auto_error=False,
+        description="One of [serving] api_keys (recstack-local by default).",
+    )
+
+    # async: a sync dependency costs a thread hop; the Gate has checked the key already, this
+    # declares the scheme in the OpenAPI document (and checks again behind any other entry)
+    @_typed(key=Annotated[str | None, Security(api_key)])
+    async def require_key(key: str | None = None) -> None:
+        if key not in keys:
             raise HTTPException(401, "missing or invalid API key (send it in the X-API-Key header)")
 
     secured = APIRouter(dependencies=[Depends(require_key)], responses=_errors(400, 401, 413))
@@ -971,6 +982,30 @@ class Gate:
 
 async def _no_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _event_schemas(app: FastAPI) -> None:
+    """The event kinds' schemas in the OpenAPI components (``Event`` and each kind), for clients that
+    generate types: ``POST /v1/events`` takes objects of these, each validated on its own (a bad one
+    is rejected with its index, the rest kept), so its body schema stays an array of objects."""
+    from pydantic import TypeAdapter
+
+    from recstack.schema import Event
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        events = TypeAdapter(Event).json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(events.pop("$defs", {}))
+        components["Event"] = events
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _offline_docs(app: FastAPI) -> None:

@@ -410,3 +410,23 @@ def test_an_item_reads_back_and_feeds_carry_the_attributes_asked_for(
         client.get("/v1/recommend", params={"user_id": "u4", "fields": too_many}, headers=KEY).status_code
         == 422
     )
+
+
+def test_the_openapi_document_names_the_key_scheme_the_limits_and_the_event_schemas(
+    served: tuple[TestClient, Runtime, dict],
+) -> None:
+    spec = served[0].get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey",
+        "description": "One of [serving] api_keys (recstack-local by default).",
+        "in": "header",
+        "name": "X-API-Key",
+    }
+    assert spec["paths"]["/v1/recommend"]["get"]["security"] == [{"APIKeyHeader": []}]
+    assert {"Event", "Impression", "Engagement", "ItemUpsert", "UserUpsert"} <= set(
+        spec["components"]["schemas"]
+    )
+    n = next(p for p in spec["paths"]["/v1/recommend"]["get"]["parameters"] if p["name"] == "n")
+    assert n["schema"]["anyOf"][0]["maximum"] == 200  # [serving] max_n
+    responses = spec["paths"]["/v1/events"]["post"]["responses"]
+    assert {"200", "400", "401", "413", "422", "503"} <= set(responses)
