@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -128,13 +128,25 @@ class TimeWindow:
         now = datetime.now(UTC).timestamp()
         return int(self.earliest.timestamp() * 1_000_000), int((now + self.ahead_s) * 1_000_000)
 
-    def problem(self, event: Any) -> tuple[str, datetime] | None:
-        """(field, value) of the first time of ``event`` outside the window, or None."""
-        low, high = self.bounds_us()
-        for field in ("timestamp", "created_at"):
-            value = getattr(event, field, None)
-            if value is not None and not low <= int(value.timestamp() * 1_000_000) <= high:
-                return field, value
+    def bounds(self) -> tuple[datetime, datetime]:
+        """(earliest, latest) as times, the latest from the clock now (take it once per batch)."""
+        now = datetime.now(UTC)
+        last = datetime.max.replace(tzinfo=UTC)
+        ahead = min(self.ahead_s, (last - now).total_seconds())
+        return self.earliest, now + timedelta(seconds=ahead)
+
+    def problem(
+        self, event: Any, bounds: tuple[datetime, datetime] | None = None
+    ) -> tuple[str, datetime] | None:
+        """(field, value) of the first time of ``event`` outside the window (``bounds``: from
+        ``bounds()``), or None."""
+        low, high = bounds or self.bounds()
+        stamp = event.timestamp
+        if not low <= stamp <= high:
+            return "timestamp", stamp
+        created = event.created_at if isinstance(event, ItemUpsert) else None  # getattr is slow on models
+        if created is not None and not low <= created <= high:
+            return "created_at", created
         return None
 
     def reason(self) -> str:

@@ -136,6 +136,7 @@ def validate_batch(
     An id repeated within the batch counts as a duplicate of its first occurrence.
     """
     window = window or TimeWindow()
+    bounds = window.bounds()
     result = AppendResult()
     valid: list[tuple[int, Event]] = []
     seen: set[str] = set()
@@ -145,7 +146,7 @@ def validate_batch(
         except EventValidationError as exc:
             result.rejected.append(Rejected(index, str(exc)))
             continue
-        outside = window.problem(event)
+        outside = window.problem(event, bounds)
         if outside is not None:
             error = EventValidationError(index, outside[0], outside[1].isoformat(), window.reason())
             result.rejected.append(Rejected(index, str(error)))

@@ -151,9 +151,9 @@ class ParquetEventLog:
 
     def _bump(self, seq: int) -> None:
         """Tell every process that files up to ``seq - 1`` moved (written, or merged)."""
-        counter = self.root / f"_seq.{os.getpid()}.tmp"
-        counter.write_text(str(seq))
-        os.replace(counter, self.root / "_seq")
+        # written in place, under the file lock: a reader that catches it half written reads no
+        # number and looks again at its next call
+        (self.root / "_seq").write_text(str(seq))
         self._next_seq = seq
 
     def _catch_up(self) -> None:

@@ -276,13 +276,14 @@ class FeedWorker:
                     if not state.was_served(d.event_id) and d.event_id not in state.applied
                 ]
             events: list[Event] = []
+            bounds = self.window.bounds()
             for delivery in todo:
                 try:
                     event = delivery.event
                 except Exception as exc:  # a row no writer validated (damaged, or another producer's)
                     self._dead(delivery.event_id, f"unreadable: {exc}", None)
                     continue
-                outside = self.window.problem(event)
+                outside = self.window.problem(event, bounds)
                 if outside is not None:
                     field, value = outside
                     self._dead(
