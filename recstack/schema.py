@@ -132,8 +132,9 @@ class TimeWindow:
         """(earliest, latest) as times, the latest from the clock now (take it once per batch)."""
         now = datetime.now(UTC)
         last = datetime.max.replace(tzinfo=UTC)
-        ahead = min(self.ahead_s, (last - now).total_seconds())
-        return self.earliest, now + timedelta(seconds=ahead)
+        if self.ahead_s >= (last - now).total_seconds() - 1:  # a window reaching past year 9999
+            return self.earliest, last
+        return self.earliest, now + timedelta(seconds=self.ahead_s)
 
     def problem(
         self, event: Any, bounds: tuple[datetime, datetime] | None = None

@@ -737,8 +737,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         fields: Annotated[
             str | None,
             Query(
-                max_length=1024,
-                description="Comma-separated item attributes to return with each item (`text`: its text).",
+                pattern=r"^[^,]{0,64}(,[^,]{0,64}){0,15}$",
+                description="Comma-separated item attributes to return with each item (`text`: its text); "
+                "at most 16 names of at most 64 characters.",
             ),
         ] = None,
     ) -> JSONResponse:
