@@ -38,6 +38,8 @@ config_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
+safety_app = typer.Typer(help="The unsafe-text classifier: train and register it.", no_args_is_help=True)
+app.add_typer(safety_app, name="safety")
 console = Console(soft_wrap=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="recstack.toml to read.")]
 
@@ -717,6 +719,45 @@ def events_compact(config: ConfigOpt = None) -> None:
     if not isinstance(log, ParquetEventLog):
         raise _fail(RecstackError("compact applies to the parquet backend only"))
     console.print(f"removed {log.compact()} files")
+
+
+@safety_app.command("train")
+def safety_train(
+    config: ConfigOpt = None,
+    promote_after: Annotated[
+        bool, typer.Option("--promote/--no-promote", help="Promote through the gate after training.")
+    ] = True,
+) -> None:
+    """Train the [safety] classifier on the labelled tweets (a fixed stratified split), pick its block
+    and review thresholds on validation, register it and promote it through the gate on validation
+    [safety] gate_metric. POST /v1/moderate serves the champion."""
+    from recstack.registry import Registry
+    from recstack.safety.model import train_safety
+
+    settings = _settings(config)
+    cfg = settings.safety
+    folder = settings.paths.state_dir / "build" / "safety"
+    try:
+        model, metrics = train_safety(settings, folder)
+        registry = Registry(settings, name=cfg.model_name, gate_metric=cfg.gate_metric)
+        lineage = {"model": cfg.model.value, "rows": model.meta["rows"], "seed": cfg.seed}
+        version = registry.register(folder, metrics, lineage)
+        registry.set_alias("challenger", version)
+        gate = registry.promote(version) if promote_after else None
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    table = Table("metric", "validation", "test")
+    for key in ("macro_f1", "weighted_f1", "hate_f1", "offensive_f1", "neither_f1", "pr_auc", "unsafe_f1"):
+        table.add_row(key, f"{metrics[key]:.4f}", f"{metrics['test_' + key]:.4f}")
+    console.print(table)
+    console.print(
+        f"thresholds on the unsafe score: block at {model.block_at:.4f} ({cfg.block_precision:.0%} precision "
+        f"on validation), review at {model.review_at:.4f} ({cfg.review_precision:.0%})",
+        highlight=False,
+    )
+    state = "challenger" if gate is None or not gate.passed else "promoted to champion"
+    reason = f"; gate: {escape(gate.reason)}" if gate else ""
+    console.print(f"registered {cfg.model_name} version {version}; {state}{reason}", highlight=False)
 
 
 @config_app.command("default")

@@ -544,6 +544,48 @@ class ServingConfig(Section):
     )
 
 
+class SafetyModelKind(StrEnum):
+    tfidf_lr = "tfidf_lr"
+    minilm_lr = "minilm_lr"
+
+
+class SafetyConfig(Section):
+    """The unsafe-text classifier (`recstack safety train`, `POST /v1/moderate`)."""
+
+    model: SafetyModelKind = Field(
+        SafetyModelKind.tfidf_lr,
+        description="tfidf_lr (word and character TF-IDF into logistic regression) or minilm_lr "
+        "(all-MiniLM-L6-v2 embeddings into logistic regression).",
+    )
+    data: Path | None = Field(
+        None,
+        description="Folder of the labelled tweets (labeled_data.csv); default "
+        "data_dir/davidson_hate_offensive.",
+    )
+    seed: int = Field(2026, description="Seeds the stratified 80/10/10 split and the model.")
+    max_train_rows: int | None = Field(
+        None, ge=100, description="Train on at most this many rows of the training split (unset: all)."
+    )
+    lr_c: float = Field(4.0, gt=0, description="Inverse regularization of the logistic regression.")
+    block_precision: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="The unsafe score above which text is blocked is the lowest reaching this precision "
+        "on validation.",
+    )
+    review_precision: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Likewise for the lower threshold above which text goes to review (it must exceed the "
+        "unsafe share of the data to mean anything: 83% of the Davidson tweets are unsafe).",
+    )
+    max_chars: int = Field(2_000, ge=1, description="Longer text is truncated (the answer says so).")
+    model_name: str = Field("recstack-safety", description="Registered model holding the classifier.")
+    gate_metric: str = Field("macro_f1", description="Validation metric the promotion gate compares.")
+
+
 class RegistryConfig(Section):
     model_name: str = Field("recstack-feed", description="Registered model holding the feed bundle.")
     uri: str | None = Field(
@@ -580,6 +622,7 @@ class Settings(Section):
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
     mapping: MappingConfig = MappingConfig()
+    safety: SafetyConfig = SafetyConfig()
     features: list[FeatureDef] = Field(
         default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
         description="Feature definitions, one [[features]] table each.",

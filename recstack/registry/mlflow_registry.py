@@ -47,11 +47,16 @@ class GateResult:
 
 
 class Registry:
-    def __init__(self, settings: Settings) -> None:
+    """Versions, aliases and the promotion gate of one registered model: the feed bundle
+    (``[registry] model_name``), or another one by ``name`` with its own ``gate_metric`` (the
+    safety classifier)."""
+
+    def __init__(self, settings: Settings, name: str | None = None, gate_metric: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.settings = settings
-        self.name = settings.registry.model_name
+        self.name = name or settings.registry.model_name
+        self.gate_metric = gate_metric or settings.registry.gate_metric
         self.uri = settings.registry_uri()
         for scheme in ("postgresql://", "postgres://"):  # SQLAlchemy's default driver is not installed
             if self.uri.startswith(scheme):
@@ -80,7 +85,7 @@ class Registry:
         try:
             self.client.get_registered_model(self.name)
         except MlflowException:
-            self.client.create_registered_model(self.name, description="recstack feed bundle")
+            self.client.create_registered_model(self.name, description=f"recstack: {self.name}")
 
     def _history(self) -> list[str]:
         model = self.client.get_registered_model(self.name)
@@ -117,7 +122,7 @@ class Registry:
 
     def gate(self, challenger: str, champion: str | None) -> GateResult:
         cfg = self.settings.registry
-        metric = cfg.gate_metric
+        metric = self.gate_metric
         mine = self.metrics(challenger)
         if champion is None:
             return GateResult(True, metric, mine.get(metric), None, cfg.gate_margin, "no champion yet")

@@ -112,6 +112,9 @@ class MiniLMLogistic:
         )
         return np.asarray(vectors, dtype=np.float32)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_model"}  # the encoder is reloaded
+
     def fit(self, texts: Sequence[str], labels: np.ndarray) -> MiniLMLogistic:
         self.head.fit(self.embed(texts), labels)
         return self

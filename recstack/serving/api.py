@@ -28,6 +28,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -35,7 +36,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -62,6 +63,9 @@ from recstack.features.feed import logged_values
 from recstack.features.stores import KVStore
 from recstack.index.sources import US
 from recstack.servables.bundle import ServingBundle
+
+if TYPE_CHECKING:
+    from recstack.safety.model import SafetyModel
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
@@ -147,6 +151,7 @@ class Runtime:
         store: KVStore | None = None,
         bundle_source: Callable[[], tuple[str, Path] | None] | None = None,
         in_process_worker: bool = True,
+        safety_source: Callable[[], tuple[str, Path] | None] | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -160,6 +165,10 @@ class Runtime:
         self.synced: Position | None = restored[1] if restored else None
         self.metrics = Metrics()
         self.bundle_source = bundle_source
+        self.safety_source = safety_source
+        self.safety: tuple[str, SafetyModel] | None = None  # (version, model) of the served classifier
+        self.safety_error: str | None = None
+        self.safety_checked = -math.inf
         self.pipeline: Pipeline | None = None
         self.version: str | None = None
         self.worker = (
@@ -260,6 +269,28 @@ class Runtime:
                 fn()
             except Exception as exc:  # a background task must not die; it logs and tries again
                 log.error("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
+
+    def safety_model(self) -> tuple[str, SafetyModel]:
+        """The safety classifier's champion (looked up at most every ``reload_s``); RecstackError
+        saying why when there is none or it cannot be loaded."""
+        from recstack.safety.model import SafetyModel
+
+        now = time.monotonic()
+        if self.safety_source is not None and now - self.safety_checked >= self.settings.serving.reload_s:
+            self.safety_checked = now
+            try:
+                found = self.safety_source()
+                if found is not None and (self.safety is None or found[0] != self.safety[0]):
+                    self.safety = (found[0], SafetyModel.load(found[1]))
+                self.safety_error = (
+                    None if found is not None else "no safety model: run recstack safety train"
+                )
+            except RecstackError as exc:
+                self.safety_error = f"the safety model could not be loaded: {exc}"
+                log.error("%s", self.safety_error)
+        if self.safety is None:
+            raise BackendUnavailableError(self.safety_error or "no safety model: run recstack safety train")
+        return self.safety
 
     def item_records(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The latest upsert of each item (item id -> record) as the worker keeps it: written with its
@@ -456,6 +487,30 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "No model served yet, or the event bus is down (nothing of the batch was accepted).",
     }
     return {code: {"model": ErrorBody, "description": why[code]} for code in codes}
+
+
+class ModerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # 100 texts of 5,000 characters stay under the 8 MiB body limit even as \u escapes in JSON
+    texts: list[Annotated[str, Field(max_length=5_000)]] = Field(
+        min_length=1,
+        max_length=100,
+        description="Texts to score: at most 100 of at most 5,000 characters (scored on their first "
+        "[safety] max_chars).",
+    )
+
+
+class Moderated(BaseModel):
+    label: str = Field(description="hate, offensive or neither.")
+    score: float = Field(description="The unsafe score, P(hate) + P(offensive).")
+    decision: str = Field(description="block, review or allow, by the thresholds stored with the model.")
+    truncated: bool = Field(description="The text was cut at [safety] max_chars before scoring.")
+
+
+class ModerateResponse(BaseModel):
+    model_version: str
+    results: list[Moderated]
 
 
 class IngestResponse(BaseModel):
@@ -749,6 +804,13 @@ def create_app(runtime: Runtime) -> FastAPI:
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from exc
         return JSONResponse(recommend(body))
+
+    @secured.post("/v1/moderate", response_model=ModerateResponse, responses=_errors(503))
+    def moderate(body: ModerateBody) -> dict[str, Any]:
+        """Score texts with the safety classifier's champion: label, unsafe score and the decision."""
+        version, model = runtime.safety_model()
+        results = model.moderate(body.texts, settings.safety.max_chars)
+        return {"model_version": version, "results": [vars(r) for r in results]}
 
     @secured.get("/v1/items/{item_id}", response_model=ItemRecord, responses=_errors(404))
     def get_item(item_id: Annotated[str, PathParam(min_length=1, max_length=256)]) -> dict[str, Any]:
@@ -1139,11 +1201,12 @@ def bus_for(settings: Settings) -> EventLog:
     return open_event_log(settings)
 
 
-def registry_source(settings: Settings) -> Callable[[], tuple[str, Path] | None]:
-    """The registry's champion as (version, local folder)."""
+def registry_source(settings: Settings, name: str | None = None) -> Callable[[], tuple[str, Path] | None]:
+    """The registry's champion (of the feed bundle, or of the model ``name``) as (version, local
+    folder)."""
     from recstack.registry import Registry
 
-    registry = Registry(settings)
+    registry = Registry(settings, name=name)
 
     def champion() -> tuple[str, Path] | None:
         version = registry.alias("champion")

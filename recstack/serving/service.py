@@ -41,6 +41,7 @@ def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
         store=store,
         bundle_source=registry_source(settings),
         in_process_worker=embedded,
+        safety_source=registry_source(settings, settings.safety.model_name),
     )
 
 

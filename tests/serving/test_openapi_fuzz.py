@@ -20,10 +20,26 @@ from fastapi.testclient import TestClient
 from recstack.serving.api import Runtime
 
 
+def _small_safety_model(folder: Path) -> Any:
+    """A real TF-IDF classifier fitted on a few made-up texts of each class (the contract is under
+    test here, not the classifier), saved as the API loads it."""
+    import numpy as np
+
+    from recstack.safety.classifier import TfidfLogistic
+    from recstack.safety.model import SafetyModel
+
+    texts = [f"{word} {n}" for n in range(10) for word in ("vile slur", "damn idiot", "nice weather")]
+    labels = np.array([0, 1, 2] * 10)
+    classifier = TfidfLogistic(c=1.0).fit(texts, labels)
+    SafetyModel(classifier, 0.9, 0.6, {"model": "tfidf_lr"}).save(folder)
+    return lambda: ("1", folder)
+
+
 @pytest.mark.slow
 def test_schemathesis_with_all_checks_and_phases_finds_nothing(
     served: tuple[TestClient, Runtime, dict[str, Any]], tmp_path: Path
 ) -> None:
+    served[1].safety_source = _small_safety_model(tmp_path / "safety")  # so /v1/moderate answers
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
