@@ -446,7 +446,7 @@ def import_files(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from recstack.config import MappingConfig
-    from recstack.data.importer import earliest_time, import_file, read_rows
+    from recstack.data.importer import count_rows, earliest_time, import_file
 
     settings = _settings(config)
     given: dict[str, Any] = {
@@ -498,7 +498,7 @@ def import_files(
             disable=not console.is_terminal,
         ) as bar:
             for path, what in files:
-                _, total = read_rows(path, mapping.format, mapping.columns)
+                total = count_rows(path, mapping.format)
                 task = bar.add_task(f"{what} {path.name}", total=total)
                 summaries.append(
                     import_file(

@@ -98,8 +98,24 @@ def detect_format(path: Path) -> ImportFormat:
     )
 
 
-def read_rows(path: Path, fmt: ImportFormat, columns: list[str] | None = None) -> tuple[Rows, int]:
-    """(rows, how many there are, for the progress bar)."""
+def count_rows(path: Path, fmt: ImportFormat) -> int:
+    """How many rows a file holds (non-blank lines, or Parquet rows), for a progress bar."""
+    if not path.is_file():
+        raise DataFormatError(path, None, "no such file")
+    fmt = detect_format(path) if fmt is ImportFormat.auto else fmt
+    if fmt is ImportFormat.parquet:
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataFormatError(path, None, f"not a Parquet file: {exc}") from exc
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def read_rows(path: Path, fmt: ImportFormat, columns: list[str] | None = None) -> Rows:
+    """The file's rows: (line or row number, column -> value)."""
     if not path.is_file():
         raise DataFormatError(path, None, "no such file")
     fmt = detect_format(path) if fmt is ImportFormat.auto else fmt
@@ -110,7 +126,7 @@ def read_rows(path: Path, fmt: ImportFormat, columns: list[str] | None = None) -
             handle = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataFormatError(path, None, f"not a Parquet file: {exc}") from exc
-        return _parquet_rows(handle), handle.metadata.num_rows
+        return _parquet_rows(handle)
     encoding = "utf-8"
     if fmt is ImportFormat.movielens:
         if path.name.lower() not in MOVIELENS:
@@ -121,9 +137,7 @@ def read_rows(path: Path, fmt: ImportFormat, columns: list[str] | None = None) -
         rows = _jsonl(path)
     else:
         rows = _delimited(path, "," if fmt is ImportFormat.csv else "\t", columns, encoding)
-    with path.open("rb") as handle:
-        total = sum(1 for line in handle if line.strip())
-    return rows, total
+    return rows
 
 
 def _parquet_rows(handle: Any) -> Rows:
@@ -391,7 +405,7 @@ def import_file(
 ) -> ImportSummary:
     """Append one file's events to ``log``: ``what`` is interactions, items or users (``catalog_us``:
     the upserts' time). ``progress(rows)`` is called as rows are read."""
-    rows, _ = read_rows(path, fmt, mapping.columns)
+    rows = read_rows(path, fmt, mapping.columns)
     summary = ImportSummary(path)
     bad: dict[int, str] = {}
     out = _Columns()
@@ -445,7 +459,7 @@ def _truncate(out: _Columns, n: int) -> None:
 
 def earliest_time(path: Path, mapping: MappingConfig, fmt: ImportFormat = ImportFormat.auto) -> int | None:
     """The earliest readable interaction time of a file (µs), for the catalog's upsert time."""
-    rows, _ = read_rows(path, fmt, mapping.columns)
+    rows = read_rows(path, fmt, mapping.columns)
     best: int | None = None
     for _, row in rows:
         raw = row.get(mapping.timestamp)

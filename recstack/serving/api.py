@@ -71,7 +71,7 @@ from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import served_features
 from recstack.serving.state import FeedState
-from recstack.serving.worker import STATE_KEY, FeedWorker, Position, keeps_features, state_store, sync_state
+from recstack.serving.worker import FeedWorker, Position, item_key, keeps_features, state_store, sync_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -305,7 +305,7 @@ class Runtime:
             else:
                 missing.append(item_id)
         if missing:
-            keys = [f"{STATE_KEY}:item:{i}" for i in missing]
+            keys = [item_key(i) for i in missing]
             for item_id, raw in zip(missing, self.store.get_many(keys), strict=True):
                 if raw is not None:
                     out[item_id] = json.loads(raw)
@@ -457,14 +457,9 @@ def _at_most(max_n: int, required: bool = False) -> Callable[[F], F]:
     too): set as an object, since this module's annotations are strings FastAPI resolves in its
     globals, where the settings are not."""
 
-    def bound(fn: F) -> F:
-        kind = int if required else int | None
-        fn.__annotations__["n"] = Annotated[
-            kind, Query(ge=1, le=max_n, description=f"Items to return, at most [serving] max_n = {max_n}.")
-        ]
-        return fn
-
-    return bound
+    kind = int if required else int | None
+    query = Query(ge=1, le=max_n, description=f"Items to return, at most [serving] max_n = {max_n}.")
+    return _typed(n=Annotated[kind, query])
 
 
 def _typed(**annotations: Any) -> Callable[[F], F]:

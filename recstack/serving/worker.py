@@ -61,10 +61,9 @@ STATE_KEY = "recstack:feed_state"
 DEAD_LETTERS_KEPT = 10_000
 
 
-def item_record(store: KVStore, item_id: str, key: str = STATE_KEY) -> dict[str, Any] | None:
-    """The latest upsert of an item as the worker last wrote it (None: never upserted)."""
-    (raw,) = store.get_many([f"{key}:item:{item_id}"])
-    return json.loads(raw) if raw is not None else None
+def item_key(item_id: str, key: str = STATE_KEY) -> str:
+    """The store key of an item's latest upsert (``GET /v1/items/{id}``)."""
+    return f"{key}:item:{item_id}"
 
 
 def dead_letters(store: KVStore, key: str = STATE_KEY, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
@@ -367,7 +366,7 @@ class FeedWorker:
         items = self.items
         self.items = {}
         for item_id, upsert in items.items():
-            writes[f"{self.key}:item:{item_id}"] = upsert.model_dump_json().encode()
+            writes[item_key(item_id, self.key)] = upsert.model_dump_json().encode()
         for n, record in enumerate(dead, start=self.dead_count + 1):  # with the acks that drop them
             writes[f"{self.key}:dead:{(n - 1) % DEAD_LETTERS_KEPT}"] = json.dumps(record).encode()
         if dead:
