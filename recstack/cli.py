@@ -38,7 +38,9 @@ config_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
-safety_app = typer.Typer(help="The unsafe-text classifier: train and register it.", no_args_is_help=True)
+safety_app = typer.Typer(
+    help="The unsafe-text classifier: train and register it, score the catalog.", no_args_is_help=True
+)
 app.add_typer(safety_app, name="safety")
 console = Console(soft_wrap=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="recstack.toml to read.")]
@@ -447,6 +449,7 @@ def import_files(
 
     from recstack.config import MappingConfig
     from recstack.data.importer import count_rows, earliest_time, import_file
+    from recstack.safety.items import IngestScorer
 
     settings = _settings(config)
     given: dict[str, Any] = {
@@ -482,6 +485,7 @@ def import_files(
         raise _fail(RecstackError("nothing to import: give an interactions file, --items or --users"))
     log = _log(settings)
     summaries = []
+    moderation = IngestScorer(settings)
     try:
         catalog_us: int | None
         if mapping.catalog_time is not None:
@@ -510,6 +514,7 @@ def import_files(
                         catalog_us,
                         mapping.batch,
                         progress=lambda n, task=task: bar.advance(task, n),  # type: ignore[misc]
+                        transform=moderation if what == "items" else None,
                     )
                 )
     except (RecstackError, OSError) as exc:
@@ -521,6 +526,19 @@ def import_files(
         console.print(
             f"{escape(summary.path.name)}: {summary.rows:,} rows -> {events}; accepted {summary.accepted:,}, "
             f"duplicates {summary.duplicates:,}, bad lines {summary.bad_lines:,}",
+            highlight=False,
+        )
+    if moderation.scored:
+        console.print(f"moderation: {moderation.scored:,} items with text scored", highlight=False)
+    if moderation.unscored:
+        held = (
+            "held back from the feed until `recstack safety rescore`"
+            if moderation.held_back()
+            else "served unscored"
+        )
+        console.print(
+            f"moderation: {moderation.unscored:,} items with text not scored "
+            f"({escape(moderation.problem or '')}); {held}",
             highlight=False,
         )
     bad = [(s.path.name, line, reason) for s in summaries for line, reason in s.errors]
@@ -758,6 +776,50 @@ def safety_train(
     state = "challenger" if gate is None or not gate.passed else "promoted to champion"
     reason = f"; gate: {escape(gate.reason)}" if gate else ""
     console.print(f"registered {cfg.model_name} version {version}; {state}{reason}", highlight=False)
+
+
+@safety_app.command("rescore")
+def safety_rescore(
+    config: ConfigOpt = None,
+    everything: Annotated[
+        bool,
+        typer.Option("--all", help="Score every item with text again, not only those the champion has not."),
+    ] = False,
+) -> None:
+    """Score the catalog's items with text by the safety champion (after `recstack safety train`
+    promoted a new one, or to release items held back unscored), appending each as an upsert with
+    its new score; the worker applies them like any upsert. Items the champion already scored are
+    skipped (run it again: it appends nothing)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from recstack.safety.items import champion_scorer, rescore_catalog
+
+    settings = _settings(config)
+    log = _log(settings)
+    try:
+        scorer = champion_scorer(settings)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar:
+            task = bar.add_task(f"scoring with {scorer.version}", total=None)
+            done = rescore_catalog(
+                log, scorer, everything, progress=lambda n, total: bar.update(task, completed=n, total=total)
+            )
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        log.close()
+    decisions = ", ".join(f"{k} {v:,}" for k, v in sorted(done.decisions.items())) or "none"
+    console.print(
+        f"{done.considered:,} items with text; {done.scored:,} scored by {scorer.version} and appended "
+        f"({decisions}); {done.considered - done.scored:,} already scored by it",
+        highlight=False,
+    )
 
 
 @config_app.command("default")

@@ -494,7 +494,12 @@ class ServingConfig(Section):
     creator_gap: int = Field(3, ge=0, description="No two items of one creator within this many slots.")
     explore_slots: int = Field(2, ge=0, description="Slots per response for fresh items (Thompson sampling).")
     unsafe_threshold: float = Field(
-        0.5, ge=0, le=1, description="Items whose unsafe score reaches this are filtered out."
+        0.5,
+        ge=0,
+        le=1,
+        description="Items upserted with an unsafe_score of their own (or unsafe = true) and no safety "
+        "model's decision are filtered out when it reaches this ([safety] sets the thresholds of the "
+        "model's scores).",
     )
     seen_limit: int = Field(5_000, ge=0, description="Items remembered per user as already seen.")
     history: int = Field(50, ge=1, description="Recent engagements kept per user (the user tower's input).")
@@ -547,6 +552,13 @@ class ServingConfig(Section):
 class SafetyModelKind(StrEnum):
     tfidf_lr = "tfidf_lr"
     minilm_lr = "minilm_lr"
+    minilm_mlp = "minilm_mlp"
+
+
+class ScoreItems(StrEnum):
+    auto = "auto"
+    required = "required"
+    off = "off"
 
 
 class SafetyConfig(Section):
@@ -554,8 +566,9 @@ class SafetyConfig(Section):
 
     model: SafetyModelKind = Field(
         SafetyModelKind.tfidf_lr,
-        description="tfidf_lr (word and character TF-IDF into logistic regression) or minilm_lr "
-        "(all-MiniLM-L6-v2 embeddings into logistic regression).",
+        description="tfidf_lr (word and character TF-IDF into logistic regression), minilm_lr "
+        "(all-MiniLM-L6-v2 embeddings into logistic regression) or minilm_mlp (the same embeddings "
+        "into a small MLP).",
     )
     data: Path | None = Field(
         None,
@@ -584,6 +597,49 @@ class SafetyConfig(Section):
     max_chars: int = Field(2_000, ge=1, description="Longer text is truncated (the answer says so).")
     model_name: str = Field("recstack-safety", description="Registered model holding the classifier.")
     gate_metric: str = Field("macro_f1", description="Validation metric the promotion gate compares.")
+    score_items: ScoreItems = Field(
+        ScoreItems.auto,
+        description="Score item upserts that carry text as they are ingested (POST /v1/items and "
+        "/v1/events, recstack import): auto when a safety model is registered (with none, items are "
+        "served unscored and /health says so), required (items with text and no score are held back "
+        "even with no model), off. With auto or required, an item with text that could not be scored "
+        "(a damaged model) is never served until `recstack safety rescore` scores it.",
+    )
+    text_fields: list[str] = Field(
+        ["text", "title", "description"],
+        description="What of an item upsert is scored: 'text' is its text field, any other name a string "
+        "attribute; the values found are joined.",
+    )
+    block_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Items whose unsafe score reaches this are never served (unset: the model's, chosen "
+        "on validation for block_precision).",
+    )
+    review_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Items scoring between this and the block threshold are down-ranked and marked for "
+        "review (unset: the model's, chosen for review_precision).",
+    )
+    review_penalty: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The value model lowers an item in review by this x its unsafe score x |value|.",
+    )
+    creator_penalty: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="And any item by this x its creator's unsafe rate x |value| (the share of the "
+        "creator's items in review or blocked, over items + creator_prior_items).",
+    )
+    creator_prior_items: float = Field(
+        2.0, ge=0, description="Smooths the creator unsafe rate: one bad item of one is not a pattern."
+    )
 
 
 class RegistryConfig(Section):

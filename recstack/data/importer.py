@@ -402,9 +402,11 @@ def import_file(
     catalog_us: int | None = None,
     batch: int = 50_000,
     progress: Callable[[int], None] | None = None,
+    transform: Callable[[pa.Table], pa.Table] | None = None,
 ) -> ImportSummary:
     """Append one file's events to ``log``: ``what`` is interactions, items or users (``catalog_us``:
-    the upserts' time). ``progress(rows)`` is called as rows are read."""
+    the upserts' time). ``progress(rows)`` is called as rows are read; ``transform`` takes each
+    batch of events before it is appended (moderation scores item upserts there)."""
     rows = read_rows(path, fmt, mapping.columns)
     summary = ImportSummary(path)
     bad: dict[int, str] = {}
@@ -415,7 +417,8 @@ def import_file(
         nonlocal out
         if not out.n:
             return
-        result = log.append_table(out.table())
+        table = out.table()
+        result = log.append_table(transform(table) if transform is not None else table)
         summary.accepted += result.accepted
         summary.duplicates += result.duplicates
         for rejected in result.rejected:

@@ -56,7 +56,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from starlette.routing import Match
 
-from recstack.config import Settings
+from recstack.config import ScoreItems, Settings
 from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
 from recstack.features.feed import logged_values
@@ -114,6 +114,19 @@ class Metrics:
         self.items = Gauge(
             "recstack_catalog_items", "Items in the catalog", registry=r, multiprocess_mode="livemax"
         )
+        self.moderated = Gauge(
+            "recstack_catalog_moderation",
+            "Items of the catalog by moderation (allow, review, block; unscored: text no model scored)",
+            ["decision"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.moderation = Counter(
+            "recstack_item_moderation",
+            "Item upserts scored at ingest, and batches that passed unscored because scoring failed",
+            ["outcome"],
+            registry=r,
+        )
         # the labelled children the hot path observes, looked up once
         self.stage_of = {s: self.stage.labels(s) for s in STAGES}
         self.candidates_of = {s: self.candidates.labels(s) for s in STAGES}
@@ -169,6 +182,7 @@ class Runtime:
         self.safety: tuple[str, SafetyModel] | None = None  # (version, model) of the served classifier
         self.safety_error: str | None = None
         self.safety_checked = -math.inf
+        self.safety_registered = False  # a safety champion exists (it may still fail to load)
         self.pipeline: Pipeline | None = None
         self.version: str | None = None
         self.worker = (
@@ -225,7 +239,7 @@ class Runtime:
         bundle = ServingBundle.load(folder)
         bundle.meta["version"] = version
         with self.state.lock:
-            pipeline = build_pipeline(self.settings, bundle, self.state)
+            pipeline = build_pipeline(self.settings, bundle, self.state, self.hold_unscored)
         self.pipeline, self.version = pipeline, version  # one assignment each: requests see old or new
         freeze_heap()
         log.info("serving model version %s from %s", version, folder)
@@ -270,27 +284,95 @@ class Runtime:
             except Exception as exc:  # a background task must not die; it logs and tries again
                 log.error("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
 
+    def check_safety(self) -> None:
+        """Look up the safety classifier's champion and load it when it changed (the background
+        loop calls this every ``reload_s``; a lookup that fails keeps what was known)."""
+        from recstack.safety.model import SafetyModel
+
+        self.safety_checked = time.monotonic()
+        if self.safety_source is None:
+            return
+        try:
+            found = self.safety_source()
+        except Exception as exc:  # the registry is unreachable: the last answer stands
+            log.warning("safety model lookup failed: %s", exc)
+            return
+        self.safety_registered = found is not None
+        if found is None:
+            self.safety_error = "no safety model: run recstack safety train"
+            return
+        if self.safety is not None and found[0] == self.safety[0]:
+            return
+        try:
+            self.safety = (found[0], SafetyModel.load(found[1]))
+            self.safety_error = None
+        except RecstackError as exc:
+            self.safety_error = f"the safety model {found[0]} could not be loaded: {exc}"
+            log.error("%s", self.safety_error)
+
     def safety_model(self) -> tuple[str, SafetyModel]:
         """The safety classifier's champion (looked up at most every ``reload_s``); RecstackError
         saying why when there is none or it cannot be loaded."""
-        from recstack.safety.model import SafetyModel
-
-        now = time.monotonic()
-        if self.safety_source is not None and now - self.safety_checked >= self.settings.serving.reload_s:
-            self.safety_checked = now
-            try:
-                found = self.safety_source()
-                if found is not None and (self.safety is None or found[0] != self.safety[0]):
-                    self.safety = (found[0], SafetyModel.load(found[1]))
-                self.safety_error = (
-                    None if found is not None else "no safety model: run recstack safety train"
-                )
-            except RecstackError as exc:
-                self.safety_error = f"the safety model could not be loaded: {exc}"
-                log.error("%s", self.safety_error)
-        if self.safety is None:
+        if time.monotonic() - self.safety_checked >= self.settings.serving.reload_s:
+            self.check_safety()
+        if self.safety is None or self.safety_error is not None:
             raise BackendUnavailableError(self.safety_error or "no safety model: run recstack safety train")
         return self.safety
+
+    def safety_status(self) -> dict[str, Any]:
+        """The moderation of the catalog for /health/ready: the model, items by decision, and why
+        unscored items are held back or served."""
+        counts = self.state.safety_counts()
+        held = self.hold_unscored()
+        if not counts["unscored"]:
+            note = None
+        elif held:
+            why = self.safety_error or "they were ingested before the model, or scoring failed"
+            note = f"{counts['unscored']} items with text are held back unscored ({why}): "
+            note += "recstack safety rescore"
+        else:
+            note = f"{counts['unscored']} items with text are served unscored: no safety model "
+            note += "(recstack safety train)"
+        return {
+            "model_version": self.safety[0] if self.safety is not None else None,
+            "error": self.safety_error if self.safety_registered else None,
+            "items": counts,
+            "unscored_held_back": held,
+            "note": note,
+        }
+
+    def hold_unscored(self) -> bool:
+        """Whether items with text that no model scored are held back: under ``[safety] score_items``
+        auto while a safety model is registered (loaded or not), always under required."""
+        mode = self.settings.safety.score_items
+        return mode is ScoreItems.required or (mode is ScoreItems.auto and self.safety_registered)
+
+    def score_items(self, records: list[Any]) -> None:
+        """Moderate the item upserts among ``records`` in place before they are appended (see
+        recstack/safety/items.py). With no model they pass unscored; when the model fails they pass
+        unscored too, and the feed holds them back (nothing accepted is lost)."""
+        cfg = self.settings.safety
+        if cfg.score_items is ScoreItems.off:
+            return
+        if not any(isinstance(r, dict) and r.get("kind") == "item" for r in records):
+            return
+        from recstack.safety.items import scorer_for
+
+        try:
+            version, model = self.safety_model()
+        except BackendUnavailableError as exc:
+            if self.safety_registered:
+                self.metrics.moderation.labels("failed").inc()
+                log.error("item upserts pass unscored and are held back: %s", exc)
+            return
+        scorer = scorer_for(self.settings, version, model)
+        try:
+            scored = scorer.score_records(records)
+        except Exception as exc:  # a model that loads but fails: held back, never served unchecked
+            self.metrics.moderation.labels("failed").inc()
+            log.error("item upserts pass unscored and are held back, scoring failed: %s", exc)
+            return
+        self.metrics.moderation.labels("scored").inc(scored)
 
     def item_records(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The latest upsert of each item (item id -> record) as the worker keeps it: written with its
@@ -346,6 +428,7 @@ class Runtime:
 
     def start(self) -> None:
         """Load the champion and start the background work (one process)."""
+        self.check_safety()
         self.reload()
         self.start_background()
 
@@ -363,6 +446,8 @@ class Runtime:
         jobs: list[tuple[float, Callable[[], Any]]] = [(cfg.impression_flush_s, self.flush_impressions)]
         if self.bundle_source is not None and cfg.reload_s > 0:
             jobs.append((cfg.reload_s, self.reload))
+        if self.safety_source is not None and cfg.reload_s > 0:
+            jobs.append((cfg.reload_s, self.check_safety))
         if self.worker is None:
             jobs.append((cfg.state_sync_s, self._sync_state))
         for every, fn in jobs:
@@ -645,6 +730,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     def ingest(raw: list[Any]) -> IngestResponse:
         if len(raw) > MAX_BATCH:
             raise HTTPException(413, f"a batch holds at most {MAX_BATCH} events, this one {len(raw)}")
+        runtime.score_items(raw)
         try:
             result = runtime.bus.append(raw)
         except BackendUnavailableError as exc:
@@ -858,12 +944,15 @@ def create_app(runtime: Runtime) -> FastAPI:
             "catalog_items": runtime.state.n_items,
             "bus": "ok" if runtime.bus_ok else "unavailable",
             "reload_error": runtime.reload_error,
+            "safety": runtime.safety_status(),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         runtime.metrics.items.set(runtime.state.n_items)
+        for decision, count in runtime.state.safety_counts().items():
+            runtime.metrics.moderated.labels(decision).set(count)
         return PlainTextResponse(generate_latest(runtime.metrics.collected()), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ Gorse-compatible aliases

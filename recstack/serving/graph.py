@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ from recstack.servables.bundle import ServingBundle
 from recstack.servables.ranker import OnnxRanker, PerTaskRanker, position_value
 from recstack.serving.ops.base import Candidates, Operator, RecRequest
 from recstack.serving.ops.explore import ExploreOp
-from recstack.serving.ops.filter import FilterOp, UnsafeHook, catalog_unsafe
+from recstack.serving.ops.filter import FilterOp, always
 from recstack.serving.ops.rank import HeavyRankOp, LightRankOp
 from recstack.serving.ops.rerank import RerankOp
 from recstack.serving.ops.retrieve import (
@@ -110,7 +110,7 @@ def build_pipeline(
     settings: Settings,
     bundle: ServingBundle,
     state: FeedState,
-    unsafe_score: UnsafeHook = catalog_unsafe,
+    hold_unscored: Callable[[], bool] = always,
     extra_sources: dict[SourceKind, Source] | None = None,
 ) -> Pipeline:
     cfg, r = settings.serving, settings.retrieval
@@ -132,9 +132,10 @@ def build_pipeline(
         available[SourceKind.popularity] = BundlePopularity(bundled.popularity, alignment, state)
     available.update(extra_sources or {})
     sources = build_sources(r, available)
-    safety = FilterOp(cfg.unsafe_threshold, unsafe_score)
+    safety = FilterOp(hold_unscored)
+    s = settings.safety
     try:
-        value = ValueOp(bundle, cfg.value_weights)
+        value = ValueOp(bundle, cfg.value_weights, s.review_penalty, s.creator_penalty, s.creator_prior_items)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     kept = {f.name: f for f in state.features.features}

@@ -36,6 +36,7 @@ from recstack.features.columnar import ColumnarFeatures, FeatureChanges
 from recstack.features.definitions import FeatureDef, exact_us
 from recstack.features.online import AnyFeature
 from recstack.index.sources import TrendingSource
+from recstack.safety.items import BLOCK, REVIEW, UNSCORED, safety_code
 from recstack.schema import Engagement, Event, Impression, ItemUpsert, UserUpsert
 
 POSITIVE = ("click", "like", "share", "comment")  # engagements that enter a user's history
@@ -145,8 +146,12 @@ class FeedState:
         half_life_s: float = 21_600.0,
         trending_weights: dict[str, float] | None = None,
         features: Sequence[AnyFeature] = (),
+        text_fields: Sequence[str] = ("text", "title", "description"),
+        unsafe_threshold: float = 0.5,
     ) -> None:
         self.history_length = history
+        self.text_fields = tuple(text_fields)  # what moderation scores ([safety] text_fields)
+        self.unsafe_threshold = unsafe_threshold  # for a client's own score ([serving])
         self.seen_limit = seen_limit
         self.trending_weights = trending_weights or {"click": 1.0, "like": 2.0, "comment": 2.0, "share": 3.0}
         self.item_ids: list[str] = []
@@ -155,7 +160,9 @@ class FeedState:
         self.creator_code: dict[str, int] = {}
         self.creator = _Column(np.int32, -1)
         self.created_us = _Column(np.int64, 0)
-        self.unsafe = _Column(np.float32, 0.0)
+        self.unsafe = _Column(np.float32, 0.0)  # the unsafe score (the model's, else the client's)
+        self.safety = _Column(np.int8, 0)  # ALLOW, REVIEW or BLOCK, | UNSCORED (recstack.safety.items)
+        self._creator_rate: tuple[int, float, np.ndarray] | None = None  # (catalog version, prior, rates)
         self.removed = _Column(np.bool_, False)
         self.impressions = _Column(np.float64, 0.0)  # exploration posteriors: Beta(1 + clicks, 1 + misses)
         self.clicks = _Column(np.float64, 0.0)
@@ -181,12 +188,41 @@ class FeedState:
             settings.retrieval.trending_half_life_s,
             settings.retrieval.trending_weights,
             settings.features,
+            settings.safety.text_fields,
+            cfg.unsafe_threshold,
         )
 
     # ------------------------------------------------------------------ reads
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    def safety_counts(self) -> dict[str, int]:
+        """Items of the catalog by moderation: allow, review, block, and unscored (items with text
+        that no safety model scored: held back while one is registered), removed items left out."""
+        with self.lock:
+            codes = self.safety.values[~self.removed.values]
+        decided = np.bincount(codes & 3, minlength=3)
+        return {
+            "allow": int(decided[0]),
+            "review": int(decided[REVIEW]),
+            "block": int(decided[BLOCK]),
+            "unscored": int(np.count_nonzero(codes & UNSCORED)),
+        }
+
+    def creator_unsafe_rate(self, items: np.ndarray, prior_items: float) -> np.ndarray:
+        """(N,) the unsafe rate of each item's creator: its items in review or blocked over its
+        items + ``prior_items`` (cached per catalog version)."""
+        cached = self._creator_rate
+        if cached is None or cached[0] != self.catalog_version or cached[1] != prior_items:
+            creators = self.creator.values
+            flagged = ((self.safety.values & 3) != 0) & ~self.removed.values
+            size = len(self.creators)
+            counts = np.bincount(creators, minlength=size)
+            bad = np.bincount(creators, weights=flagged, minlength=size)
+            cached = self._creator_rate = (self.catalog_version, prior_items, bad / (counts + prior_items))
+        out: np.ndarray = cached[2][self.creator.values[items]]
+        return out
 
     def user(self, user_id: str | None) -> UserState | None:
         return self.users.get(user_id) if user_id is not None else None
@@ -205,8 +241,9 @@ class FeedState:
         code = self.creator_code.setdefault(creator, len(self.creators))
         if code == len(self.creators):
             self.creators.append(creator)
-        unsafe = event.attributes.get("unsafe_score", event.attributes.get("unsafe", 0.0))
-        unsafe_score = float(unsafe) if isinstance(unsafe, int | float | bool) else 0.0
+        moderation, unsafe_score = safety_code(
+            event.text, event.attributes, self.text_fields, self.unsafe_threshold
+        )
         created = exact_us(event.created_at or event.timestamp)
         removed = bool(event.attributes.get("removed", False))
         if index is None:
@@ -215,6 +252,7 @@ class FeedState:
             self.creator.append(code)
             self.created_us.append(created)
             self.unsafe.append(unsafe_score)
+            self.safety.append(moderation)
             self.removed.append(removed)
             self.impressions.append(0.0)
             self.clicks.append(0.0)
@@ -222,6 +260,7 @@ class FeedState:
             self.creator.data[index] = code
             self.created_us.data[index] = created
             self.unsafe.data[index] = unsafe_score
+            self.safety.data[index] = moderation
             self.removed.data[index] = removed
         self.features.add_items(self.n_items)
         self.features.upsert_item(
@@ -265,6 +304,7 @@ class FeedState:
                 "unsafe": (np.zeros(len(new)) if unsafe is None else np.asarray(unsafe)[picked]).astype(
                     np.float32
                 ),
+                "safety": np.zeros(len(new), dtype=np.int8),
                 "removed": np.zeros(len(new), dtype=np.bool_),
                 "impressions": np.zeros(len(new)),
                 "clicks": np.zeros(len(new)),
@@ -478,6 +518,7 @@ class FeedState:
             "creator": self.creator.values.copy(),
             "created_us": self.created_us.values.copy(),
             "unsafe": self.unsafe.values.copy(),
+            "safety": self.safety.values.copy(),
             "removed": self.removed.values.copy(),
         }
         return meta, arrays
@@ -491,6 +532,8 @@ class FeedState:
             "history_length": self.history_length,
             "seen_limit": self.seen_limit,
             "trending_weights": self.trending_weights,
+            "text_fields": list(self.text_fields),
+            "unsafe_threshold": self.unsafe_threshold,
             "users": names,
             "delta": changes is not None,
             "applied": list(self.applied),
@@ -538,6 +581,7 @@ class FeedState:
         "creator",
         "created_us",
         "unsafe",
+        "safety",
         "removed",
     )
 
@@ -643,6 +687,8 @@ class FeedState:
                 1.0,
                 meta["trending_weights"],
                 features=definitions,
+                text_fields=meta.get("text_fields", ("text", "title", "description")),
+                unsafe_threshold=meta.get("unsafe_threshold", 0.5),
             )
             shared = same_catalog is not None and same_catalog.catalog_version == meta["catalog_version"]
             if shared:
@@ -659,7 +705,9 @@ class FeedState:
                 state.item_index = {item: n for n, item in enumerate(state.item_ids)}
                 state.creators = cmeta["creators"]
                 state.creator_code = {c: n for n, c in enumerate(state.creators)}
-                for name in ("creator", "created_us", "unsafe", "removed"):
+                for name in ("creator", "created_us", "unsafe", "safety", "removed"):
+                    if name == "safety" and name not in carrays:  # written before moderation: rebuilt
+                        raise ValueError("the catalog predates item moderation (no safety column)")
                     setattr(state, name, _Column.of(carrays[name], getattr(state, name).fill))
             elif meta["n_items"]:
                 raise ValueError("the state holds items but no catalog was given")

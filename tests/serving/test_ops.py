@@ -127,17 +127,30 @@ class _Broken:
 def test_filter_drops_unsafe_removed_and_excluded_items() -> None:
     from recstack.schema import parse_event
 
+    scored = {"unsafe_model": "recstack-safety/1", "unsafe_label": "offensive"}
+    upserts: list[dict[str, object]] = [
+        {},  # 0: kept
+        {"attributes": {"unsafe_score": 0.9}},  # 1: the client's score reaches [serving] unsafe_threshold
+        {"attributes": {"removed": True}},  # 2
+        {},  # 3: excluded by the request
+        {"attributes": {"unsafe": True}},  # 4: the client's flag
+        {"text": "a post no model scored"},  # 5: held back while a model is registered
+        {"text": "x", "attributes": scored | {"unsafe_score": 0.7, "unsafe_decision": "review"}},  # 6
+        {"text": "x", "attributes": scored | {"unsafe_score": 0.99, "unsafe_decision": "block"}},  # 7
+        {"attributes": {"unsafe_decision": "block"}},  # 8: a decision no model made is not one
+    ]
     state = FeedState()
     state.apply(
-        parse_event(
-            {"event_id": f"e{i}", "kind": "item", "timestamp": 0, "item_id": f"i{i}", "attributes": attrs}
-        )
-        for i, attrs in enumerate([{}, {"unsafe_score": 0.9}, {"removed": True}, {}, {"unsafe": True}])
+        parse_event({"event_id": f"e{i}", "kind": "item", "timestamp": 0, "item_id": f"i{i}"} | fields)
+        for i, fields in enumerate(upserts)
     )
-    out = FilterOp(0.5)(
-        RecRequest("u", 5, 0, exclude=frozenset({3})), Candidates(np.arange(5), np.zeros(5), ["x"] * 5), state
-    )
-    assert out.items.tolist() == [0]
+    assert state.safety_counts() == {"allow": 4, "review": 1, "block": 3, "unscored": 1}
+    request = RecRequest("u", 9, 0, exclude=frozenset({3}))
+    candidates = Candidates(np.arange(9), np.zeros(9), ["x"] * 9)
+    held = FilterOp(lambda: True)(request, candidates, state)
+    assert held.items.tolist() == [0, 6, 8]
+    served = FilterOp(lambda: False)(request, candidates, state)
+    assert served.items.tolist() == [0, 5, 6, 8]
 
 
 def _fresh_catalog(n: int, now: int) -> FeedState:
@@ -164,7 +177,7 @@ def test_thompson_exploration_favours_the_item_with_more_clicks(
     state = _fresh_catalog(2, now)
     state.impressions.data[:2] = [100, 100]
     state.clicks.data[:2] = [30, 5]  # posteriors Beta(31, 71) vs Beta(6, 96): means 0.30 vs 0.06
-    op = ExploreOp(1, StateFresh(state, 3600), FilterOp(0.5), 0)
+    op = ExploreOp(1, StateFresh(state, 3600), FilterOp(), 0)
     wins = 0
     for seed in range(200):
         request = RecRequest("u", 3, (now + 10) * 1_000_000, rng=np.random.default_rng(seed))
@@ -200,6 +213,7 @@ def test_fresh_source_keeps_the_newest_in_order_with_a_partial_sort() -> None:
 def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
     """Listed, seen, removed and unsafe fresh items are never picked, however good their posterior;
     the picks are the eligible items with the best draws (a wide gap makes the draws' order sure)."""
+    from recstack.safety.items import BLOCK
     from recstack.serving.ops.explore import ExploreOp
     from recstack.serving.ops.retrieve import StateFresh
 
@@ -207,10 +221,10 @@ def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
     state = _fresh_catalog(40, now)
     state.impressions.data[:40] = 10_000
     state.clicks.data[:40] = np.linspace(9_900, 100, 40)  # item 0 best, then 1, 2, ... (means 0.99 .. 0.01)
-    state.unsafe.data[1] = 0.9  # unsafe
+    state.safety.data[1] = BLOCK  # blocked by moderation
     state.removed.data[2] = True  # removed
     listed = Candidates(np.array([0, 4]), np.zeros(2), ["a", "b"])  # already in the list
-    op = ExploreOp(3, StateFresh(state, 3600), FilterOp(0.5), 0)
+    op = ExploreOp(3, StateFresh(state, 3600), FilterOp(), 0)
     for seed in range(20):
         request = RecRequest(  # item 3: seen by the user
             "u", 5, (now + 10) * 1_000_000, exclude=frozenset({3}), rng=np.random.default_rng(seed)
