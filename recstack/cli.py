@@ -529,7 +529,7 @@ def import_files(
             highlight=False,
         )
     if moderation.scored:
-        console.print(f"moderation: {moderation.scored:,} items with text scored", highlight=False)
+        console.print(f"moderation: {_items(moderation.scored)} with text scored", highlight=False)
     if moderation.unscored:
         held = (
             "held back from the feed until `recstack safety rescore`"
@@ -537,7 +537,7 @@ def import_files(
             else "served unscored"
         )
         console.print(
-            f"moderation: {moderation.unscored:,} items with text not scored "
+            f"moderation: {_items(moderation.unscored)} with text not scored "
             f"({escape(moderation.problem or '')}); {held}",
             highlight=False,
         )
@@ -594,6 +594,10 @@ def data_fetch(
     except (RecstackError, OSError) as exc:
         raise _fail(exc) from exc
     console.print(f"downloaded {name} to {target}")
+
+
+def _items(n: int) -> str:
+    return f"{n:,} item" + ("" if n == 1 else "s")
 
 
 def _log(settings: Settings) -> Any:
@@ -755,8 +759,21 @@ def safety_train(
     settings = _settings(config)
     cfg = settings.safety
     folder = settings.paths.state_dir / "build" / "safety"
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     try:
-        model, metrics = train_safety(settings, folder)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal or cfg.model.value != "minilm_ft",
+        ) as bar:
+            task = bar.add_task("fine-tuning steps", total=None)
+            model, metrics = train_safety(
+                settings, folder, progress=lambda n, total: bar.update(task, advance=n, total=total)
+            )
         registry = Registry(settings, name=cfg.model_name, gate_metric=cfg.gate_metric)
         lineage = {"model": cfg.model.value, "rows": model.meta["rows"], "seed": cfg.seed}
         version = registry.register(folder, metrics, lineage)
@@ -764,13 +781,14 @@ def safety_train(
         gate = registry.promote(version) if promote_after else None
     except (RecstackError, OSError) as exc:
         raise _fail(exc) from exc
+    at_share = f" at {cfg.prevalence:.0%} unsafe" if cfg.prevalence is not None else ""
     table = Table("metric", "validation", "test")
     for key in ("macro_f1", "weighted_f1", "hate_f1", "offensive_f1", "neither_f1", "pr_auc", "unsafe_f1"):
         table.add_row(key, f"{metrics[key]:.4f}", f"{metrics['test_' + key]:.4f}")
     console.print(table)
     console.print(
         f"thresholds on the unsafe score: block at {model.block_at:.4f} ({cfg.block_precision:.0%} precision "
-        f"on validation), review at {model.review_at:.4f} ({cfg.review_precision:.0%})",
+        f"on validation{at_share}), review at {model.review_at:.4f} ({cfg.review_precision:.0%})",
         highlight=False,
     )
     state = "challenger" if gate is None or not gate.passed else "promoted to champion"

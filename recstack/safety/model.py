@@ -5,8 +5,10 @@ stratified split, picks the two thresholds of the unsafe score on validation (bl
 ``block_precision``, review at ``review_precision``), scores the test split, saves a
 ``SafetyModel`` folder (the fitted scikit-learn model by joblib and ``bundle.json`` with the
 thresholds and metrics) and registers it under ``[safety] model_name``, gated on validation
-``gate_metric``. ``SafetyModel.load`` is what serving uses: no training code runs, and a missing or
-damaged file is a ``CheckpointError`` naming it.
+``gate_metric``. Per-class offsets of the log-probabilities are chosen on validation for macro-F1
+(the imbalance: 6% of the tweets are hate) before the thresholds, and stored with them.
+``SafetyModel.load`` is what serving uses: no training code runs, and a missing or damaged file is a
+``CheckpointError`` naming it.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from recstack.config import Settings
 from recstack.errors import CheckpointError, RecstackError
 from recstack.safety.classifier import (
     LABELS,
+    MiniLMFineTuned,
     choose_threshold,
     clean_text,
     evaluate,
+    fit_class_bias,
     make_classifier,
     split_stratified,
     unsafe_score,
+    with_bias,
 )
 
 FORMAT = 1
@@ -47,10 +52,15 @@ class SafetyModel:
         self.block_at = block_at
         self.review_at = review_at
         self.meta = meta
+        self.class_bias = np.asarray(meta.get("class_bias", [0.0, 0.0, 0.0]), dtype=np.float64)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """(N, 3) class probabilities of cleaned texts, with the class offsets chosen on validation."""
+        return with_bias(self.classifier.predict_proba(texts), self.class_bias)
 
     def moderate(self, texts: list[str], max_chars: int = 2_000) -> list[Moderation]:
         cleaned = [clean_text(t, max_chars) for t in texts]
-        probs = self.classifier.predict_proba([c[0] for c in cleaned]) if texts else np.zeros((0, 3))
+        probs = self.predict_proba([c[0] for c in cleaned]) if texts else np.zeros((0, 3))
         scores = unsafe_score(probs)
         out = []
         for (_, truncated), row, score in zip(cleaned, probs, scores, strict=True):
@@ -83,9 +93,12 @@ class SafetyModel:
         return cls(classifier, block_at, review_at, meta)
 
 
-def train_safety(settings: Settings, folder: Path) -> tuple[SafetyModel, dict[str, float]]:
+def train_safety(
+    settings: Settings, folder: Path, progress: Any = None
+) -> tuple[SafetyModel, dict[str, float]]:
     """Fit, pick the thresholds on validation, score test; save into ``folder``. Returns the model
-    and its metrics (``macro_f1`` etc. on validation, ``test_*`` on test)."""
+    and its metrics (``macro_f1`` etc. on validation, ``test_*`` on test). ``progress(n, total)``
+    follows the fine-tuning steps of ``minilm_ft``."""
     from recstack.data.readers import read_hate_speech
 
     cfg = settings.safety
@@ -97,16 +110,27 @@ def train_safety(settings: Settings, folder: Path) -> tuple[SafetyModel, dict[st
         train = train.sample(n=cfg.max_train_rows, random_state=cfg.seed)
     if train["label"].nunique() < 3:
         raise RecstackError("the training rows do not hold all three classes (hate, offensive, neither)")
-    classifier = make_classifier(cfg.model.value, c=cfg.lr_c, seed=cfg.seed)
-    classifier.fit(train["text"].tolist(), train["label"].to_numpy())
-    p_valid = classifier.predict_proba(valid["text"].tolist())
+    extra = {"epochs": cfg.epochs} if cfg.model.value == "minilm_ft" else {}
+    classifier = make_classifier(cfg.model.value, c=cfg.lr_c, seed=cfg.seed, **extra)
+    if isinstance(classifier, MiniLMFineTuned):
+        classifier.fit(train["text"].tolist(), train["label"].to_numpy(), progress=progress)
+    else:
+        classifier.fit(train["text"].tolist(), train["label"].to_numpy())
+    raw_valid = classifier.predict_proba(valid["text"].tolist())
+    bias = fit_class_bias(valid["label"].to_numpy(), raw_valid)
+    p_valid = with_bias(raw_valid, bias)
     unsafe_valid = (valid["label"].to_numpy() != 2).astype(int)
-    block_at = choose_threshold(unsafe_valid, unsafe_score(p_valid), cfg.block_precision)
-    review_at = min(block_at, choose_threshold(unsafe_valid, unsafe_score(p_valid), cfg.review_precision))
+    score_valid = unsafe_score(p_valid)
+    block_at = choose_threshold(unsafe_valid, score_valid, cfg.block_precision, cfg.prevalence)
+    review_at = min(
+        block_at, choose_threshold(unsafe_valid, score_valid, cfg.review_precision, cfg.prevalence)
+    )
     metrics = evaluate(valid["label"].to_numpy(), p_valid).flat()
     metrics |= {
         f"test_{k}": v
-        for k, v in evaluate(test["label"].to_numpy(), classifier.predict_proba(test["text"].tolist()))
+        for k, v in evaluate(
+            test["label"].to_numpy(), with_bias(classifier.predict_proba(test["text"].tolist()), bias)
+        )
         .flat()
         .items()
     }
@@ -117,6 +141,8 @@ def train_safety(settings: Settings, folder: Path) -> tuple[SafetyModel, dict[st
         "metrics": metrics,
         "block_precision": cfg.block_precision,
         "review_precision": cfg.review_precision,
+        "prevalence": cfg.prevalence,
+        "class_bias": bias.tolist(),
     }
     model = SafetyModel(classifier, block_at, review_at, meta)
     model.save(folder)

@@ -13,26 +13,39 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
 
-def export_onnx(module: Any, args: tuple[Any, ...], inputs: list[str], output: str, path: Path) -> None:
-    """Export ``module(*args) -> output`` with dim 0 of every input and the output dynamic. The
-    TorchScript-based exporter: deterministic and quick for these static graphs."""
+def export_onnx(
+    module: Any,
+    args: tuple[Any, ...],
+    inputs: list[str],
+    output: str,
+    path: Path,
+    dynamic: dict[str, dict[int, str]] | None = None,
+) -> None:
+    """Export ``module(*args) -> output`` with dim 0 of every input and the output dynamic (and the
+    axes ``dynamic`` names besides, e.g. a sequence length). The TorchScript-based exporter:
+    deterministic and quick for these static graphs."""
     import torch
 
+    axes = {name: {0: "batch"} for name in [*inputs, output]}
+    for name, more in (dynamic or {}).items():
+        axes[name] = axes.get(name, {}) | more
     torch.onnx.export(
         module.eval(),
         args,
         str(path),
         input_names=inputs,
         output_names=[output],
-        dynamic_axes={name: {0: "batch"} for name in [*inputs, output]},
+        dynamic_axes=axes,
         opset_version=17,
         dynamo=False,
     )
 
 
-def open_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads (serving scores small batches per request)."""
+def open_session(model: Path | bytes, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads (serving scores small batches per request)
+    over an ONNX file or its bytes."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -3,6 +3,8 @@ metrics on known answers, and a real fit on the Davidson tweets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,11 @@ def test_the_threshold_is_the_lowest_that_reaches_the_precision() -> None:
     assert choose_threshold(unsafe, score, 0.84) == pytest.approx(0.5)
     assert choose_threshold(unsafe, score, 0.95) == pytest.approx(0.5)
     assert choose_threshold(np.array([0, 0]), np.array([0.3, 0.9]), 0.5) > 1.0  # never reached: flag nothing
+    # at the rows' own share (5/8) the weights change nothing; at a share of 0.2 an unsafe row weighs
+    # 0.2 / 0.625 = 0.32 and a safe one 0.8 / 0.375 = 2.133: at 0.3 precision is 1.6 / 3.733 = 0.4286
+    assert choose_threshold(unsafe, score, 0.8, prevalence=0.625) == pytest.approx(0.3)
+    assert choose_threshold(unsafe, score, 0.42, prevalence=0.2) == pytest.approx(0.3)
+    assert choose_threshold(unsafe, score, 0.43, prevalence=0.2) == pytest.approx(0.5)
 
 
 def test_metrics_on_known_answers() -> None:
@@ -66,3 +73,22 @@ def test_tfidf_on_the_davidson_tweets_separates_unsafe_text() -> None:
     )  # benchmarks/safety_davidson.py --quick: 0.993 / 0.960
     with pytest.raises(ValueError, match="unknown safety model 'bert'"):
         make_classifier("bert")
+
+
+@pytest.mark.slow
+def test_the_fine_tuned_encoder_is_served_by_onnx_runtime_after_a_round_trip(tmp_path: Path) -> None:
+    """Mechanics on a few texts (learning is what benchmarks/safety_davidson.py measures): one short
+    epoch, the ONNX export checked against the eager model inside ``fit``, then saved, loaded and
+    scored with no torch model in the object."""
+    from recstack.safety.classifier import MiniLMFineTuned
+    from recstack.safety.model import SafetyModel
+
+    texts = ["river walk zzhate", "coffee zzrude", "garden music"] * 4
+    labels = np.array([0, 1, 2] * 4)
+    classifier = MiniLMFineTuned(seed=0, epochs=1, batch_size=4, max_tokens=16).fit(texts, labels)
+    SafetyModel(classifier, 0.9, 0.5, {"model": "minilm_ft"}).save(tmp_path)
+    loaded = SafetyModel.load(tmp_path)
+    probs = loaded.predict_proba(["garden music", "", "🙂🙂", "x " * 500])
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(loaded.predict_proba(["garden music"]), classifier.predict_proba(["garden music"]))
+    assert not any("torch" in type(v).__module__ for v in vars(loaded.classifier).values())

@@ -233,3 +233,43 @@ def test_rescore_scores_the_catalog_once_per_model_version(model: SafetyModel, t
     forced = rescore_catalog(log, _scorer(model), everything=True)
     assert forced.scored == 2 and log.count() == 6  # the same content: the same ids, nothing appended
     assert pa is not None
+
+
+def test_the_score_is_a_feature_with_the_same_value_offline_and_online(model: SafetyModel) -> None:
+    """An `attribute` feature on unsafe_score reads the logged upsert: materialized offline at an
+    impression's time it equals what the feed state serves then (and the rescored value after)."""
+    from recstack.features.definitions import Attribute
+    from recstack.features.offline import materialize
+
+    feature = Attribute(name="item_unsafe", entity="item", field="unsafe_score", kind="dense")
+    records: list[dict[str, object]] = [
+        {"event_id": "a1", "kind": "item", "timestamp": 10, "item_id": "a", "text": "river zzhate"},
+        {"event_id": "b1", "kind": "item", "timestamp": 10, "item_id": "b", "text": "garden music"},
+    ]
+    _scorer(model).score_records(records)
+    later: dict[str, object] = {
+        "event_id": "a2",
+        "kind": "item",
+        "timestamp": 30,
+        "item_id": "a",
+        "text": "coffee",
+    }
+    _scorer(model).score_records([later])
+    events = [parse_event(r) for r in [*records, later]]
+    rows = pa.table(
+        {
+            "timestamp": pa.array([20_000_000, 20_000_000, 40_000_000], pa.timestamp("us", tz="UTC")),
+            "user_id": ["u", "u", "u"],
+            "item_id": ["a", "b", "a"],
+        }
+    )
+    offline = materialize(events_to_table(events), rows, [feature]).column("item_unsafe").to_pylist()
+    online = []
+    for upto, item in ((2, "a"), (2, "b"), (3, "a")):
+        state = FeedState(features=[feature])
+        state.apply(events[:upto])
+        read = state.features.read("u", np.array([state.item_index[item]]), 0)
+        online.append(float(read["item_unsafe"][0]))
+    logged = [r["attributes"]["unsafe_score"] for r in (*records, later)]  # type: ignore[index]
+    assert offline == online == [logged[0], logged[1], logged[2]]
+    assert offline[0] > 0.5 > offline[2]  # the rescored text is the one served after

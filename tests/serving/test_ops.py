@@ -232,3 +232,46 @@ def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
         out = op(request, listed, state)
         assert sorted(out.items[out.explore].tolist()) == [5, 6, 7]
         assert set(out.items[~out.explore].tolist()) == {0, 4}
+
+
+class _Identity:
+    """A bundle's value-model surface: one click head, calibration the identity."""
+
+    tasks = ("click",)
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        return probs
+
+
+def test_value_lowers_items_in_review_and_items_of_unsafe_creators() -> None:
+    from recstack.schema import parse_event
+    from recstack.serving.ops.value import ValueOp
+
+    scored = {"unsafe_model": "m/1", "unsafe_label": "offensive"}
+    upserts = [
+        {"creator_id": "good"},  # 0
+        {
+            "creator_id": "good",
+            "attributes": scored | {"unsafe_score": 0.6, "unsafe_decision": "review"},
+        },  # 1
+        {"creator_id": "bad", "attributes": scored | {"unsafe_score": 0.99, "unsafe_decision": "block"}},  # 2
+        {"creator_id": "bad", "attributes": scored | {"unsafe_score": 0.95, "unsafe_decision": "block"}},  # 3
+        {"creator_id": "bad"},  # 4: an allowed item of a creator whose other items were blocked
+    ]
+    state = FeedState()
+    state.apply(
+        parse_event({"event_id": f"e{i}", "kind": "item", "timestamp": 0, "item_id": f"i{i}"} | fields)
+        for i, fields in enumerate(upserts)
+    )
+    # creator rates: good 1 flagged of 2 -> 1 / (2 + 2) = 0.25; bad 2 of 3 -> 2 / 5 = 0.4
+    assert np.allclose(state.creator_unsafe_rate(np.arange(5), 2.0), [0.25, 0.25, 0.4, 0.4, 0.4])
+    op = ValueOp(_Identity(), {"click": 1.0}, review_penalty=0.5, creator_penalty=0.5)  # type: ignore[arg-type]
+    probs = np.array([[0.5], [0.5], [-0.5], [0.5], [0.5]])  # a negative value must go down, not up
+    out = op(RecRequest("u", 5, 0), Candidates(np.arange(5), np.zeros(5), ["x"] * 5, probs=probs), state)
+    value = dict(zip(out.items.tolist(), out.scores.tolist(), strict=True))
+    # value - |value| x (0.5 x score x [review] + 0.5 x creator rate)
+    assert np.isclose(value[0], 0.5 - 0.5 * 0.125)
+    assert np.isclose(value[1], 0.5 - 0.5 * (0.3 + 0.125))
+    assert np.isclose(value[2], -0.5 - 0.5 * 0.2)
+    assert np.isclose(value[4], 0.5 - 0.5 * 0.2)
+    assert out.items.tolist() == [0, 3, 4, 1, 2]
