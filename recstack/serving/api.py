@@ -312,10 +312,11 @@ class Runtime:
 
     def safety_model(self) -> tuple[str, SafetyModel]:
         """The safety classifier's champion (looked up at most every ``reload_s``); RecstackError
-        saying why when there is none or it cannot be loaded."""
+        saying why when there is none or it cannot be loaded. A new champion that cannot be loaded
+        leaves the last one loaded scoring (``safety_error`` says why)."""
         if time.monotonic() - self.safety_checked >= self.settings.serving.reload_s:
             self.check_safety()
-        if self.safety is None or self.safety_error is not None:
+        if self.safety is None:
             raise BackendUnavailableError(self.safety_error or "no safety model: run recstack safety train")
         return self.safety
 

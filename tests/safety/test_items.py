@@ -273,3 +273,27 @@ def test_the_score_is_a_feature_with_the_same_value_offline_and_online(model: Sa
     logged = [r["attributes"]["unsafe_score"] for r in (*records, later)]  # type: ignore[index]
     assert offline == online == [logged[0], logged[1], logged[2]]
     assert offline[0] > 0.5 > offline[2]  # the rescored text is the one served after
+
+
+def test_a_new_champion_that_cannot_load_leaves_the_last_one_scoring(
+    model: SafetyModel, tmp_path: Path
+) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    model.save(good)
+    bad.mkdir()
+    source = {"champion": ("1", good)}
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)})
+    runtime = Runtime(
+        settings,
+        ParquetEventLog(tmp_path / "e"),
+        store=MemoryStore(),
+        safety_source=lambda: source["champion"],
+    )
+    runtime.check_safety()
+    source["champion"] = ("2", bad)  # promoted, but its files are missing
+    runtime.check_safety()
+    version, _ = runtime.safety_model()
+    assert version == "1" and "safety model 2 could not be loaded" in str(runtime.safety_status()["error"])
+    records: list[dict[str, object]] = [{"kind": "item", "item_id": "a", "text": "river zzhate"}]
+    runtime.score_items(records)
+    assert records[0]["attributes"]["unsafe_model"] == "recstack-safety/1"  # type: ignore[index]
