@@ -653,6 +653,63 @@ class SafetyConfig(Section):
     )
 
 
+class AutocompleteConfig(Section):
+    """Search autocomplete (`GET /v1/autocomplete`) over the query events of the log."""
+
+    half_life_s: float = Field(
+        7 * 86_400.0, gt=0, description="A query's count halves in this time (the trend's memory)."
+    )
+    max_n: int = Field(10, ge=1, le=100, description="Most completions a request may ask for.")
+    default_n: int = Field(5, ge=1, description="Completions returned when a request names no n.")
+    scan: int = Field(
+        64,
+        ge=1,
+        description="Prefixes with more completions than this have their top max_n precomputed; the "
+        "others are enumerated in the trie at each lookup.",
+    )
+    stop_words: list[str] = Field(
+        ["a", "an", "and", "of", "or", "the", "to"],
+        description="A query made only of these is neither counted nor suggested.",
+    )
+    block_list: list[str] = Field(
+        [],
+        description="Words never suggested: a completion holding one (after normalization) is dropped, "
+        "with or without a safety model.",
+    )
+    personal_weight: float = Field(
+        1.0,
+        ge=0,
+        description="A user's own past queries: score x (1 + this x the times the user searched it "
+        "among their last `history`).",
+    )
+    history: int = Field(50, ge=0, description="Recent queries kept per user for the personal boost.")
+    refresh_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often new query events are read from the log: a query is suggestible about "
+        "this long after it is ingested.",
+    )
+    late_s: float = Field(
+        600.0,
+        ge=0,
+        description="Query events timed this much before the newest one read are still counted when they "
+        "arrive (ids seen in that window are remembered; later arrivals wait for a restart).",
+    )
+    rebuild_s: float = Field(
+        60.0, gt=0, description="How often what arrived is folded into the static index (off the requests)."
+    )
+    max_chars: int = Field(100, ge=1, le=1_000, description="Longest prefix (a longer one is a 422).")
+    typo_below: int = Field(
+        3,
+        ge=0,
+        description="A prefix with fewer completions than this is also completed as its one-edit "
+        "variants (deletion, substitution, insertion, transposition) that the index knows.",
+    )
+    cache_size: int = Field(
+        10_000, ge=0, description="Prefixes whose answers are cached (anonymous requests)."
+    )
+
+
 class RegistryConfig(Section):
     model_name: str = Field("recstack-feed", description="Registered model holding the feed bundle.")
     uri: str | None = Field(
@@ -690,6 +747,7 @@ class Settings(Section):
     registry: RegistryConfig = RegistryConfig()
     mapping: MappingConfig = MappingConfig()
     safety: SafetyConfig = SafetyConfig()
+    autocomplete: AutocompleteConfig = AutocompleteConfig()
     features: list[FeatureDef] = Field(
         default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
         description="Feature definitions, one [[features]] table each.",

@@ -12,7 +12,9 @@ the lock, swapped in one assignment) so that reads never wait for a build.
 
 Scores decay with a half-life ``h``: an event at ``t`` weighs ``2 ** ((t - ref) / h)`` at a
 reference time ``ref``. Every score shares ``ref``, so their order is that of the decayed counts at
-any time; ``rebuild`` moves ``ref`` to its own time (no overflow however long the log).
+any time; ``rebuild`` moves ``ref`` to its own time, and an event far ahead of ``ref`` moves it at
+once (the delta rescaled, the index's scores by a factor until the next build), so nothing
+overflows however long the log.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class CompletionIndex:
         found = self.trie.get(key)
         return float(self.scores[found]) if found is not None else 0.0
 
+    def knows_prefix(self, prefix: str) -> bool:
+        return next(self.trie.iterkeys(prefix), None) is not None
+
     def complete(self, prefix: str, n: int) -> list[tuple[str, float]]:
         """The best ``n`` (at most ``k``) completions of ``prefix``, best first, as (query, score)."""
         packed = self.hot.get(prefix)
@@ -106,10 +111,20 @@ class LiveCompletions:
         self.index = CompletionIndex({}, k, scan)
         self.delta: dict[str, float] = {}
         self.delta_keys: list[str] = []  # sorted
+        self.index_scale = 1.0  # the index's scores x this are at ref_s (moved since the build)
         self.lock = threading.Lock()
+
+    MAX_EXPONENT = 60.0  # weights stay below 2 ** 60: float64 sums keep their precision
 
     def weight(self, t_s: float) -> float:
         return float(2.0 ** ((t_s - self.ref_s) / self.half_life_s))
+
+    def _rebase(self, ref_s: float) -> None:
+        factor = 2.0 ** ((self.ref_s - ref_s) / self.half_life_s)
+        for query in self.delta:
+            self.delta[query] *= factor
+        self.index_scale *= factor
+        self.ref_s = ref_s
 
     def add(self, queries: Iterable[tuple[str, float]]) -> None:
         """Count normalized queries (query, event time in seconds); "" is skipped."""
@@ -117,10 +132,30 @@ class LiveCompletions:
             for query, t_s in queries:
                 if not query:
                     continue
+                if (t_s - self.ref_s) / self.half_life_s > self.MAX_EXPONENT:
+                    self._rebase(t_s)
                 if query not in self.delta:
                     bisect.insort(self.delta_keys, query)
                     self.delta[query] = 0.0
                 self.delta[query] += self.weight(t_s)
+
+    def __len__(self) -> int:
+        index = self.index
+        with self.lock:
+            return len(index) + sum(1 for q in self.delta_keys if q not in index.trie)
+
+    def score(self, query: str) -> float:
+        index = self.index
+        with self.lock:
+            return index.score(query) * self.index_scale + self.delta.get(query, 0.0)
+
+    def knows_prefix(self, prefix: str) -> bool:
+        index = self.index
+        if index.knows_prefix(prefix):
+            return True
+        with self.lock:
+            at = bisect.bisect_left(self.delta_keys, prefix)
+            return at < len(self.delta_keys) and self.delta_keys[at].startswith(prefix)
 
     def complete(self, prefix: str, n: int) -> list[tuple[str, float]]:
         """The best ``n`` completions over the index and what arrived since, best first."""
@@ -129,9 +164,10 @@ class LiveCompletions:
             lo = bisect.bisect_left(self.delta_keys, prefix)
             hi = bisect.bisect_left(self.delta_keys, prefix + _TOP, lo)
             fresh = {q: self.delta[q] for q in self.delta_keys[lo:hi]}
-        merged = dict(index.complete(prefix, n))
+            scale = self.index_scale
+        merged = {q: s * scale for q, s in index.complete(prefix, n)}
         for query, added in fresh.items():
-            merged[query] = merged.get(query, index.score(query)) + added
+            merged[query] = merged.get(query, index.score(query) * scale) + added
         return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
     def rebuild(self, now_s: float) -> None:
@@ -139,9 +175,10 @@ class LiveCompletions:
         counts added during the build stay in the delta)."""
         with self.lock:
             taken = dict(self.delta)
-            old = self.index
+            old, old_scale = self.index, self.index_scale
+            now_s = max(now_s, self.ref_s)  # never back: events ahead of the clock moved it
         scale = 2.0 ** ((self.ref_s - now_s) / self.half_life_s)
-        scores = {key: float(old.scores[i]) * scale for key, i in old.trie.items()}
+        scores = {key: float(old.scores[i]) * old_scale * scale for key, i in old.trie.items()}
         for query, added in taken.items():
             scores[query] = scores.get(query, 0.0) + added * scale
         built = CompletionIndex(scores, self.k, self.scan)
@@ -156,4 +193,22 @@ class LiveCompletions:
                 if query not in taken:
                     self.delta[query] *= scale
             self.delta_keys = sorted(self.delta)
-            self.index, self.ref_s = built, now_s
+            self.index, self.ref_s, self.index_scale = built, now_s, 1.0
+
+
+def one_edit(prefix: str, alphabet: str) -> Iterable[str]:
+    """The strings one edit from ``prefix`` (deletion, transposition, substitution, insertion over
+    ``alphabet``), without repeats and without ``prefix`` itself."""
+    seen = {prefix}
+    for i in range(len(prefix) + 1):
+        candidates = []
+        if i < len(prefix):
+            candidates.append(prefix[:i] + prefix[i + 1 :])
+            if i + 1 < len(prefix):
+                candidates.append(prefix[:i] + prefix[i + 1] + prefix[i] + prefix[i + 2 :])
+            candidates.extend(prefix[:i] + c + prefix[i + 1 :] for c in alphabet)
+        candidates.extend(prefix[:i] + c + prefix[i:] for c in alphabet)
+        for candidate in candidates:
+            if candidate not in seen:
+                seen.add(candidate)
+                yield candidate

@@ -56,6 +56,8 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from starlette.routing import Match
 
+from recstack.autocomplete.normalize import normalize_prefix
+from recstack.autocomplete.service import Autocomplete
 from recstack.config import ScoreItems, Settings
 from recstack.errors import BackendUnavailableError, RecstackError
 from recstack.events.base import EventLog
@@ -199,6 +201,7 @@ class Runtime:
             else None
         )
         self.impressions = ImpressionBuffer()
+        self.autocomplete = Autocomplete(settings.autocomplete, self.moderate_suggestions)
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.bus_ok = True
@@ -320,6 +323,19 @@ class Runtime:
             raise BackendUnavailableError(self.safety_error or "no safety model: run recstack safety train")
         return self.safety
 
+    def refresh_autocomplete(self) -> None:
+        """Count the query events that arrived, and fold them into the index when it is due."""
+        self.autocomplete.refresh(self.bus)
+        self.autocomplete.maybe_rebuild()
+
+    def moderate_suggestions(self, texts: list[str]) -> list[bool]:
+        """Which suggestions the safety model allows (review and block are both dropped); every one
+        while no safety model is registered; BackendUnavailableError when one is and cannot score."""
+        if not self.hold_unscored():
+            return [True] * len(texts)
+        _, model = self.safety_model()
+        return [m.decision == "allow" for m in model.moderate(texts, self.settings.safety.max_chars)]
+
     def safety_status(self) -> dict[str, Any]:
         """The moderation of the catalog for /health/ready: the model, items by decision, and why
         unscored items are held back or served."""
@@ -431,6 +447,10 @@ class Runtime:
         """Load the champion and start the background work (one process)."""
         self.check_safety()
         self.reload()
+        try:
+            self.refresh_autocomplete()
+        except Exception as exc:  # the log is unreachable: the background refresh tries again
+            log.error("autocomplete could not read the query history: %s", exc)
         self.start_background()
 
     def after_fork(self) -> None:
@@ -449,6 +469,7 @@ class Runtime:
             jobs.append((cfg.reload_s, self.reload))
         if self.safety_source is not None and cfg.reload_s > 0:
             jobs.append((cfg.reload_s, self.check_safety))
+        jobs.append((self.settings.autocomplete.refresh_s, self.refresh_autocomplete))
         if self.worker is None:
             jobs.append((cfg.state_sync_s, self._sync_state))
         for every, fn in jobs:
@@ -592,6 +613,17 @@ class Moderated(BaseModel):
 class ModerateResponse(BaseModel):
     model_version: str
     results: list[Moderated]
+
+
+class SuggestionOut(BaseModel):
+    text: str = Field(description="The completed query, normalized (NFKC, case folded).")
+    score: float = Field(description="Its time-decayed count, with the personal boost for the user.")
+    corrected: bool = Field(description="A completion of a one-edit variant of the prefix (a typo).")
+
+
+class AutocompleteResponse(BaseModel):
+    prefix: str = Field(description="The prefix as normalized.")
+    suggestions: list[SuggestionOut]
 
 
 class IngestResponse(BaseModel):
@@ -893,6 +925,25 @@ def create_app(runtime: Runtime) -> FastAPI:
         version, model = runtime.safety_model()
         results = model.moderate(body.texts, settings.safety.max_chars)
         return {"model_version": version, "results": [vars(r) for r in results]}
+
+    ac = settings.autocomplete
+
+    @secured.get("/v1/autocomplete", response_model=AutocompleteResponse, responses=_errors(503))
+    @_typed(
+        q=Annotated[str, Query(max_length=ac.max_chars, description="What the user typed so far.")],
+        n=Annotated[int | None, Query(ge=1, le=ac.max_n, description="Completions wanted.")],
+        user_id=Annotated[str | None, Query(min_length=1, max_length=256)],
+    )
+    def autocomplete(q: str = "", n: int | None = None, user_id: str | None = None) -> dict[str, Any]:
+        """Complete a search prefix: the most searched queries starting with it (counts decay with
+        [autocomplete] half_life_s), the user's own past queries boosted, one-edit variants where the
+        prefix has few completions; nothing on the block list, nothing the safety model does not
+        allow (503 when a registered model cannot check them)."""
+        out = runtime.autocomplete.suggest(q, user_id, n)
+        return {
+            "prefix": normalize_prefix(q, ac.max_chars),
+            "suggestions": [{"text": s.text, "score": s.score, "corrected": s.corrected} for s in out],
+        }
 
     @secured.get("/v1/items/{item_id}", response_model=ItemRecord, responses=_errors(404))
     def get_item(item_id: Annotated[str, PathParam(min_length=1, max_length=256)]) -> dict[str, Any]:

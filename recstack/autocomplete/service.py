@@ -1,0 +1,175 @@
+"""Autocomplete as the API serves it: the live prefix index over the log's query events, personal
+boosts, one-edit typo tolerance, a block list and the safety model's check of what is suggested.
+
+``Autocomplete.refresh(log)`` reads the query events timed after the newest one it has read, less
+``late_s`` (ids seen in that window are remembered, so an event is counted once): at startup that
+is the whole history, then every ``[autocomplete] refresh_s`` what arrived. ``maybe_rebuild`` folds
+the counts into the static index every ``rebuild_s``; reads go on meanwhile. Whether a search led
+to a click is in the log as a click event with the query's ``request_id``; it does not weigh in the
+counts yet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from recstack.autocomplete.index import LiveCompletions, one_edit
+from recstack.autocomplete.normalize import normalize, normalize_prefix
+from recstack.config import AutocompleteConfig
+
+US = 1_000_000
+CORRECTED_WEIGHT = 0.5  # a completion of a one-edit variant counts half (exact completions first)
+
+# texts -> whether each may be suggested; raises when the check cannot be made
+Moderator = Callable[[list[str]], list[bool]]
+
+
+@dataclass
+class Suggestion:
+    text: str
+    score: float  # decayed count, with the personal boost
+    corrected: bool = False  # a completion of a one-edit variant of the prefix
+
+
+class Autocomplete:
+    def __init__(self, cfg: AutocompleteConfig, moderator: Moderator | None = None) -> None:
+        self.cfg = cfg
+        self.live = LiveCompletions(cfg.half_life_s, cfg.max_n, cfg.scan, ref_s=time.time())
+        self.stop_words = frozenset(normalize(w) for w in cfg.stop_words)
+        self.blocked = frozenset(normalize(w) for w in cfg.block_list)
+        self.moderator = moderator
+        self.users: dict[str, deque[str]] = {}
+        self.watermark_us: int | None = None  # the newest event time read
+        self.recent: dict[str, int] = {}  # event id -> time, for the events within late_s of it
+        self.counted = 0
+        self.version = 0  # moves with every count and rebuild: the cache's key
+        self.cache: OrderedDict[tuple[str, int, int], list[Suggestion]] = OrderedDict()
+        self.allowed: dict[str, bool] = {}  # the moderator's answers, per suggested text
+        self.alphabet = ""
+        self.last_rebuild = time.monotonic()
+        self.lock = threading.Lock()  # one refresh or rebuild at a time
+
+    # ------------------------------------------------------------------ counting
+    def observe(self, table: Any) -> int:
+        """Count the query events of an Arrow table (EVENT_SCHEMA); returns how many were new."""
+        if table.num_rows == 0:
+            return 0
+        ids = table.column("event_id").to_pylist()
+        times = table.column("timestamp").cast("int64").to_pylist()
+        texts = table.column("query").to_pylist()
+        users = table.column("user_id").to_pylist()
+        added = []
+        for event_id, t, text, user in zip(ids, times, texts, users, strict=True):
+            if event_id in self.recent:
+                continue
+            self.recent[event_id] = t
+            query = normalize(text, self.stop_words, self.cfg.max_chars)
+            if not query:
+                continue
+            added.append((query, t / US))
+            if user is not None and self.cfg.history:
+                history = self.users.get(user)
+                if history is None:
+                    history = self.users[user] = deque(maxlen=self.cfg.history)
+                history.append(query)
+        self.live.add(added)
+        newest = max(times)
+        if self.watermark_us is None or newest > self.watermark_us:
+            self.watermark_us = newest
+        floor = self.watermark_us - int(self.cfg.late_s * US)
+        if len(self.recent) > 2 * len(ids) + 10_000:
+            self.recent = {e: t for e, t in self.recent.items() if t >= floor}
+        if added:
+            self.counted += len(added)
+            self.version += 1
+        return len(added)
+
+    def refresh(self, log: Any) -> int:
+        """Read and count what arrived in the log since the last refresh (everything, the first time)."""
+        with self.lock:
+            start = None
+            if self.watermark_us is not None:
+                start = datetime.fromtimestamp((self.watermark_us - self.cfg.late_s * US) / US, tz=UTC)
+            first = self.watermark_us is None
+            new = self.observe(log.table(start=start, kinds=["query"]))
+            if first:
+                self.rebuild()
+            return new
+
+    def rebuild(self) -> None:
+        self.live.rebuild(time.time())
+        keys = self.live.index.trie.keys()
+        counts = Counter(c for key in keys[:200_000] for c in key)
+        self.alphabet = "".join(c for c, _ in counts.most_common(48))
+        self.last_rebuild = time.monotonic()
+        self.version += 1
+
+    def maybe_rebuild(self) -> bool:
+        """Fold the counts into the index when ``rebuild_s`` has passed since the last build."""
+        if time.monotonic() - self.last_rebuild < self.cfg.rebuild_s or not self.live.delta:
+            return False
+        with self.lock:
+            self.rebuild()
+        return True
+
+    # ------------------------------------------------------------------ suggesting
+    def suggest(self, text: str, user_id: str | None = None, n: int | None = None) -> list[Suggestion]:
+        """The best ``n`` completions of what the user typed, checked (see the module)."""
+        n = n or self.cfg.default_n
+        prefix = normalize_prefix(text, self.cfg.max_chars)
+        key = (prefix, n, self.version)
+        if user_id is None and key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        want = self.cfg.max_n  # ask for more than n: filtering may drop some
+        found = {q: Suggestion(q, s) for q, s in self.live.complete(prefix, want)}
+        history = self.users.get(user_id) if user_id is not None else None
+        if history and self.cfg.personal_weight:
+            for query, times in Counter(q for q in history if q.startswith(prefix)).items():
+                base = found[query].score if query in found else self.live.score(query)
+                found[query] = Suggestion(query, base * (1 + self.cfg.personal_weight * times))
+        if len(found) < self.cfg.typo_below and len(prefix.strip()) >= 3:
+            for variant in one_edit(prefix, self.alphabet):
+                if not self.live.knows_prefix(variant):
+                    continue
+                for query, score in self.live.complete(variant, want):
+                    if query not in found:
+                        found[query] = Suggestion(query, score * CORRECTED_WEIGHT, corrected=True)
+        ranked = sorted(found.values(), key=lambda s: (s.corrected, -s.score, s.text))
+        out = self._checked(ranked, n)
+        if user_id is None and self.cfg.cache_size:
+            self.cache[key] = out
+            while len(self.cache) > self.cfg.cache_size:
+                self.cache.popitem(last=False)
+        return out
+
+    def _checked(self, ranked: list[Suggestion], n: int) -> list[Suggestion]:
+        """The first ``n`` that hold no blocked word and that the moderator allows. Raises when the
+        moderator cannot check a text it has not checked before (nothing unchecked is suggested)."""
+        kept = [s for s in ranked if not self.blocked.intersection(s.text.split(" "))]
+        if self.moderator is not None:
+            unknown = [s.text for s in kept[: 2 * n] if s.text not in self.allowed]
+            if unknown:
+                if len(self.allowed) > 200_000:
+                    self.allowed.clear()
+                self.allowed.update(zip(unknown, self.moderator(unknown), strict=True))
+            kept = [s for s in kept[: 2 * n] if self.allowed.get(s.text, False)]
+        return kept[:n]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "queries": len(self.live),
+            "events_counted": self.counted,
+            "newest_event": (
+                datetime.fromtimestamp(self.watermark_us / US, tz=UTC).isoformat()
+                if self.watermark_us is not None
+                else None
+            ),
+            "index_bytes": self.live.index.nbytes,
+        }

@@ -1,0 +1,137 @@
+"""GET /v1/autocomplete over the log's query events: counted once, suggestible within a refresh,
+personal boosts, one-edit typos, the block list and the safety check, bad input answered."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from recstack.autocomplete.service import Autocomplete
+from recstack.config import AutocompleteConfig, load_settings
+from recstack.events.parquet import ParquetEventLog
+from recstack.features.stores import MemoryStore
+from recstack.schema import events_to_table, parse_event
+from recstack.serving.api import Runtime, create_app
+
+KEY = {"X-API-Key": "recstack-local"}
+NOW = int(time.time()) - 86_400  # a day ago: inside the window the log accepts
+
+
+def queries(*rows: tuple[str, str, str | None, float]) -> list[dict[str, object]]:
+    return [{"event_id": e, "kind": "query", "timestamp": t, "query": q, "user_id": u} for e, q, u, t in rows]
+
+
+def table(rows: list[dict[str, object]]) -> object:
+    return events_to_table([parse_event(r) for r in rows])
+
+
+def test_counts_once_ranks_by_decayed_count_and_boosts_the_users_own() -> None:
+    ac = Autocomplete(AutocompleteConfig(half_life_s=3_600, typo_below=0))
+    history = queries(
+        ("q1", "Star Wars", "u1", NOW),
+        ("q2", "star wars", "u2", NOW),
+        ("q3", "STAR TREK", "u2", NOW),
+        ("q4", "star trek", "u3", NOW - 7_200),  # two half-lives old: a quarter
+        ("q5", "the", "u1", NOW),  # only stop words: not counted
+    )
+    assert ac.observe(table(history)) == 4
+    assert ac.observe(table(history)) == 0  # the same ids again: counted once
+    ac.rebuild()
+    assert [s.text for s in ac.suggest("sta")] == ["star wars", "star trek"]
+    assert ac.suggest("the") == []
+    # u3 searched star trek: 1.25 x (1 + 1 x 1) = 2.5 beats star wars's 2
+    assert [s.text for s in ac.suggest("sta", "u3")] == ["star trek", "star wars"]
+    assert ac.suggest("sta", n=1)[0].text == "star wars"
+
+
+def test_one_edit_typos_blocked_words_and_the_moderator() -> None:
+    cfg = AutocompleteConfig(half_life_s=86_400, typo_below=2, block_list=["Badword"])
+    checked: list[str] = []
+
+    def moderator(texts: list[str]) -> list[bool]:
+        checked.extend(texts)
+        return ["hateful" not in t for t in texts]
+
+    ac = Autocomplete(cfg, moderator)
+    ac.observe(
+        table(
+            queries(
+                ("a", "godfather", None, NOW),
+                ("b", "godfather part ii", None, NOW),
+                ("c", "goodfellas", None, NOW),
+                ("d", "hateful eight", None, NOW),
+                ("e", "badword film", None, NOW),
+                ("f", "hat shop", None, NOW),
+            )
+        )
+    )
+    ac.rebuild()
+    fixed = ac.suggest("gdfather")  # a letter missing: no completion of its own
+    assert [s.text for s in fixed] == ["godfather", "godfather part ii"] and all(s.corrected for s in fixed)
+    assert [s.text for s in ac.suggest("god")] == ["godfather", "godfather part ii"]  # two: no typo pass
+    assert [s.text for s in ac.suggest("ha")] == ["hat shop"]  # the moderator refused the other
+    assert ac.suggest("badw") == []  # the block list, with or without a model
+    before = len(checked)
+    ac.suggest("ha")
+    assert len(checked) == before  # answers are remembered per text
+
+
+def test_the_route_serves_what_the_log_holds_and_answers_bad_input(tmp_path: Path) -> None:
+    log = ParquetEventLog(tmp_path / "events")
+    log.append(queries(("h1", "star wars", "u1", NOW), ("h2", "star wars", "u2", NOW)))
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)})
+    runtime = Runtime(settings, log, store=MemoryStore(), in_process_worker=False)
+    runtime.start()
+    try:
+        client = TestClient(create_app(runtime))
+        body = client.get("/v1/autocomplete", params={"q": "Star "}, headers=KEY).json()
+        assert body["prefix"] == "star " and [s["text"] for s in body["suggestions"]] == ["star wars"]
+        # a new query posted now is suggested at the next refresh (every [autocomplete] refresh_s)
+        new = queries(("n1", "stardust", "u3", NOW + 5), ("n2", "stardust", "u3", NOW + 6))
+        new += queries(("n3", "stardust", "u3", NOW + 7))
+        assert client.post("/v1/events", json=new, headers=KEY).json()["accepted"] == 3
+        runtime.refresh_autocomplete()
+        top = client.get("/v1/autocomplete", params={"q": "star", "n": 1}, headers=KEY).json()
+        assert [s["text"] for s in top["suggestions"]] == ["stardust"]
+        for q in ("", " \t ", "\x00\x01", "мир 🙂", "zzzz"):
+            answer = client.get("/v1/autocomplete", params={"q": q}, headers=KEY)
+            assert answer.status_code == 200 and isinstance(answer.json()["suggestions"], list)
+        for params in ({"q": "x" * 101}, {"q": "s", "n": 0}, {"q": "s", "n": 10_000}):
+            assert client.get("/v1/autocomplete", params=params, headers=KEY).status_code == 422
+        assert client.get("/v1/autocomplete", params={"q": "s"}).status_code == 401
+    finally:
+        runtime.close()
+
+
+def test_an_empty_log_completes_nothing(tmp_path: Path) -> None:
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)})
+    runtime = Runtime(settings, ParquetEventLog(tmp_path / "e"), store=MemoryStore(), in_process_worker=False)
+    runtime.refresh_autocomplete()
+    client = TestClient(create_app(runtime))
+    assert client.get("/v1/autocomplete", params={"q": "a"}, headers=KEY).json()["suggestions"] == []
+
+
+def test_suggestions_wait_when_a_registered_safety_model_cannot_check_them(tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    log = ParquetEventLog(tmp_path / "events")
+    log.append(queries(("h1", "star wars", "u1", NOW)))
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)})
+    runtime = Runtime(
+        settings,
+        log,
+        store=MemoryStore(),
+        in_process_worker=False,
+        safety_source=lambda: ("1", tmp_path / "broken"),
+    )
+    runtime.check_safety()
+    runtime.refresh_autocomplete()
+    answer = TestClient(create_app(runtime)).get("/v1/autocomplete", params={"q": "st"}, headers=KEY)
+    assert answer.status_code == 503 and "could not be loaded" in answer.json()["detail"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
