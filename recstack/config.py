@@ -683,17 +683,11 @@ class AutocompleteConfig(Section):
         "among their last `history`).",
     )
     history: int = Field(50, ge=0, description="Recent queries kept per user for the personal boost.")
-    refresh_s: float = Field(
-        1.0,
-        gt=0,
-        description="How often new query events are read from the log: a query is suggestible about "
-        "this long after it is ingested.",
-    )
     late_s: float = Field(
         600.0,
         ge=0,
-        description="Query events timed this much before the newest one read are still counted when they "
-        "arrive (ids seen in that window are remembered; later arrivals wait for a restart).",
+        description="When the API starts on a resumed worker state it counts the log's history; the ids "
+        "of its last late_s are remembered so that the worker's redeliveries count once.",
     )
     rebuild_s: float = Field(
         60.0, gt=0, description="How often what arrived is folded into the static index (off the requests)."

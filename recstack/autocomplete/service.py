@@ -1,10 +1,13 @@
 """Autocomplete as the API serves it: the live prefix index over the log's query events, personal
 boosts, one-edit typo tolerance, a block list and the safety model's check of what is suggested.
 
-``Autocomplete.refresh(log)`` reads the query events timed after the newest one it has read, less
-``late_s`` (ids seen in that window are remembered, so an event is counted once): at startup that
-is the whole history, then every ``[autocomplete] refresh_s`` what arrived. ``maybe_rebuild`` folds
-the counts into the static index every ``rebuild_s``; reads go on meanwhile. Whether a search led
+Counting: the worker hands every batch it applies to ``observe_events`` (the embedded default:
+the worker runs in the API's process), so a query is suggestible as soon as the worker has read
+it. ``load_history(log)`` counts the log's query events when the API starts on a worker that
+resumed a snapshot (a worker starting afresh replays the log through ``observe_events``); the ids
+of the history's last ``late_s`` are remembered, so an event the worker delivers again is counted
+once. ``maybe_rebuild`` folds the counts into the static index every ``rebuild_s``; reads go on
+meanwhile. Whether a search led
 to a click is in the log as a click event with the query's ``request_id``; it does not weigh in the
 counts yet.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +25,8 @@ from typing import Any
 from recstack.autocomplete.index import LiveCompletions, one_edit
 from recstack.autocomplete.normalize import normalize, normalize_prefix
 from recstack.config import AutocompleteConfig
+from recstack.features.definitions import exact_us
+from recstack.schema import Event, SearchQuery
 
 US = 1_000_000
 CORRECTED_WEIGHT = 0.5  # a completion of a one-edit variant counts half (exact completions first)
@@ -47,23 +52,42 @@ class Autocomplete:
         self.users: dict[str, deque[str]] = {}
         self.watermark_us: int | None = None  # the newest event time read
         self.recent: dict[str, int] = {}  # event id -> time, for the events within late_s of it
+        self.kept = 0  # ids kept at the last pruning
         self.counted = 0
         self.version = 0  # moves with every count and rebuild: the cache's key
         self.cache: OrderedDict[tuple[str, int, int], list[Suggestion]] = OrderedDict()
         self.allowed: dict[str, bool] = {}  # the moderator's answers, per suggested text
         self.alphabet = ""
         self.last_rebuild = time.monotonic()
-        self.lock = threading.Lock()  # one refresh or rebuild at a time
+        self.lock = threading.Lock()  # counting (the worker's thread, the history at start)
+        self.build_lock = threading.Lock()  # one rebuild at a time, beside the counting
 
     # ------------------------------------------------------------------ counting
     def observe(self, table: Any) -> int:
         """Count the query events of an Arrow table (EVENT_SCHEMA); returns how many were new."""
         if table.num_rows == 0:
             return 0
-        ids = table.column("event_id").to_pylist()
-        times = table.column("timestamp").cast("int64").to_pylist()
-        texts = table.column("query").to_pylist()
-        users = table.column("user_id").to_pylist()
+        return self._count(
+            table.column("event_id").to_pylist(),
+            table.column("timestamp").cast("int64").to_pylist(),
+            table.column("query").to_pylist(),
+            table.column("user_id").to_pylist(),
+        )
+
+    def observe_events(self, events: Sequence[Event]) -> int:
+        """Count the query events among ``events`` (a batch the worker applied)."""
+        found = [e for e in events if isinstance(e, SearchQuery)]
+        if not found:
+            return 0
+        with self.lock:
+            return self._count(
+                [e.event_id for e in found],
+                [exact_us(e.timestamp) for e in found],
+                [e.query for e in found],
+                [e.user_id for e in found],
+            )
+
+    def _count(self, ids: list[str], times: list[int], texts: list[str], users: list[str | None]) -> int:
         added = []
         for event_id, t, text, user in zip(ids, times, texts, users, strict=True):
             if event_id in self.recent:
@@ -83,24 +107,21 @@ class Autocomplete:
         if self.watermark_us is None or newest > self.watermark_us:
             self.watermark_us = newest
         floor = self.watermark_us - int(self.cfg.late_s * US)
-        if len(self.recent) > 2 * len(ids) + 10_000:
+        if len(self.recent) > max(10_000, 2 * self.kept):  # amortized: pruned when it doubled
             self.recent = {e: t for e, t in self.recent.items() if t >= floor}
+            self.kept = len(self.recent)
         if added:
             self.counted += len(added)
             self.version += 1
         return len(added)
 
-    def refresh(self, log: Any) -> int:
-        """Read and count what arrived in the log since the last refresh (everything, the first time)."""
+    def load_history(self, log: Any) -> int:
+        """Count every query event of the log, then build the index; returns how many."""
         with self.lock:
-            start = None
-            if self.watermark_us is not None:
-                start = datetime.fromtimestamp((self.watermark_us - self.cfg.late_s * US) / US, tz=UTC)
-            first = self.watermark_us is None
-            new = self.observe(log.table(start=start, kinds=["query"]))
-            if first:
-                self.rebuild()
-            return new
+            new = self.observe(log.table(kinds=["query"]))
+        with self.build_lock:
+            self.rebuild()
+        return new
 
     def rebuild(self) -> None:
         self.live.rebuild(time.time())
@@ -114,7 +135,7 @@ class Autocomplete:
         """Fold the counts into the index when ``rebuild_s`` has passed since the last build."""
         if time.monotonic() - self.last_rebuild < self.cfg.rebuild_s or not self.live.delta:
             return False
-        with self.lock:
+        with self.build_lock:
             self.rebuild()
         return True
 

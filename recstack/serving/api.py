@@ -202,6 +202,8 @@ class Runtime:
         )
         self.impressions = ImpressionBuffer()
         self.autocomplete = Autocomplete(settings.autocomplete, self.moderate_suggestions)
+        if self.worker is not None:
+            self.worker.listeners.append(self.autocomplete.observe_events)
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.bus_ok = True
@@ -323,11 +325,6 @@ class Runtime:
             raise BackendUnavailableError(self.safety_error or "no safety model: run recstack safety train")
         return self.safety
 
-    def refresh_autocomplete(self) -> None:
-        """Count the query events that arrived, and fold them into the index when it is due."""
-        self.autocomplete.refresh(self.bus)
-        self.autocomplete.maybe_rebuild()
-
     def moderate_suggestions(self, texts: list[str]) -> list[bool]:
         """Which suggestions the safety model allows (review and block are both dropped); every one
         while no safety model is registered; BackendUnavailableError when one is and cannot score."""
@@ -447,10 +444,11 @@ class Runtime:
         """Load the champion and start the background work (one process)."""
         self.check_safety()
         self.reload()
-        try:
-            self.refresh_autocomplete()
-        except Exception as exc:  # the log is unreachable: the background refresh tries again
-            log.error("autocomplete could not read the query history: %s", exc)
+        if self.worker is None or self.synced is not None:  # no worker replays the log from its start
+            try:
+                self.autocomplete.load_history(self.bus)
+            except Exception as exc:  # the log is unreachable: completions start from what arrives
+                log.error("autocomplete could not read the query history: %s", exc)
         self.start_background()
 
     def after_fork(self) -> None:
@@ -469,7 +467,8 @@ class Runtime:
             jobs.append((cfg.reload_s, self.reload))
         if self.safety_source is not None and cfg.reload_s > 0:
             jobs.append((cfg.reload_s, self.check_safety))
-        jobs.append((self.settings.autocomplete.refresh_s, self.refresh_autocomplete))
+        rebuild_every = min(self.settings.autocomplete.rebuild_s, 5.0)
+        jobs.append((rebuild_every, self.autocomplete.maybe_rebuild))
         if self.worker is None:
             jobs.append((cfg.state_sync_s, self._sync_state))
         for every, fn in jobs:

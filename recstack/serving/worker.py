@@ -222,6 +222,8 @@ class FeedWorker:
         self.caught_up = threading.Event()  # set once a poll found the end of the log
         self.dead: list[dict[str, Any]] = []  # dead letters not written yet
         self.items: dict[str, ItemUpsert] = {}  # item records not written yet
+        # told every batch applied (autocomplete counts its queries); a listener that raises is logged
+        self.listeners: list[Callable[[list[Event]], Any]] = []
         (raw_dead,) = store.get_many([key + ":dead:count"])
         self.dead_count = int(raw_dead) if raw_dead is not None else 0
         self.state = state
@@ -299,6 +301,11 @@ class FeedWorker:
                         self.items[event.item_id] = event
             for event, reason in failed:
                 self._dead(event.event_id, reason, event)
+            for listener in self.listeners:
+                try:
+                    listener(events)
+                except Exception as exc:  # the feed state is applied: a listener's failure is its own
+                    log.error("worker listener %s failed: %s", getattr(listener, "__name__", listener), exc)
             self.pending.extend(d.delivery_id for d in deliveries)
             self.pending_ids.extend(d.event_id for d in deliveries)
             self.delivered += len(deliveries)

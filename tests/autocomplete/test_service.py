@@ -83,17 +83,18 @@ def test_the_route_serves_what_the_log_holds_and_answers_bad_input(tmp_path: Pat
     log = ParquetEventLog(tmp_path / "events")
     log.append(queries(("h1", "star wars", "u1", NOW), ("h2", "star wars", "u2", NOW)))
     settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)})
-    runtime = Runtime(settings, log, store=MemoryStore(), in_process_worker=False)
-    runtime.start()
+    runtime = Runtime(settings, log, store=MemoryStore())
+    assert runtime.worker is not None
+    runtime.worker.drain()  # a fresh state: the worker replays the log, autocomplete counts it
     try:
         client = TestClient(create_app(runtime))
         body = client.get("/v1/autocomplete", params={"q": "Star "}, headers=KEY).json()
         assert body["prefix"] == "star " and [s["text"] for s in body["suggestions"]] == ["star wars"]
-        # a new query posted now is suggested at the next refresh (every [autocomplete] refresh_s)
+        # a new query posted now is suggested as soon as the worker has read it
         new = queries(("n1", "stardust", "u3", NOW + 5), ("n2", "stardust", "u3", NOW + 6))
         new += queries(("n3", "stardust", "u3", NOW + 7))
         assert client.post("/v1/events", json=new, headers=KEY).json()["accepted"] == 3
-        runtime.refresh_autocomplete()
+        runtime.worker.poll()
         top = client.get("/v1/autocomplete", params={"q": "star", "n": 1}, headers=KEY).json()
         assert [s["text"] for s in top["suggestions"]] == ["stardust"]
         for q in ("", " \t ", "\x00\x01", "мир 🙂", "zzzz"):
@@ -109,7 +110,7 @@ def test_the_route_serves_what_the_log_holds_and_answers_bad_input(tmp_path: Pat
 def test_an_empty_log_completes_nothing(tmp_path: Path) -> None:
     settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)})
     runtime = Runtime(settings, ParquetEventLog(tmp_path / "e"), store=MemoryStore(), in_process_worker=False)
-    runtime.refresh_autocomplete()
+    runtime.autocomplete.load_history(runtime.bus)
     client = TestClient(create_app(runtime))
     assert client.get("/v1/autocomplete", params={"q": "a"}, headers=KEY).json()["suggestions"] == []
 
@@ -127,7 +128,7 @@ def test_suggestions_wait_when_a_registered_safety_model_cannot_check_them(tmp_p
         safety_source=lambda: ("1", tmp_path / "broken"),
     )
     runtime.check_safety()
-    runtime.refresh_autocomplete()
+    runtime.autocomplete.load_history(runtime.bus)
     answer = TestClient(create_app(runtime)).get("/v1/autocomplete", params={"q": "st"}, headers=KEY)
     assert answer.status_code == 503 and "could not be loaded" in answer.json()["detail"]
 
@@ -135,3 +136,22 @@ def test_suggestions_wait_when_a_registered_safety_model_cannot_check_them(tmp_p
 @pytest.fixture(autouse=True)
 def _quiet_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def test_a_resumed_worker_counts_the_history_once(tmp_path: Path) -> None:
+    """The API starts on a stored snapshot: the history is read from the log, and the deliveries the
+    worker had not acknowledged come again without being counted twice."""
+    log = ParquetEventLog(tmp_path / "events")
+    log.append(queries(("h1", "star wars", "u1", NOW), ("h2", "star trek", "u1", NOW)))
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path)})
+    store = MemoryStore()
+    first = Runtime(settings, log, store=store)
+    assert first.worker is not None
+    first.worker.drain()  # snapshot written, deliveries acknowledged
+    log.append(queries(("h3", "star wars", "u2", NOW + 1)))  # not acknowledged by anyone yet
+    second = Runtime(settings, log, store=store)
+    assert second.worker is not None and second.synced is not None
+    second.autocomplete.load_history(log)  # what start() does on a resumed state
+    second.worker.drain()  # delivers h3 again
+    scores = dict((s.text, s.score) for s in second.autocomplete.suggest("star"))
+    assert scores["star wars"] == pytest.approx(2 * scores["star trek"], rel=1e-4)
