@@ -416,6 +416,9 @@ def import_files(
     ] = None,
     items: Annotated[Path | None, typer.Option(help="Item attributes file.")] = None,
     users: Annotated[Path | None, typer.Option(help="User attributes file.")] = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="Search log: a query, a time and optionally a user per row.")
+    ] = None,
     config: ConfigOpt = None,
     fmt: Annotated[str | None, typer.Option("--format", help="[mapping] format, for every file.")] = None,
     columns: Annotated[str | None, typer.Option(help="[mapping] columns, comma-separated.")] = None,
@@ -478,11 +481,12 @@ def import_files(
         mapping = MappingConfig.model_validate(settings.mapping.model_dump() | update)
     except ValueError as exc:
         raise _fail(RecstackError(f"bad mapping: {exc}")) from exc
-    files = [
-        (p, what) for p, what in ((items, "items"), (users, "users"), (interactions, "interactions")) if p
-    ]
+    given_files = ((items, "items"), (users, "users"), (interactions, "interactions"), (queries, "queries"))
+    files = [(p, what) for p, what in given_files if p]
     if not files:
-        raise _fail(RecstackError("nothing to import: give an interactions file, --items or --users"))
+        raise _fail(
+            RecstackError("nothing to import: give an interactions file, --items, --users or --queries")
+        )
     log = _log(settings)
     summaries = []
     moderation = IngestScorer(settings)

@@ -133,6 +133,11 @@ class MappingConfig(Section):
     )
     surface: str = Field("feed", description="The surface the imported impressions were shown on.")
     item_id: str = Field("item_id", description="Items: the column holding the item id.")
+    query: str = Field(
+        "query",
+        description="Queries (`--queries`): the column holding the search text; the user and time "
+        "columns are `user` (optional in a query row) and `timestamp`.",
+    )
     text: list[str] = Field([], description='Items: columns joined as the item\'s text (e.g. ["title"]).')
     creator: str | None = Field(None, description="Items: the column holding the creator id.")
     created_at: str | None = Field(

@@ -347,6 +347,34 @@ def interaction_events(number: int, row: dict[str, Any], m: MappingConfig, out: 
     return counts
 
 
+def query_event(number: int, row: dict[str, Any], m: MappingConfig, out: _Columns) -> None:
+    """The query event of one search-log row, added to ``out``; ValueError with the reason."""
+    text = _text(row.get(m.query))
+    if text is None:
+        raise ValueError(f"column '{m.query}' (the query) is missing or empty")
+    if len(text) > 1024:
+        raise ValueError(f"column '{m.query}' holds {len(text):,} characters (at most 1,024)")
+    raw_time = row.get(m.timestamp)
+    if raw_time is None or raw_time == "":
+        raise ValueError(f"column '{m.timestamp}' (the time) is missing or empty")
+    try:
+        t = parse_time(raw_time, m.time_unit)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ValueError(
+            f"column '{m.timestamp}': {raw_time!r} is not a time in {m.time_unit.value} ({exc})"
+        ) from exc
+    user = _text(row.get(m.user))
+    out.add(
+        number,
+        event_id=f"query-{_stable_id(user, text, t)}",
+        kind="query",
+        timestamp=t,
+        user_id=user,
+        query=text,
+        surface="search",
+    )
+
+
 def upsert_event(
     number: int, row: dict[str, Any], m: MappingConfig, entity: str, at_us: int, out: _Columns
 ) -> None:
@@ -404,7 +432,7 @@ def import_file(
     progress: Callable[[int], None] | None = None,
     transform: Callable[[pa.Table], pa.Table] | None = None,
 ) -> ImportSummary:
-    """Append one file's events to ``log``: ``what`` is interactions, items or users (``catalog_us``:
+    """Append one file's events to ``log``: ``what`` is interactions, items, users or queries (``catalog_us``:
     the upserts' time). ``progress(rows)`` is called as rows are read; ``transform`` takes each
     batch of events before it is appended (moderation scores item upserts there)."""
     rows = read_rows(path, fmt, mapping.columns)
@@ -438,6 +466,9 @@ def import_file(
             if what == "interactions":
                 for kind, count in interaction_events(number, row, mapping, out).items():
                     summary.events[kind] = summary.events.get(kind, 0) + count
+            elif what == "queries":
+                query_event(number, row, mapping, out)
+                summary.events["query"] = summary.events.get("query", 0) + 1
             else:
                 upsert_event(number, row, mapping, "item" if what == "items" else "user", at, out)
                 summary.events[what[:-1]] = summary.events.get(what[:-1], 0) + 1

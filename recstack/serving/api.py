@@ -444,7 +444,11 @@ class Runtime:
         """Load the champion and start the background work (one process)."""
         self.check_safety()
         self.reload()
-        if self.worker is None or self.synced is not None:  # no worker replays the log from its start
+        if self.worker is None:
+            # a separate worker: it would have to publish the counts (not built yet); reading the
+            # Redis stream's whole history in every API process at start is not an answer
+            log.warning("autocomplete is served by the embedded topology only: it answers nothing here")
+        elif self.synced is not None:  # a resumed worker: the log's history is not replayed
             try:
                 self.autocomplete.load_history(self.bus)
             except Exception as exc:  # the log is unreachable: completions start from what arrives

@@ -155,3 +155,33 @@ def test_a_resumed_worker_counts_the_history_once(tmp_path: Path) -> None:
     second.worker.drain()  # delivers h3 again
     scores = dict((s.text, s.score) for s in second.autocomplete.suggest("star"))
     assert scores["star wars"] == pytest.approx(2 * scores["star trek"], rel=1e-4)
+
+
+def test_a_teams_search_log_comes_in_through_recstack_import(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recstack.cli import app
+
+    day = NOW - 3_600
+    (tmp_path / "searches.csv").write_text(
+        "user_id,query,timestamp\n"
+        f"u1,Star Wars,{day}\n"
+        f"u2,star wars,{day + 1}\n"
+        f",star trek,{day + 2}\n"  # no user: still a query
+        f"u3,,{day + 3}\n"  # no text
+        f"u4,stardust,yesterday\n"  # no time
+    )
+    env = {"RECSTACK_PATHS__STATE_DIR": str(tmp_path / "state")}
+    result = CliRunner().invoke(app, ["import", "--queries", str(tmp_path / "searches.csv")], env=env)
+    assert result.exit_code == 1, result.output  # bad lines: reported, the rest imported
+    out = " ".join(result.output.split())
+    assert "searches.csv: 5 rows -> query 3; accepted 3, duplicates 0, bad lines 2" in out
+    assert "line 5: column 'query' (the query) is missing or empty" in out
+    assert "line 6: column 'timestamp': 'yesterday' is not a time in s" in out
+    again = CliRunner().invoke(app, ["import", "--queries", str(tmp_path / "searches.csv")], env=env)
+    assert "accepted 0, duplicates 3" in " ".join(again.output.split())
+    settings = load_settings(None, env)
+    runtime = Runtime(settings, ParquetEventLog(settings.paths.state_dir / "events"), store=MemoryStore())
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    assert [s.text for s in runtime.autocomplete.suggest("st")] == ["star wars", "star trek"]
