@@ -212,3 +212,74 @@ def one_edit(prefix: str, alphabet: str) -> Iterable[str]:
             if candidate not in seen:
                 seen.add(candidate)
                 yield candidate
+
+
+class SortedArrayIndex:
+    """The sorted-array layout, measured beside ``CompletionIndex`` (benchmarks/autocomplete.py): the
+    keys' UTF-8 bytes sorted and joined in one buffer with uint32 offsets, their scores in key order,
+    the top ``k`` of every prefix with more than ``scan`` completions precomputed (a dict from the
+    prefix to its ids), and the others found by binary search for the prefix's range."""
+
+    def __init__(self, scores: Mapping[str, float], k: int = 10, scan: int = 64) -> None:
+        self.k, self.scan = k, scan
+        keys = sorted(scores)  # code point order = UTF-8 byte order
+        encoded = [key.encode() for key in keys]
+        self.offsets = np.zeros(len(keys) + 1, dtype=np.uint32)
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.blob = b"".join(encoded)
+        self.scores = np.fromiter((scores[key] for key in keys), dtype=np.float32, count=len(keys))
+        self.hot: dict[str, np.ndarray] = {}
+        stack = [(0, len(keys), 0)]
+        if len(keys) > scan:
+            self.hot[""] = self._top(0, len(keys))
+        while stack:
+            lo, hi, depth = stack.pop()
+            i = lo
+            while i < hi and len(keys[i]) == depth:
+                i += 1
+            while i < hi:
+                prefix = keys[i][: depth + 1]
+                j = bisect.bisect_left(keys, prefix + _TOP, i, hi)
+                if j - i > scan:
+                    self.hot[prefix] = self._top(i, j)
+                    stack.append((i, j, depth + 1))
+                i = j
+
+    def _top(self, lo: int, hi: int) -> np.ndarray:
+        span = self.scores[lo:hi]
+        k = min(self.k, hi - lo)
+        best = np.argpartition(-span, k - 1)[:k] if hi - lo > k else np.arange(hi - lo)
+        return (lo + best[np.argsort(-span[best], kind="stable")]).astype(np.uint32)
+
+    def key(self, i: int) -> str:
+        return self.blob[self.offsets[i] : self.offsets[i + 1]].decode()
+
+    def _bound(self, target: bytes, lo: int, hi: int) -> int:
+        """The first index whose key is >= ``target`` (bytes), in [lo, hi)."""
+        offsets, blob = self.offsets, self.blob
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if blob[offsets[mid] : offsets[mid + 1]] < target:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    @property
+    def nbytes(self) -> int:
+        import sys
+
+        hot = sum(sys.getsizeof(p) + a.nbytes + 112 for p, a in self.hot.items())  # 112: array header
+        return len(self.blob) + self.offsets.nbytes + self.scores.nbytes + hot + sys.getsizeof(self.hot)
+
+    def complete(self, prefix: str, n: int) -> list[tuple[str, float]]:
+        ids = self.hot.get(prefix)
+        if ids is None:
+            encoded = prefix.encode()
+            lo = self._bound(encoded, 0, len(self.scores))
+            hi = self._bound(encoded + b"\xff", lo, len(self.scores))
+            if lo == hi:
+                return []
+            span = self.scores[lo:hi]
+            ids = lo + np.argsort(-span, kind="stable")[:n]
+        return [(self.key(int(i)), float(self.scores[i])) for i in ids[:n]]

@@ -65,3 +65,16 @@ def test_live_counts_are_suggested_at_once_and_survive_a_rebuild() -> None:
     assert [q for q, _ in after] == [q for q, _ in top]
     assert [v for _, v in after] == pytest.approx([v for _, v in top], rel=1e-6)  # float32 in the index
     assert not live.delta
+
+
+def test_the_sorted_array_layout_answers_the_same() -> None:
+    from recstack.autocomplete.index import SortedArrayIndex
+
+    rng = np.random.default_rng(1)
+    keys = {"".join(rng.choice(list("abcé 世"), rng.integers(1, 6))).strip() for _ in range(2_000)}
+    keys.discard("")
+    scores = dict(zip(sorted(keys), rng.permutation(len(keys)).astype(float), strict=True))
+    layouts = (CompletionIndex(scores, k=10, scan=8), SortedArrayIndex(scores, k=10, scan=8))
+    for prefix in {q[:i] for q in scores for i in range(len(q) + 1)} | {"zz"}:
+        expected = brute(scores, prefix, 5)
+        assert [[q for q, _ in index.complete(prefix, 5)] for index in layouts] == [expected, expected]
