@@ -6,9 +6,10 @@ Davidson tweets (the unsafe ones included, which is what the safety check of sug
 
 - Distinct queries: every title, every genre as "<genre> movies", then phrases of one to three
   vocabulary words drawn by a Zipf law over the words' frequency ranks, until ``n_queries``.
-- The stream: each event draws a query by a Zipf law (exponent ``zipf``) over the queries in a
-  random popularity order, except that a user repeats one of their own earlier queries with
-  probability ``repeat`` (what the personal boost can find). Times are spread evenly over ``days``.
+- The stream: every distinct query is searched once (the long tail of a real log), then each
+  further event draws a query by a Zipf law (exponent ``zipf``) over the queries in a random
+  popularity order, except that a user repeats one of their own earlier queries with probability
+  ``repeat`` (what the personal boost can find). Times are spread evenly over ``days``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def query_stream(
     repeat: float = 0.3,
     seed: int = 0,
 ) -> QueryStream:
-    """``n_events`` query events over ``queries`` (see the module docstring), in time order."""
+    """``len(queries) + n_events`` query events over ``queries`` (see the module docstring), in
+    time order."""
     from recstack.schema import conform_table
 
     rng = np.random.default_rng(seed)
@@ -94,7 +96,8 @@ def query_stream(
     ranks = np.arange(1, len(popular) + 1, dtype=np.float64)
     p = ranks**-zipf
     p /= p.sum()
-    drawn = rng.choice(len(popular), size=n_events, p=p)
+    drawn = np.concatenate([rng.permutation(len(popular)), rng.choice(len(popular), size=n_events, p=p)])
+    n_events = len(drawn)
     users = rng.integers(0, n_users, size=n_events)
     repeats = rng.random(n_events) < repeat
     own: dict[int, list[int]] = {}
