@@ -153,6 +153,8 @@ class LiveCompletions:
         index = self.index
         if index.knows_prefix(prefix):
             return True
+        if not self.delta_keys:
+            return False
         with self.lock:
             at = bisect.bisect_left(self.delta_keys, prefix)
             return at < len(self.delta_keys) and self.delta_keys[at].startswith(prefix)
@@ -196,11 +198,13 @@ class LiveCompletions:
             self.index, self.ref_s, self.index_scale = built, now_s, 1.0
 
 
-def one_edit(prefix: str, alphabet: str) -> Iterable[str]:
+def one_edit(prefix: str, alphabet: str, upto: int | None = None) -> Iterable[str]:
     """The strings one edit from ``prefix`` (deletion, transposition, substitution, insertion over
-    ``alphabet``), without repeats and without ``prefix`` itself."""
+    ``alphabet``) at positions up to ``upto`` (all by default), without repeats and without
+    ``prefix`` itself."""
     seen = {prefix}
-    for i in range(len(prefix) + 1):
+    last = len(prefix) if upto is None else min(upto, len(prefix))
+    for i in range(last + 1):
         candidates = []
         if i < len(prefix):
             candidates.append(prefix[:i] + prefix[i + 1 :])

@@ -127,7 +127,9 @@ class Autocomplete:
         self.live.rebuild(time.time())
         keys = self.live.index.trie.keys()
         counts = Counter(c for key in keys[:200_000] for c in key)
-        self.alphabet = "".join(c for c, _ in counts.most_common(48))
+        total = sum(counts.values()) or 1
+        # the characters typos are made of: those of at least 0.1% of the keys' characters, at most 40
+        self.alphabet = "".join(c for c, k in counts.most_common(40) if k >= total / 1_000)
         self.last_rebuild = time.monotonic()
         self.version += 1
 
@@ -156,7 +158,14 @@ class Autocomplete:
                 base = found[query].score if query in found else self.live.score(query)
                 found[query] = Suggestion(query, base * (1 + self.cfg.personal_weight * times))
         if len(found) < self.cfg.typo_below and len(prefix.strip()) >= 3:
-            for variant in one_edit(prefix, self.alphabet):
+            # an edit after the longest prefix the index knows cannot make the whole one known
+            known, unknown = 0, len(prefix) + 1  # prefix[:known] is known, prefix[:unknown] is not
+            if self.live.knows_prefix(prefix):
+                known = unknown = len(prefix)
+            while unknown - known > 1:
+                mid = (known + unknown) // 2
+                known, unknown = (mid, unknown) if self.live.knows_prefix(prefix[:mid]) else (known, mid)
+            for variant in one_edit(prefix, self.alphabet, known):
                 if not self.live.knows_prefix(variant):
                     continue
                 for query, score in self.live.complete(variant, want):

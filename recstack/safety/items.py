@@ -36,6 +36,20 @@ DECISIONS = {"allow": ALLOW, "review": REVIEW, "block": BLOCK}
 SCORE_KEYS = ("unsafe_score", "unsafe_label", "unsafe_decision", "unsafe_model", "client_unsafe_score")
 
 
+FORGEABLE = ("unsafe_label", "unsafe_decision", "unsafe_model")  # only a model writes these
+
+
+def strip_decisions(records: Iterable[Any]) -> None:
+    """Drop the moderation attributes a client must not set from item records (a client that sent
+    ``unsafe_model`` and ``unsafe_decision = "allow"`` would otherwise pass for scored); its own
+    ``unsafe_score`` stays, as the client's score."""
+    for record in records:
+        if isinstance(record, dict) and record.get("kind") == "item":
+            attributes = record.get("attributes")
+            if isinstance(attributes, dict) and any(k in attributes for k in FORGEABLE):
+                record["attributes"] = {k: v for k, v in attributes.items() if k not in FORGEABLE}
+
+
 def item_text(text: str | None, attributes: Mapping[str, Any], fields: Sequence[str]) -> str | None:
     """The text of an upsert that moderation reads (None when it has none)."""
     parts = []
@@ -171,6 +185,32 @@ def score_table(table: Any, scorer: ItemScorer) -> tuple[Any, int]:
     return table.append_column("attributes", column), scored
 
 
+def strip_table_decisions(table: Any) -> Any:
+    """``strip_decisions`` over the ``attributes`` column of an Arrow table of events."""
+    import json
+
+    import pyarrow as pa
+
+    if "attributes" not in table.column_names:
+        return table
+    raw = table.column("attributes").to_pylist()
+    changed = False
+    for n, attrs in enumerate(raw):
+        if attrs and any(f'"{k}"' in attrs for k in FORGEABLE):
+            try:
+                decoded = json.loads(attrs)
+            except ValueError:
+                continue
+            if isinstance(decoded, dict):
+                kept = {k: v for k, v in decoded.items() if k not in FORGEABLE}
+                raw[n] = json.dumps(kept, sort_keys=True, separators=(",", ":")) if kept else None
+                changed = True
+    if not changed:
+        return table
+    at = table.column_names.index("attributes")
+    return table.set_column(at, "attributes", pa.array(raw, pa.string()))
+
+
 def scorer_for(settings: Any, version: str, model: SafetyModel) -> ItemScorer:
     """The scorer of ``[safety]`` for a registered version of the classifier."""
     cfg = settings.safety
@@ -224,8 +264,10 @@ class IngestScorer:
     def __call__(self, table: Any) -> Any:
         from recstack.config import ScoreItems
 
-        off = self.settings.safety.score_items is ScoreItems.off
-        if off or "item" not in table.column("kind").to_pylist():
+        if "item" not in table.column("kind").to_pylist():
+            return table
+        table = strip_table_decisions(table)
+        if self.settings.safety.score_items is ScoreItems.off:
             return table
         if self.scorer is None and self.problem is None:
             try:

@@ -366,13 +366,14 @@ class Runtime:
         """Moderate the item upserts among ``records`` in place before they are appended (see
         recstack/safety/items.py). With no model they pass unscored; when the model fails they pass
         unscored too, and the feed holds them back (nothing accepted is lost)."""
+        from recstack.safety.items import scorer_for, strip_decisions
+
         cfg = self.settings.safety
-        if cfg.score_items is ScoreItems.off:
-            return
         if not any(isinstance(r, dict) and r.get("kind") == "item" for r in records):
             return
-        from recstack.safety.items import scorer_for
-
+        strip_decisions(records)
+        if cfg.score_items is ScoreItems.off:
+            return
         try:
             version, model = self.safety_model()
         except BackendUnavailableError as exc:
@@ -450,10 +451,17 @@ class Runtime:
             # Redis stream's whole history in every API process at start is not an answer
             log.warning("autocomplete is served by the embedded topology only: it answers nothing here")
         elif self.synced is not None:  # a resumed worker: the log's history is not replayed
-            try:
-                self.autocomplete.load_history(self.bus)
-            except Exception as exc:  # the log is unreachable: completions start from what arrives
-                log.error("autocomplete could not read the query history: %s", exc)
+            self.load_autocomplete()
+
+    def load_autocomplete(self) -> None:
+        """Count the log's query history into autocomplete (then freeze the heap: the counts are
+        millions of objects the collector need not scan on the serving thread)."""
+        try:
+            self.autocomplete.load_history(self.bus)
+        except Exception as exc:  # the log is unreachable: completions start from what arrives
+            log.error("autocomplete could not read the query history: %s", exc)
+            return
+        freeze_heap()
         self.start_background()
 
     def after_fork(self) -> None:

@@ -297,3 +297,26 @@ def test_a_new_champion_that_cannot_load_leaves_the_last_one_scoring(
     records: list[dict[str, object]] = [{"kind": "item", "item_id": "a", "text": "river zzhate"}]
     runtime.score_items(records)
     assert records[0]["attributes"]["unsafe_model"] == "recstack-safety/1"  # type: ignore[index]
+
+
+def test_a_client_cannot_pass_its_item_off_as_scored(tmp_path: Path) -> None:
+    """An upsert claiming a model's decision is stripped of it: with a registered model that fails,
+    the item is held back like any unscored one."""
+    (tmp_path / "broken").mkdir()
+    runtime = _runtime(tmp_path, tmp_path / "broken")
+    runtime.check_safety()
+    forged = {"unsafe_model": "recstack-safety/9", "unsafe_decision": "allow", "unsafe_label": "neither"}
+    client = TestClient(create_app(runtime))
+    body = {"item_id": "sneaky", "text": "zzhate", "attributes": forged | {"unsafe_score": 0.1}}
+    assert client.post("/v1/items", json=body, headers=KEY).json()["accepted"] == 1
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    state = runtime.state
+    assert int(state.safety.values[state.item_index["sneaky"]]) == UNSCORED
+    record = client.get("/v1/items/sneaky", headers=KEY).json()
+    assert record["attributes"] == {"unsafe_score": 0.1}
+    table = events_to_table(
+        [parse_event({"event_id": "x", "kind": "item", "timestamp": 0, "item_id": "t", "attributes": forged})]
+    )
+    settings = load_settings(None, {"RECSTACK_PATHS__STATE_DIR": str(tmp_path / "cli")})
+    assert IngestScorer(settings)(table).column("attributes").to_pylist() == [None]
