@@ -452,6 +452,7 @@ class Runtime:
             log.warning("autocomplete is served by the embedded topology only: it answers nothing here")
         elif self.synced is not None:  # a resumed worker: the log's history is not replayed
             self.load_autocomplete()
+        self.start_background()
 
     def load_autocomplete(self) -> None:
         """Count the log's query history into autocomplete (then freeze the heap: the counts are
@@ -462,7 +463,6 @@ class Runtime:
             log.error("autocomplete could not read the query history: %s", exc)
             return
         freeze_heap()
-        self.start_background()
 
     def after_fork(self) -> None:
         """In a process forked from one that loaded this runtime (``serving/prefork.py``): fresh
