@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import DATA_DIR, record
-from serving_load import _Connection
+from serving_load import open_loop
 
 from recstack.autocomplete.index import SortedArrayIndex
 from recstack.autocomplete.normalize import normalize
@@ -160,34 +160,7 @@ def serve(folder: Path, port: int) -> None:
 
 
 async def drive(port: int, rps: float, duration: float, targets: list[str]) -> tuple[list[float], int]:
-    idle: asyncio.Queue[_Connection] = asyncio.Queue()
-    for _ in range(64):
-        idle.put_nowait(_Connection(*await asyncio.open_connection("127.0.0.1", port)))
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(target: str, due: float) -> None:
-        nonlocal errors
-        connection = await idle.get()
-        try:
-            status = await connection.get(target)
-        finally:
-            idle.put_nowait(connection)
-        latencies.append((time.perf_counter() - due) * 1e3)
-        errors += status != 200
-
-    tasks = []
-    total = int(rps * duration)
-    t0 = time.perf_counter()
-    for i in range(total):
-        due = t0 + i / rps
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(targets[i % len(targets)], due)))
-    await asyncio.gather(*tasks)
-    while not idle.empty():
-        idle.get_nowait().writer.close()
+    latencies, errors, _ = await open_loop(port, rps, duration, 64, lambda i: targets[i % len(targets)])
     return latencies, errors
 
 

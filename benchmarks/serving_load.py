@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -269,14 +270,30 @@ class _Connection:
 async def drive(
     port: int, rps: float, duration: float, concurrency: int, users: int
 ) -> tuple[list[float], int]:
-    """Open loop: request i is sent at t0 + i / rps on an idle connection (at most ``concurrency``
-    in flight; a request waiting for a connection counts its wait in its latency)."""
+    """Feed requests of random users (a tenth of them new), open loop (``open_loop``)."""
+    rng = np.random.default_rng(1)
+
+    def target(_: int) -> str:
+        u = int(rng.integers(users))
+        user = f"u{u}" if rng.random() > 0.1 else f"new{u}"
+        return f"/v1/recommend?user_id={user}&n=20"
+
+    latencies, errors, achieved = await open_loop(port, rps, duration, concurrency, target)
+    print(f"sent {len(latencies)} requests, achieved {achieved:.0f} requests/s")
+    return latencies, errors
+
+
+async def open_loop(
+    port: int, rps: float, duration: float, concurrency: int, target: Callable[[int], str]
+) -> tuple[list[float], int, float]:
+    """Open loop: request i (``target(i)``) is sent at t0 + i / rps on an idle connection (at most
+    ``concurrency`` in flight; a request waiting for a connection counts its wait in its latency).
+    Returns (latencies in ms, non-200 answers, requests/s achieved)."""
     idle: asyncio.Queue[_Connection] = asyncio.Queue()
     for _ in range(concurrency):
         idle.put_nowait(_Connection(*await asyncio.open_connection("127.0.0.1", port)))
     latencies: list[float] = []
     errors = 0
-    rng = np.random.default_rng(1)
 
     async def one(target: str, due: float) -> None:
         nonlocal errors
@@ -296,15 +313,12 @@ async def drive(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        u = int(rng.integers(users))
-        user = f"u{u}" if rng.random() > 0.1 else f"new{u}"
-        tasks.append(asyncio.create_task(one(f"/v1/recommend?user_id={user}&n=20", due)))
+        tasks.append(asyncio.create_task(one(target(i), due)))
     await asyncio.gather(*tasks)
     achieved = total / (time.perf_counter() - t0)
     while not idle.empty():
         idle.get_nowait().writer.close()
-    print(f"sent {total} requests, achieved {achieved:.0f} requests/s")
-    return latencies, errors
+    return latencies, errors, achieved
 
 
 def main() -> None:

@@ -448,8 +448,6 @@ def import_files(
     engagements, item and user rows upserts, with ids derived from the rows (importing a file again
     adds nothing). Bad lines are reported with file, line and reason; the rest is imported (exit 1
     when any line was bad)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from recstack.config import MappingConfig
     from recstack.data.importer import count_rows, earliest_time, import_file
     from recstack.safety.items import IngestScorer
@@ -497,14 +495,7 @@ def import_files(
         else:
             first = earliest_time(interactions, mapping, mapping.format) if interactions else None
             catalog_us = first - 1_000_000 if first is not None else None
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as bar:
+        with _progress() as bar:
             for path, what in files:
                 total = count_rows(path, mapping.format)
                 task = bar.add_task(f"{what} {path.name}", total=total)
@@ -598,6 +589,21 @@ def data_fetch(
     except (RecstackError, OSError) as exc:
         raise _fail(exc) from exc
     console.print(f"downloaded {name} to {target}")
+
+
+def _progress(disable: bool = False) -> Any:
+    """A progress bar on the console (description, bar, done / total, time), off when the
+    console is not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=disable or not console.is_terminal,
+    )
 
 
 def _items(n: int) -> str:
@@ -763,17 +769,8 @@ def safety_train(
     settings = _settings(config)
     cfg = settings.safety
     folder = settings.paths.state_dir / "build" / "safety"
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal or cfg.model.value != "minilm_ft",
-        ) as bar:
+        with _progress(disable=cfg.model.value != "minilm_ft") as bar:  # only fine-tuning has steps
             task = bar.add_task("fine-tuning steps", total=None)
             model, metrics = train_safety(
                 settings, folder, progress=lambda n, total: bar.update(task, advance=n, total=total)
@@ -812,22 +809,13 @@ def safety_rescore(
     promoted a new one, or to release items held back unscored), appending each as an upsert with
     its new score; the worker applies them like any upsert. Items the champion already scored are
     skipped (run it again: it appends nothing)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from recstack.safety.items import champion_scorer, rescore_catalog
 
     settings = _settings(config)
     log = _log(settings)
     try:
         scorer = champion_scorer(settings)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as bar:
+        with _progress() as bar:
             task = bar.add_task(f"scoring with {scorer.version}", total=None)
             done = rescore_catalog(
                 log, scorer, everything, progress=lambda n, total: bar.update(task, completed=n, total=total)

@@ -280,6 +280,19 @@ class _Columns:
         return conform_table(pa.table(columns))
 
 
+def _row_time(row: dict[str, Any], m: MappingConfig) -> int:
+    """The row's time in µs from the ``timestamp`` column; ValueError with the reason."""
+    raw_time = row.get(m.timestamp)
+    if raw_time is None or raw_time == "":
+        raise ValueError(f"column '{m.timestamp}' (the time) is missing or empty")
+    try:
+        return parse_time(raw_time, m.time_unit)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ValueError(
+            f"column '{m.timestamp}': {raw_time!r} is not a time in {m.time_unit.value} ({exc})"
+        ) from exc
+
+
 def interaction_events(number: int, row: dict[str, Any], m: MappingConfig, out: _Columns) -> dict[str, int]:
     """The events of one interaction row, added to ``out``; ValueError with the reason when the row
     cannot become events. Returns the events by kind."""
@@ -288,15 +301,7 @@ def interaction_events(number: int, row: dict[str, Any], m: MappingConfig, out: 
         raise ValueError(f"column '{m.user}' (the user) is missing or empty")
     if item is None:
         raise ValueError(f"column '{m.item}' (the item) is missing or empty")
-    raw_time = row.get(m.timestamp)
-    if raw_time is None or raw_time == "":
-        raise ValueError(f"column '{m.timestamp}' (the time) is missing or empty")
-    try:
-        t = parse_time(raw_time, m.time_unit)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise ValueError(
-            f"column '{m.timestamp}': {raw_time!r} is not a time in {m.time_unit.value} ({exc})"
-        ) from exc
+    t = _row_time(row, m)
     kinds: list[str] = []
     if m.kind is not None:
         kind = _text(row.get(m.kind))
@@ -354,15 +359,7 @@ def query_event(number: int, row: dict[str, Any], m: MappingConfig, out: _Column
         raise ValueError(f"column '{m.query}' (the query) is missing or empty")
     if len(text) > 1024:
         raise ValueError(f"column '{m.query}' holds {len(text):,} characters (at most 1,024)")
-    raw_time = row.get(m.timestamp)
-    if raw_time is None or raw_time == "":
-        raise ValueError(f"column '{m.timestamp}' (the time) is missing or empty")
-    try:
-        t = parse_time(raw_time, m.time_unit)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise ValueError(
-            f"column '{m.timestamp}': {raw_time!r} is not a time in {m.time_unit.value} ({exc})"
-        ) from exc
+    t = _row_time(row, m)
     user = _text(row.get(m.user))
     out.add(
         number,
