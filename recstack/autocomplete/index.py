@@ -139,11 +139,6 @@ class LiveCompletions:
                     self.delta[query] = 0.0
                 self.delta[query] += self.weight(t_s)
 
-    def __len__(self) -> int:
-        index = self.index
-        with self.lock:
-            return len(index) + sum(1 for q in self.delta_keys if q not in index.trie)
-
     def score(self, query: str) -> float:
         index = self.index
         with self.lock:

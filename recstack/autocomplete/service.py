@@ -14,12 +14,12 @@ counts yet.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from recstack.autocomplete.index import LiveCompletions, one_edit
@@ -125,8 +125,8 @@ class Autocomplete:
 
     def rebuild(self) -> None:
         self.live.rebuild(time.time())
-        keys = self.live.index.trie.keys()
-        counts = Counter(c for key in keys[:200_000] for c in key)
+        sample = itertools.islice(self.live.index.trie.iterkeys(), 200_000)  # not all keys as a list
+        counts = Counter(c for key in sample for c in key)
         total = sum(counts.values()) or 1
         # the characters typos are made of: those of at least 0.1% of the keys' characters, at most 40
         self.alphabet = "".join(c for c, k in counts.most_common(40) if k >= total / 1_000)
@@ -191,15 +191,3 @@ class Autocomplete:
                 self.allowed.update(zip(unknown, self.moderator(unknown), strict=True))
             kept = [s for s in kept[: 2 * n] if self.allowed.get(s.text, False)]
         return kept[:n]
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "queries": len(self.live),
-            "events_counted": self.counted,
-            "newest_event": (
-                datetime.fromtimestamp(self.watermark_us / US, tz=UTC).isoformat()
-                if self.watermark_us is not None
-                else None
-            ),
-            "index_bytes": self.live.index.nbytes,
-        }

@@ -953,11 +953,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         allow (503 when a registered model cannot check them). On the event loop: a lookup takes
         tens of microseconds, less than a hop to the thread pool; a suggestion the safety model has
         not seen is scored in the thread pool."""
-        suggest = runtime.autocomplete
-        if suggest.moderator is not None and runtime.hold_unscored():
-            out = await run_in_threadpool(suggest.suggest, q, user_id, n)
+        suggest = runtime.autocomplete.suggest
+        if runtime.hold_unscored():  # the safety model checks what it has not seen yet
+            out = await run_in_threadpool(suggest, q, user_id, n)
         else:
-            out = suggest.suggest(q, user_id, n)
+            out = suggest(q, user_id, n)
         return {
             "prefix": normalize_prefix(q, ac.max_chars),
             "suggestions": [{"text": s.text, "score": s.score, "corrected": s.corrected} for s in out],
