@@ -466,6 +466,14 @@ class RankingConfig(Section):
         return self
 
 
+class Allocator(StrEnum):
+    thompson = "thompson"
+    ucb1 = "ucb1"
+    greedy = "greedy"
+    epsilon_greedy = "epsilon_greedy"
+    uniform = "uniform"
+
+
 class Diversity(StrEnum):
     none = "none"
     mmr = "mmr"
@@ -497,7 +505,28 @@ class ServingConfig(Section):
         0.8, ge=0, le=1, description="MMR: weight of value against similarity to items already placed."
     )
     creator_gap: int = Field(3, ge=0, description="No two items of one creator within this many slots.")
-    explore_slots: int = Field(2, ge=0, description="Slots per response for fresh items (Thompson sampling).")
+    explore_slots: int = Field(
+        2, ge=0, description="Slots per response for fresh items (see explore_allocator)."
+    )
+    explore_allocator: Allocator = Field(
+        Allocator.thompson,
+        description="How exploration picks fresh items from their impression and click counts: thompson "
+        "(Beta posteriors with an empirical-Bayes prior fitted to the catalog), ucb1, greedy, "
+        "epsilon_greedy or uniform.",
+    )
+    explore_epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: share of random picks.")
+    explore_propensity_draws: int = Field(
+        64,
+        ge=0,
+        description="Each exploration slot's probability of showing its item is estimated from this "
+        "many extra draws of the allocator and logged with the impression (propensity, for "
+        "off-policy evaluation); 0: not logged. Ranked slots are deterministic (propensity 1).",
+    )
+    rank: bool = Field(
+        True,
+        description="False: serve the candidate sources' merged order without the rankers, the value "
+        "model and the re-rank (a baseline arm, e.g. popularity).",
+    )
     unsafe_threshold: float = Field(
         0.5,
         ge=0,
@@ -709,6 +738,171 @@ class AutocompleteConfig(Section):
     )
 
 
+# [serving] and [retrieval] keys an experiment's arm may set: the ones read per request
+ARM_SERVING_KEYS = (
+    "value_weights",
+    "diversity",
+    "diversity_lambda",
+    "creator_gap",
+    "explore_slots",
+    "explore_allocator",
+    "light_keep",
+    "rank",
+)
+ARM_RETRIEVAL_KEYS = ("sources", "ef_search", "recent")
+
+
+class ArmDef(Section):
+    """One arm of an experiment: a served configuration."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Arm name.")
+    weight: float = Field(
+        1.0, gt=0, description="Share of the experiment's users, relative to the other arms."
+    )
+    model: str | None = Field(
+        None,
+        description="Registered feed-model version (a number) or alias (champion, challenger) this arm "
+        "serves; unset: the champion.",
+    )
+    serving: dict[str, Any] = Field(
+        {}, description=f"[serving] keys this arm overrides: some of {', '.join(ARM_SERVING_KEYS)}."
+    )
+    retrieval: dict[str, Any] = Field(
+        {}, description=f"[retrieval] keys this arm overrides: some of {', '.join(ARM_RETRIEVAL_KEYS)}."
+    )
+
+    def settings_keys(self) -> set[str]:
+        """The settings this arm sets, as ``section.key`` (``model`` for the model)."""
+        out = {f"serving.{k}" for k in self.serving} | {f"retrieval.{k}" for k in self.retrieval}
+        return out | ({"model"} if self.model is not None else set())
+
+    @field_validator("serving")
+    @classmethod
+    def _serving_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if unknown := sorted(set(value) - set(ARM_SERVING_KEYS)):
+            raise ValueError(f"{unknown} cannot differ per arm; an arm may set {list(ARM_SERVING_KEYS)}")
+        return value
+
+    @field_validator("retrieval")
+    @classmethod
+    def _retrieval_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if unknown := sorted(set(value) - set(ARM_RETRIEVAL_KEYS)):
+            raise ValueError(f"{unknown} cannot differ per arm; an arm may set {list(ARM_RETRIEVAL_KEYS)}")
+        return value
+
+
+class Guardrail(Section):
+    """A metric a ship decision must not harm."""
+
+    metric: str = Field(description="A per-user metric (see [experiments] metrics).")
+    max_drop: float = Field(
+        0.0,
+        ge=0,
+        description="Largest relative harm tolerated: the guardrail passes when the confidence "
+        "interval's worst end is within this share of the control's mean.",
+    )
+
+
+class ExperimentDef(Section):
+    """An A/B test: users of its layer's share are split between its arms by a salted hash."""
+
+    name: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name."
+    )
+    layer: str = Field(
+        "default",
+        min_length=1,
+        description="Experiments in one layer are mutually exclusive (a user is in at most one); "
+        "layers are orthogonal and must not set the same keys.",
+    )
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of the layer's users in this experiment.")
+    salt: str | None = Field(None, description="Salt of the arm split (default: the name).")
+    enabled: bool = Field(True, description="False: no one is assigned (its users get the base config).")
+    control: str | None = Field(
+        None, description="The arm the others are compared with (default: the first)."
+    )
+    metric: str = Field("ctr", description="Primary per-user metric of the ship decision.")
+    guardrails: list[Guardrail] = Field(
+        [], description="Metrics that block a ship decision when harmed beyond their max_drop."
+    )
+    arms: list[ArmDef] = Field(description="At least two arms.")
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, value: list[ArmDef]) -> list[ArmDef]:
+        if len(value) < 2:
+            raise ValueError("an experiment needs at least two arms")
+        names = [a.name for a in value]
+        if len(set(names)) < len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        return value
+
+    @model_validator(mode="after")
+    def _control_is_an_arm(self) -> ExperimentDef:
+        if self.control is not None and self.control not in [a.name for a in self.arms]:
+            raise ValueError(f"control {self.control!r} is not an arm ({[a.name for a in self.arms]})")
+        return self
+
+    def control_arm(self) -> str:
+        return self.control or self.arms[0].name
+
+
+class ExperimentsConfig(Section):
+    """A/B tests and the long-term holdout. Assignment hashes the user id with a salt (blake2b), so
+    it is the same in every process and after restarts; the assignment is logged on every impression
+    (``experiment_arm``), and ``recstack experiment report NAME`` analyses it from the log."""
+
+    salt: str = Field("recstack", description="Salt of the holdout and of each layer's split.")
+    holdout: float = Field(
+        0.0, ge=0, lt=1, description="Share of all users kept out of every experiment (long-term holdout)."
+    )
+    holdout_model: str | None = Field(
+        None, description="Model version or alias the holdout is served (unset: the champion)."
+    )
+    holdout_serving: dict[str, Any] = Field({}, description="[serving] keys the holdout is served with.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of the analysis (two-sided).")
+    power: float = Field(0.8, gt=0, lt=1, description="Power for the minimum detectable effect.")
+    srm_alpha: float = Field(
+        0.001, gt=0, lt=0.5, description="A sample-ratio mismatch is flagged below this chi-squared p-value."
+    )
+    pre_days: float = Field(
+        14.0, ge=0, description="Days before an experiment's first impression read for CUPED's covariate."
+    )
+    tests: list[ExperimentDef] = Field([], description="The experiments, one [[experiments.tests]] each.")
+
+    @field_validator("holdout_serving")
+    @classmethod
+    def _holdout_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if unknown := sorted(set(value) - set(ARM_SERVING_KEYS)):
+            raise ValueError(f"{unknown} cannot differ for the holdout; it may set {list(ARM_SERVING_KEYS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _layers_fit(self) -> ExperimentsConfig:
+        names = [t.name for t in self.tests]
+        if len(set(names)) < len(names):
+            raise ValueError(f"experiment names must be unique, got {names}")
+        layers: dict[str, list[ExperimentDef]] = {}
+        for t in self.tests:
+            layers.setdefault(t.layer, []).append(t)
+        for layer, tests in layers.items():
+            total = sum(t.fraction for t in tests)
+            if total > 1 + 1e-9:
+                raise ValueError(
+                    f"layer {layer!r}: fractions of {[t.name for t in tests]} add up to {total:g} > 1 "
+                    "(experiments in one layer share its users; put overlapping ones in other layers)"
+                )
+        owner: dict[str, str] = {}
+        for layer, tests in layers.items():
+            for key in {key for t in tests for a in t.arms for key in a.settings_keys()}:
+                if owner.setdefault(key, layer) != layer:
+                    raise ValueError(
+                        f"layers {owner[key]!r} and {layer!r} both set {key}: a user in both would be "
+                        "served two values (put the experiments in one layer)"
+                    )
+        return self
+
+
 class RegistryConfig(Section):
     model_name: str = Field("recstack-feed", description="Registered model holding the feed bundle.")
     uri: str | None = Field(
@@ -747,6 +941,7 @@ class Settings(Section):
     mapping: MappingConfig = MappingConfig()
     safety: SafetyConfig = SafetyConfig()
     autocomplete: AutocompleteConfig = AutocompleteConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
     features: list[FeatureDef] = Field(
         default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
         description="Feature definitions, one [[features]] table each.",

@@ -84,6 +84,8 @@ class Impression(_Event):
     experiment_arm: str | None = None
     context: dict[str, str] = Field(default_factory=dict)  # request context, e.g. {"device": "ios"}
     features: dict[str, float] = Field(default_factory=dict)
+    # the logging policy's probability of showing this item here (off-policy evaluation)
+    propensity: float | None = Field(None, gt=0, le=1)
 
 
 class Engagement(_Event):
@@ -201,6 +203,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("model_versions", pa.string()),  # JSON object
         pa.field("context", pa.string()),  # JSON object: request context
         pa.field("features", pa.string()),  # JSON object: feature values the ranker used
+        pa.field("propensity", pa.float64()),  # impressions: the serving policy's probability of it
     ]
 )
 _JSON_COLUMNS = ("attributes", "model_versions", "context", "features")

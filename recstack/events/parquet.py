@@ -314,6 +314,9 @@ class ParquetEventLog:
                 raise DataFormatError(self.root, None, f"cannot read the event log: {exc}") from exc
             finally:
                 con.close()
+        for name in EVENT_SCHEMA.names:  # files written before a column existed
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, EVENT_SCHEMA.field(name).type))
         return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
 
     def replay(

@@ -59,9 +59,10 @@ from starlette.routing import Match
 
 from recstack.autocomplete.normalize import normalize_prefix
 from recstack.autocomplete.service import Autocomplete
-from recstack.config import ScoreItems, Settings
-from recstack.errors import BackendUnavailableError, RecstackError
+from recstack.config import RetrievalConfig, ScoreItems, ServingConfig, Settings
+from recstack.errors import BackendUnavailableError, ConfigError, RecstackError
 from recstack.events.base import EventLog
+from recstack.experiments.assignment import Assigner, Variant
 from recstack.features.feed import logged_values
 from recstack.features.stores import KVStore
 from recstack.index.sources import US
@@ -168,8 +169,12 @@ class Runtime:
         bundle_source: Callable[[], tuple[str, Path] | None] | None = None,
         in_process_worker: bool = True,
         safety_source: Callable[[], tuple[str, Path] | None] | None = None,
+        model_source: Callable[[str], tuple[str, Path]] | None = None,
     ) -> None:
         self.settings = settings
+        self.model_source = model_source  # (version, folder) of a registered version or alias
+        self.assigner = Assigner(settings.experiments)
+        self.variants: dict[Variant, Pipeline] = {}  # each experiment arm's pipeline, side by side
         self.bus = bus
         cfg = settings.serving
         self.store = store if store is not None else state_store(settings)
@@ -246,9 +251,63 @@ class Runtime:
         bundle.meta["version"] = version
         with self.state.lock:
             pipeline = build_pipeline(self.settings, bundle, self.state, self.hold_unscored)
-        self.pipeline, self.version = pipeline, version  # one assignment each: requests see old or new
+        variants = self.build_variants(bundle, pipeline)
+        # one assignment each: requests see old or new
+        self.pipeline, self.variants, self.version = pipeline, variants, version
         freeze_heap()
         log.info("serving model version %s from %s", version, folder)
+
+    def build_variants(self, champion: ServingBundle, base: Pipeline) -> dict[Variant, Pipeline]:
+        """One pipeline per experiment variant: the base settings with the variant's [serving] and
+        [retrieval] keys overridden, on the champion or the model version the arm names. Raises
+        ConfigError (the champion keeps serving) for an arm whose model is not registered or whose
+        settings cannot serve."""
+        out: dict[Variant, Pipeline] = {}
+        bundles: dict[str, ServingBundle] = {}
+        for variant in self.assigner.variants():
+            model, serving, retrieval = self.assigner.overrides(variant)
+            if model is None and not serving and not retrieval:
+                out[variant] = base
+                continue
+            bundle = champion
+            if model is not None:
+                if model not in bundles:
+                    bundles[model] = self.load_version(model)
+                bundle = bundles[model]
+            try:
+                settings = self.settings.model_copy(
+                    update={
+                        "serving": ServingConfig.model_validate(self.settings.serving.model_dump() | serving),
+                        "retrieval": RetrievalConfig.model_validate(
+                            self.settings.retrieval.model_dump() | retrieval
+                        ),
+                    }
+                )
+            except ValidationError as exc:
+                raise ConfigError(f"experiment variant {variant.label}: invalid settings: {exc}") from exc
+            with self.state.lock:
+                out[variant] = build_pipeline(settings, bundle, self.state, self.hold_unscored)
+        return out
+
+    def load_version(self, model: str) -> ServingBundle:
+        if self.model_source is None:
+            raise ConfigError(
+                f"an experiment arm names model {model!r}, but this API has no registry to load it"
+            )
+        try:
+            version, folder = self.model_source(model)
+        except RecstackError as exc:
+            raise ConfigError(f"an experiment arm names model {model!r}: {exc}") from exc
+        bundle = ServingBundle.load(folder)
+        bundle.meta["version"] = version
+        return bundle
+
+    def pipeline_for(self, user_id: str | None) -> tuple[Pipeline | None, Variant]:
+        """The pipeline serving ``user_id`` and its variant (anonymous requests: the base one)."""
+        if user_id is None or not self.assigner.active:
+            return self.pipeline, Variant()
+        variant = self.assigner.assign(user_id)
+        return self.variants.get(variant, self.pipeline), variant
 
     def reload(self) -> bool:
         """Serve the source's current version if it changed; True when a new one was swapped in."""
@@ -555,6 +614,9 @@ class RecommendResponse(BaseModel):
     user_id: str | None
     items: list[RecommendedItem]
     model_version: str | None
+    experiments: dict[str, str] = Field(
+        default_factory=dict, description="The user's arm in each running experiment ([experiments])."
+    )
     degraded: bool
     degraded_stages: list[str] = Field(default_factory=list)
 
@@ -835,7 +897,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         n = body.n or cfg.default_n
         if n > cfg.max_n:
             raise HTTPException(422, f"n = {n} is more than [serving] max_n = {cfg.max_n}")
-        pipeline = runtime.pipeline
+        pipeline, variant = runtime.pipeline_for(body.user_id)
         if pipeline is None:
             detail = "no model is being served yet: train and promote one (recstack train, recstack promote)"
             if runtime.reload_error:
@@ -877,6 +939,8 @@ def create_app(runtime: Runtime) -> FastAPI:
                 json.dumps({"feed": version}),
                 json.dumps(body.context),
                 logged,
+                variant.label,
+                None if served.propensity is None else served.propensity.tolist(),
             )
             # applied now, so the user's next request cannot repeat it whatever the worker's lag
             # (a separate worker's next snapshot includes the same impressions)
@@ -901,6 +965,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             "user_id": body.user_id,
             "items": entries,
             "model_version": version,
+            "experiments": dict(variant.arms) if not variant.holdout else {"holdout": "holdout"},
             "degraded": bool(outcome.degraded) or not runtime.bus_ok,
             "degraded_stages": outcome.degraded,
         }
@@ -1369,4 +1434,20 @@ def registry_source(settings: Settings, name: str | None = None) -> Callable[[],
     return champion
 
 
-__all__ = ["Runtime", "bus_for", "create_app", "registry_source"]
+def registry_version(settings: Settings) -> Callable[[str], tuple[str, Path]]:
+    """(version, local folder) of a registered feed-model version (a number) or alias; RecstackError
+    when there is no such version."""
+    from recstack.registry import Registry
+
+    registry = Registry(settings)
+
+    def resolve(ref: str) -> tuple[str, Path]:
+        version = ref if ref.isdigit() else registry.alias(ref)
+        if version is None:
+            raise RecstackError(f"no model version has the alias {ref!r}")
+        return version, registry.fetch(version)
+
+    return resolve
+
+
+__all__ = ["Runtime", "bus_for", "create_app", "registry_source", "registry_version"]

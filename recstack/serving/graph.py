@@ -165,6 +165,16 @@ def build_pipeline(
         HeavyRankOp(bundle, heavy_encoder),
         value,
         RerankOp(bundle, cfg.diversity, cfg.diversity_lambda, cfg.creator_gap),
-        ExploreOp(cfg.explore_slots, fresh, safety, cfg.creator_gap),
+        ExploreOp(
+            cfg.explore_slots,
+            fresh,
+            safety,
+            cfg.creator_gap,
+            allocator=cfg.explore_allocator,
+            epsilon=cfg.explore_epsilon,
+            draws=cfg.explore_propensity_draws,
+        ),
     ]
+    if not cfg.rank:  # a baseline: the sources' merged order, filtered, with exploration
+        stages = [stages[0], stages[1], stages[-1]]
     return Pipeline(stages, alignment, bundle)

@@ -30,6 +30,8 @@ COLUMNS = (
     "model_versions",
     "context",
     "features",
+    "experiment_arm",
+    "propensity",
 )
 
 
@@ -55,8 +57,11 @@ class ImpressionBuffer:
         model_versions: str,
         context: str,
         features: Sequence[str],
+        experiment_arm: str | None = None,
+        propensity: Sequence[float] | None = None,
     ) -> list[str]:
-        """Buffer one served list (positions 0..n-1); returns the impression event ids."""
+        """Buffer one served list (positions 0..n-1) with the variant that served it and each
+        item's propensity (None: deterministic, logged as 1); returns the impression event ids."""
         n = len(item_ids)
         event_ids = [f"{request_id}:{pos}" for pos in range(n)]
         with self.lock:
@@ -71,6 +76,8 @@ class ImpressionBuffer:
             c["model_versions"].extend([model_versions] * n)
             c["context"].extend([context] * n)
             c["features"].extend(features)
+            c["experiment_arm"].extend([experiment_arm] * n)
+            c["propensity"].extend(propensity if propensity is not None else [1.0] * n)
         return event_ids
 
     def take(self) -> pa.Table | None:

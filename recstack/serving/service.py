@@ -9,7 +9,7 @@ import threading
 from recstack.config import EventLogBackend, OnlineBackend, Settings
 from recstack.errors import ConfigError
 from recstack.events.base import EventLog
-from recstack.serving.api import Runtime, bus_for, registry_source
+from recstack.serving.api import Runtime, bus_for, registry_source, registry_version
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker, keeps_features, state_store, sync_state
 
@@ -42,6 +42,7 @@ def make_runtime(settings: Settings, bus: EventLog | None = None) -> Runtime:
         bundle_source=registry_source(settings),
         in_process_worker=embedded,
         safety_source=registry_source(settings, settings.safety.model_name),
+        model_source=registry_version(settings),
     )
 
 

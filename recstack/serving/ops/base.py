@@ -38,7 +38,9 @@ class Candidates:
     """Columnar candidate set: ``items`` (N,) catalog indices, ``scores`` (N,) the current stage's
     scores, ``sources`` (N,) the retrieval source of each (an object array of names; a list given
     is converted), ``probs`` (N, T) heavy-ranker probabilities
-    (``tasks`` names the columns) once ranked, ``explore`` marks items placed by exploration."""
+    (``tasks`` names the columns) once ranked, ``explore`` marks items placed by exploration and
+    ``propensity`` (N,) is each item's probability of being shown by this policy (None: all 1, the
+    ranked slots are deterministic)."""
 
     items: np.ndarray
     scores: np.ndarray
@@ -46,6 +48,7 @@ class Candidates:
     probs: np.ndarray | None = None
     tasks: tuple[str, ...] = ()
     explore: np.ndarray | None = None
+    propensity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.sources, np.ndarray):
@@ -68,6 +71,7 @@ class Candidates:
             None if self.probs is None else self.probs[order],
             self.tasks,
             None if self.explore is None else self.explore[order],
+            None if self.propensity is None else self.propensity[order],
         )
 
 

@@ -1,14 +1,24 @@
-"""Exploration: a budget of ``slots`` positions per response for fresh items, chosen by Thompson
-sampling on each fresh item's Beta(1 + clicks, 1 + impressions - clicks) posterior of its click rate
-(the worker counts impressions and clicks). Candidates pass the same safety filter as the rest; a
-chosen item goes to evenly spaced positions (the first slot it fits without breaking creator
-spacing) and pushes the list's tail out. Marked ``explore`` and sourced ``explore`` in the response.
+"""Exploration: a budget of ``slots`` positions per response for fresh items, chosen by the
+configured allocator (``recstack.experiments.bandits``; Thompson sampling by default) from each
+fresh item's impression and click counts, which the worker keeps in the state. Thompson's Beta
+posteriors start from an empirical-Bayes prior fitted to the catalog's counts (refitted every
+``prior_every_s``). Candidates pass the same safety filter as the rest; a chosen item goes to evenly
+spaced positions (the first slot it fits without breaking creator spacing) and pushes the list's
+tail out. Marked ``explore`` and sourced ``explore`` in the response.
+
+Propensities: with ``draws`` > 0 the allocator is drawn that many more times over the eligible pool,
+and each chosen item's share of draws in which it is among the picks is its propensity (logged with
+the impression for off-policy evaluation; at least 1 / (2 draws)). Ranked slots keep propensity 1.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
+from recstack.config import Allocator
+from recstack.experiments.bandits import BetaPrior, Policy, fit_prior, make_policy, score_draws
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.filter import FilterOp
 from recstack.serving.ops.retrieve import StateFresh
@@ -20,13 +30,35 @@ class ExploreOp:
     critical = False
 
     def __init__(
-        self, slots: int, fresh: StateFresh, safety: FilterOp, creator_gap: int, pool: int = 500
+        self,
+        slots: int,
+        fresh: StateFresh,
+        safety: FilterOp,
+        creator_gap: int,
+        pool: int = 500,
+        allocator: Allocator = Allocator.thompson,
+        epsilon: float = 0.1,
+        draws: int = 0,
+        prior_every_s: float = 300.0,
     ) -> None:
         self.slots = slots
         self.fresh = fresh
         self.safety = safety
         self.gap = creator_gap
         self.pool = pool
+        self.allocator = allocator
+        self.epsilon = epsilon
+        self.draws = draws
+        self.prior_every_s = prior_every_s
+        self.prior = BetaPrior()
+        self.policy: Policy = make_policy(allocator, self.prior, epsilon)
+        self.prior_at = -np.inf
+
+    def refit_prior(self, state: FeedState) -> None:
+        """The empirical-Bayes prior from every item's counts (a sample of 5,000 items)."""
+        self.prior = fit_prior(state.impressions.values, state.clicks.values, max_items=5_000)
+        self.policy = make_policy(self.allocator, self.prior, self.epsilon)
+        self.prior_at = time.monotonic()
 
     def __call__(self, request: RecRequest, candidates: Candidates, state: FeedState) -> Candidates:
         n = request.n
@@ -39,9 +71,11 @@ class ExploreOp:
         # one posterior draw per fresh item, then eligibility (not already listed, passes the safety
         # filter) checked best draw first, a few at a time (doubling): the same choice as drawing for
         # the eligible items only (the draws are independent), without filtering the whole pool
-        clicks = state.clicks.values[fresh]
-        shown = state.impressions.values[fresh]
-        theta = request.rng.beta(1 + clicks, 1 + np.maximum(shown - clicks, 0))
+        if time.monotonic() - self.prior_at > self.prior_every_s:
+            self.refit_prior(state)
+        clicks = state.clicks.values[fresh].astype(np.float64)
+        shown = state.impressions.values[fresh].astype(np.float64)
+        theta = self.policy.scores(shown, clicks, request.rng)
         ranked = np.argsort(-theta)
         listed = set(candidates.items.tolist())
         picked: list[int] = []  # positions in fresh
@@ -60,6 +94,7 @@ class ExploreOp:
             return candidates
         best = np.array(picked, dtype=np.int64)
         chosen = Candidates(fresh[best], theta[best], _sources(len(best)))
+        propensity = self.propensities(request, candidates, state, fresh, shown, clicks, best)
 
         # positions of the final list, as indices into candidates (< size) or chosen (size + k)
         size = len(candidates)
@@ -74,12 +109,43 @@ class ExploreOp:
                     owners.insert(pos, creator)
                     break
         at = np.array(order[:n], dtype=np.int64)
+        ranked_p = candidates.propensity if candidates.propensity is not None else np.ones(size)
         return Candidates(
             np.concatenate([candidates.items, chosen.items])[at],
             np.concatenate([candidates.scores, chosen.scores])[at],
             np.concatenate([candidates.sources, chosen.sources])[at],
             explore=at >= size,
+            propensity=None if propensity is None else np.concatenate([ranked_p, propensity])[at],
         )
+
+    def propensities(
+        self,
+        request: RecRequest,
+        candidates: Candidates,
+        state: FeedState,
+        fresh: np.ndarray,
+        shown: np.ndarray,
+        clicks: np.ndarray,
+        best: np.ndarray,
+    ) -> np.ndarray | None:
+        """(len(best),) each picked item's share of ``draws`` fresh draws that pick it too."""
+        if self.draws <= 0:
+            return None
+        unlisted = fresh[~np.isin(fresh, candidates.items)]
+        passed = self.safety(
+            request, Candidates(unlisted, np.zeros(len(unlisted)), _sources(len(unlisted))), state
+        )
+        eligible = np.flatnonzero(np.isin(fresh, passed.items))  # positions in fresh
+        m = len(best)
+        hits = np.zeros(len(fresh))
+        theta = score_draws(self.policy, shown[eligible], clicks[eligible], request.rng, self.draws)  # (D, E)
+        if m < len(eligible):
+            top = np.argpartition(-theta, m - 1, axis=1)[:, :m]  # (D, m)
+            np.add.at(hits, eligible[top.ravel()], 1)
+        else:
+            hits[eligible] = self.draws
+        out: np.ndarray = np.maximum(hits[best] / self.draws, 1 / (2 * self.draws))
+        return out
 
 
 def _sources(n: int) -> np.ndarray:

@@ -1,0 +1,195 @@
+"""Where the next impressions go: allocators over items with Bernoulli click rates, each deciding
+from the items' (impressions, clicks) counts so far.
+
+Every allocator implements ``scores(impressions, clicks, rng) -> (N,)``: the item with the highest
+score gets the next impression (``allocate`` spreads a batch of impressions by repeated choice with
+counts updated in between, which is what the worker's counts do between requests).
+
+- ``Thompson``: one draw from each item's Beta posterior. The prior is Beta(a, b) fitted to all
+  items' counts by maximum marginal likelihood of the beta-binomial (empirical Bayes, ``fit_prior``),
+  so an item with few impressions starts at the catalog's typical rate, not at 1/2.
+- ``UCB1`` (Auer et al. 2002): mean + sqrt(2 ln t / n); untried items first.
+- ``Greedy``: the posterior mean (prior as Thompson's); ``EpsilonGreedy``: greedy, but a random
+  item with probability epsilon; ``Uniform``: a random item.
+
+``lai_robbins`` is the asymptotic lower bound on any consistent allocator's regret (Lai & Robbins
+1985): sum over suboptimal items of (p* - p_i) / KL(p_i, p*) times ln T.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scipy import optimize, special
+
+from recstack.config import Allocator
+from recstack.errors import RecstackError
+
+
+@dataclass(frozen=True)
+class BetaPrior:
+    a: float = 1.0
+    b: float = 1.0
+
+    @property
+    def mean(self) -> float:
+        return self.a / (self.a + self.b)
+
+
+def fit_prior(
+    impressions: np.ndarray, clicks: np.ndarray, max_items: int = 20_000, seed: int = 0
+) -> BetaPrior:
+    """Beta(a, b) maximizing the beta-binomial likelihood of the items' counts (items with at least
+    one impression; a random ``max_items`` of them when there are more). Beta(1, 1) when there is
+    nothing to fit (no impressions, or no clicks at all: the fit would run to a rate of 0)."""
+    n = np.asarray(impressions, dtype=np.float64)
+    k = np.asarray(clicks, dtype=np.float64)
+    seen = n > 0
+    n, k = n[seen], np.minimum(k[seen], n[seen])
+    if len(n) > max_items:
+        pick = np.random.default_rng(seed).choice(len(n), max_items, replace=False)
+        n, k = n[pick], k[pick]
+    if len(n) < 2 or k.sum() == 0 or k.sum() == n.sum():
+        return BetaPrior()
+
+    def loss(log_ab: np.ndarray) -> float:
+        a, b = np.exp(log_ab)
+        return -float(np.sum(special.betaln(k + a, n - k + b) - special.betaln(a, b)))
+
+    mean = k.sum() / n.sum()
+    start = np.log([mean * 10, (1 - mean) * 10])
+    result = optimize.minimize(loss, start, method="L-BFGS-B", bounds=[(-10, 12), (-10, 14)])
+    a, b = np.exp(result.x)
+    return BetaPrior(float(a), float(b))
+
+
+class Policy(Protocol):
+    def scores(self, impressions: np.ndarray, clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+
+
+class Thompson:
+    def __init__(self, prior: BetaPrior = BetaPrior()) -> None:
+        self.prior = prior
+
+    def scores(self, impressions: np.ndarray, clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        misses = np.maximum(impressions - clicks, 0)
+        out: np.ndarray = rng.beta(self.prior.a + clicks, self.prior.b + misses)
+        return out
+
+
+class Greedy:
+    def __init__(self, prior: BetaPrior = BetaPrior()) -> None:
+        self.prior = prior
+
+    def scores(self, impressions: np.ndarray, clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        mean = (self.prior.a + clicks) / (self.prior.a + self.prior.b + impressions)
+        # ties (unseen items share the prior mean) broken at random
+        out: np.ndarray = mean + 1e-12 * rng.random(len(mean))
+        return out
+
+
+class EpsilonGreedy(Greedy):
+    def __init__(self, epsilon: float = 0.1, prior: BetaPrior = BetaPrior()) -> None:
+        super().__init__(prior)
+        self.epsilon = epsilon
+
+    def scores(self, impressions: np.ndarray, clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() < self.epsilon:
+            out: np.ndarray = rng.random(len(impressions))
+            return out
+        return super().scores(impressions, clicks, rng)
+
+
+class UCB1:
+    def scores(self, impressions: np.ndarray, clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n = np.asarray(impressions, dtype=np.float64)
+        t = max(float(n.sum()), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bonus = np.sqrt(2 * math.log(t) / n)
+            out: np.ndarray = np.where(n > 0, clicks / n + bonus, np.inf)
+        return out + 1e-12 * rng.random(len(n))
+
+
+class Uniform:
+    def scores(self, impressions: np.ndarray, clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out: np.ndarray = rng.random(len(impressions))
+        return out
+
+
+def score_draws(
+    policy: Policy, impressions: np.ndarray, clicks: np.ndarray, rng: np.random.Generator, draws: int
+) -> np.ndarray:
+    """(draws, N): ``draws`` independent calls of ``policy.scores`` (one array call for Thompson)."""
+    if isinstance(policy, Thompson):
+        misses = np.maximum(impressions - clicks, 0)
+        size = (draws, len(impressions))
+        out: np.ndarray = rng.beta(policy.prior.a + clicks, policy.prior.b + misses, size=size)
+        return out
+    return np.stack([policy.scores(impressions, clicks, rng) for _ in range(draws)])
+
+
+def make_policy(kind: Allocator, prior: BetaPrior = BetaPrior(), epsilon: float = 0.1) -> Policy:
+    """The allocator ``kind`` names (``[serving] explore_allocator``)."""
+    if kind is Allocator.thompson:
+        return Thompson(prior)
+    if kind is Allocator.greedy:
+        return Greedy(prior)
+    if kind is Allocator.epsilon_greedy:
+        return EpsilonGreedy(epsilon, prior)
+    if kind is Allocator.ucb1:
+        return UCB1()
+    return Uniform()
+
+
+def allocate(
+    policy: Policy,
+    impressions: np.ndarray,
+    clicks: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    batch: int = 1,
+    rates: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spend ``budget`` impressions, ``batch`` at a time (each batch to the batch's best scores, one
+    impression an item), with the counts updated after each batch. Clicks of the new impressions are
+    drawn from ``rates`` (the simulator's truth) when given; without them the counts stay fixed and
+    the result is the allocation the current counts imply.
+
+    Returns (impressions given per item, clicks observed per item), shape (N,) each."""
+    n_items = len(impressions)
+    if budget < 0 or n_items == 0:
+        raise RecstackError("allocate: the budget must be >= 0 and there must be at least one item")
+    shown = np.asarray(impressions, dtype=np.float64).copy()
+    clicked = np.asarray(clicks, dtype=np.float64).copy()
+    given = np.zeros(n_items, dtype=np.int64)
+    got = np.zeros(n_items, dtype=np.int64)
+    left = budget
+    while left > 0:
+        size = min(batch, left, n_items)
+        scores = policy.scores(shown, clicked, rng)
+        chosen = np.argpartition(-scores, size - 1)[:size] if size < n_items else np.arange(n_items)
+        given[chosen] += 1
+        if rates is not None:
+            hits = rng.random(size) < rates[chosen]
+            got[chosen] += hits
+            shown[chosen] += 1
+            clicked[chosen] += hits
+        left -= size
+    return given, got
+
+
+def bernoulli_kl(p: float, q: float) -> float:
+    eps = 1e-15
+    p, q = min(max(p, eps), 1 - eps), min(max(q, eps), 1 - eps)
+    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+
+def lai_robbins(rates: np.ndarray, horizon: int) -> float:
+    """Lai–Robbins' asymptotic regret lower bound at ``horizon`` pulls: sum over suboptimal items of
+    (p* - p_i) / KL(p_i || p*) * ln(horizon)."""
+    best = float(np.max(rates))
+    constant = sum((best - p) / bernoulli_kl(float(p), best) for p in rates if p < best)
+    return float(constant * math.log(max(horizon, 1)))
