@@ -42,6 +42,11 @@ safety_app = typer.Typer(
     help="The unsafe-text classifier: train and register it, score the catalog.", no_args_is_help=True
 )
 app.add_typer(safety_app, name="safety")
+experiment_app = typer.Typer(
+    help="A/B tests and budgets: analyse an experiment from the log, allocate impressions.",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
 console = Console(soft_wrap=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="recstack.toml to read.")]
 
@@ -830,6 +835,119 @@ def safety_rescore(
         f"({decisions}); {done.considered - done.scored:,} already scored by it",
         highlight=False,
     )
+
+
+@experiment_app.command("report")
+def experiment_report(
+    name: Annotated[str, typer.Argument(help="The experiment's name in [experiments] tests.")],
+    config: ConfigOpt = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Where to write the plot (default: the state dir).")
+    ] = None,
+) -> None:
+    """Analyse an experiment from the event log: per-user metrics by arm against the control (Welch's
+    t-test, confidence intervals, CUPED on the primary metric), the sample-ratio check, the guardrails
+    and a ship decision per arm; writes a plot of every metric's relative difference."""
+    from recstack.experiments.report import analyse, find_experiment
+    from recstack.experiments.report import plot as draw
+
+    settings = _settings(config)
+    try:
+        test = find_experiment(settings, name)
+        report = analyse(settings, test, _log(settings).table())
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    users = ", ".join(f"{arm} {n:,}" for arm, n in report.users.items())
+    console.print(
+        f"experiment {name}: users {users}; sample ratio p = {report.ratio.p_value:.3g}"
+        + (" [bold red]MISMATCH[/]" if report.ratio.mismatch else "")
+        + (f"; {report.switched} users logged in two arms" if report.switched else ""),
+        highlight=False,
+    )
+    for arm in report.arms:
+        table = Table("metric", report.control, arm.arm, "difference", "95% interval", "relative", "p", "MDE")
+        rows = list(arm.comparisons.values()) + ([arm.cuped] if arm.cuped is not None else [])
+        for c in rows:
+            table.add_row(
+                c.metric, f"{c.mean_control:.5g}", f"{c.mean_treatment:.5g}", f"{c.diff:+.4g}",
+                f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}]", f"{c.rel_diff:+.2%}", f"{c.p_value:.3g}",
+                f"{c.mde:.3g}",
+            )  # fmt: skip
+        console.print(table)
+        if arm.cuped is not None:
+            console.print(
+                f"CUPED on {report.metric}: variance {arm.variance_reduction:.1%} lower", highlight=False
+            )
+        for g in arm.guardrails:
+            state = "passed" if g.passed else "[bold red]failed[/]"
+            console.print(f"guardrail {g.metric}: worst {g.worst:+.2%} (max drop {g.max_drop:.1%}) {state}")
+        verdict = "[bold green]ship[/]" if arm.decision.ship else "[bold]no ship[/]"
+        console.print(f"{arm.arm}: {verdict}: " + escape("; ".join(arm.decision.reasons)))
+    path = draw(report, plot or settings.paths.state_dir / "reports" / f"experiment-{name}.png")
+    console.print(f"plot: {path}", highlight=False)
+
+
+@experiment_app.command("budget")
+def experiment_budget(
+    counts: Annotated[Path, typer.Argument(help="CSV with columns item, impressions, clicks (day 0).")],
+    budget: Annotated[int, typer.Option("--budget", min=0, help="Impressions to allocate.")],
+    allocator: Annotated[
+        str, typer.Option("--allocator", help="thompson, ucb1, greedy, epsilon_greedy or uniform.")
+    ] = "thompson",
+    epsilon: Annotated[float, typer.Option("--epsilon", min=0, max=1)] = 0.1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the allocation as CSV here.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows to print.")] = 20,
+) -> None:
+    """Allocate the next day's impression budget from each item's day-0 counts: Thompson gives each
+    item the budget times its posterior probability of being the best (Beta posteriors, prior fitted
+    to all items by empirical Bayes); deterministic allocators give it to their top item."""
+    import numpy as np
+
+    from recstack.config import Allocator
+    from recstack.experiments.bandits import fit_prior, make_policy
+    from recstack.experiments.bandits import plan as allocate_plan
+
+    try:
+        kind = Allocator(allocator)
+    except ValueError:
+        raise _fail(
+            RecstackError(f"allocator {allocator!r} unknown; valid: {[a.value for a in Allocator]}")
+        ) from None
+    try:
+        frame = pd.read_csv(counts)
+    except (OSError, ValueError) as exc:
+        raise _fail(RecstackError(f"{counts}: {exc}")) from exc
+    missing = [c for c in ("item", "impressions", "clicks") if c not in frame.columns]
+    if missing:
+        raise _fail(RecstackError(f"{counts}: missing columns {missing} (has {list(frame.columns)})"))
+    if frame.empty:
+        raise _fail(RecstackError(f"{counts}: no items"))
+    try:
+        shown = pd.to_numeric(frame["impressions"], errors="raise").to_numpy(np.float64)
+        clicked = pd.to_numeric(frame["clicks"], errors="raise").to_numpy(np.float64)
+        prior = fit_prior(shown, clicked)
+        given = allocate_plan(
+            make_policy(kind, prior, epsilon), shown, clicked, budget, np.random.default_rng(seed)
+        )
+    except (RecstackError, ValueError) as exc:
+        raise _fail(RecstackError(f"{counts}: {exc}")) from exc
+    frame["allocated"] = given
+    frame["posterior_mean"] = (prior.a + clicked) / (prior.a + prior.b + shown)
+    console.print(
+        f"{len(frame):,} items; prior Beta({prior.a:.3g}, {prior.b:.3g}) (mean {prior.mean:.4g}); "
+        f"{budget:,} impressions by {kind.value}"
+        + (f"; {int((given > 0).sum())} items get some" if budget else ""),
+        highlight=False,
+    )
+    table = Table("item", "impressions", "clicks", "posterior mean", "allocated")
+    for row in frame.sort_values("allocated", ascending=False).head(top).itertuples():
+        table.add_row(str(row.item), f"{row.impressions:,}", f"{row.clicks:,}", f"{row.posterior_mean:.4f}",
+                      f"{row.allocated:,}")  # fmt: skip
+    console.print(table)
+    if out is not None:
+        frame.to_csv(out, index=False)
+        console.print(f"wrote {out}", highlight=False)
 
 
 @config_app.command("default")

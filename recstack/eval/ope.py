@@ -151,15 +151,31 @@ def evaluate(
     if unknown := sorted(set(names) - set(ESTIMATORS)):
         raise RecstackError(f"unknown estimators {unknown}; valid: {sorted(ESTIMATORS)}")
     _check_target(data, target)
+    # every estimator is a function of per-row terms: computed once, then resampled by row
+    w, r = _weights(data, target), np.asarray(data.rewards, dtype=np.float64)
+    e = _expected(target, q, data) if q is not None else np.zeros(len(data))
+    qa = _at(q, data) if q is not None else np.zeros(len(data))
+
+    def value(name: str, rows: np.ndarray | slice) -> float:
+        if name == "ips":
+            return float(np.mean(w[rows] * r[rows]))
+        if name == "snips":
+            total = float(w[rows].sum())
+            return float((w[rows] * r[rows]).sum() / total) if total > 0 else 0.0
+        if name == "dm":
+            return float(np.mean(e[rows]))
+        return float(np.mean(e[rows] + w[rows] * (r[rows] - qa[rows])))
+
+    if q is None and (needs := sorted({"dm", "dr"} & set(names))):
+        raise RecstackError(f"{needs} need a reward model")
     rng = np.random.default_rng(seed)
-    out = {}
     samples = [rng.integers(len(data), size=len(data)) for _ in range(rounds)]
+    out = {}
     for name in names:
-        fn = ESTIMATORS[name]
-        value = fn(data, target, q)
-        boot = np.array([fn(data.take(s), target[s], None if q is None else q[s]) for s in samples])
-        low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2]) if rounds else (value, value)
-        out[name] = Estimate(name, value, float(low), float(high))
+        point = value(name, slice(None))
+        boot = np.array([value(name, s) for s in samples])
+        low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2]) if rounds else (point, point)
+        out[name] = Estimate(name, point, float(low), float(high))
     return out
 
 

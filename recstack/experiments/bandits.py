@@ -128,7 +128,8 @@ def score_draws(
         size = (draws, len(impressions))
         out: np.ndarray = rng.beta(policy.prior.a + clicks, policy.prior.b + misses, size=size)
         return out
-    return np.stack([policy.scores(impressions, clicks, rng) for _ in range(draws)])
+    stacked: np.ndarray = np.stack([policy.scores(impressions, clicks, rng) for _ in range(draws)])
+    return stacked
 
 
 def make_policy(kind: Allocator, prior: BetaPrior = BetaPrior(), epsilon: float = 0.1) -> Policy:
@@ -179,6 +180,36 @@ def allocate(
             clicked[chosen] += hits
         left -= size
     return given, got
+
+
+def plan(
+    policy: Policy,
+    impressions: np.ndarray,
+    clicks: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    draws: int = 10_000,
+) -> np.ndarray:
+    """(N,) the next ``budget`` impressions split by the counts so far, with no feedback in between:
+    each item gets the share of ``draws`` policy draws in which it scores highest (for Thompson, the
+    posterior probability that it is the best item), rounded to whole impressions that add up to the
+    budget (largest remainders). Deterministic allocators (greedy, UCB1) give it all to their top."""
+    if budget < 0 or len(impressions) == 0:
+        raise RecstackError("plan: the budget must be >= 0 and there must be at least one item")
+    shown = np.asarray(impressions, dtype=np.float64)
+    clicked = np.asarray(clicks, dtype=np.float64)
+    if (shown < 0).any() or (clicked < 0).any() or (clicked > shown).any():
+        raise RecstackError("plan: counts must be >= 0 with clicks <= impressions for every item")
+    wins = np.zeros(len(shown))
+    for start in range(0, draws, 1_000):
+        scores = score_draws(policy, shown, clicked, rng, min(1_000, draws - start))  # (S, N)
+        wins += np.bincount(scores.argmax(axis=1), minlength=len(shown))
+    exact = budget * wins / wins.sum()
+    out: np.ndarray = np.floor(exact).astype(np.int64)
+    rest = int(budget - out.sum())
+    if rest > 0:
+        out[np.argsort(-(exact - out), kind="stable")[:rest]] += 1
+    return out
 
 
 def bernoulli_kl(p: float, q: float) -> float:

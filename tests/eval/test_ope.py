@@ -21,7 +21,7 @@ def _log(n: int = 20_000, seed: int = 11) -> tuple[LoggedData, np.ndarray, np.nd
 
 
 def test_estimators_recover_a_known_policy_value() -> None:
-    data, rate, truth = _log()
+    data, _rate, truth = _log()
     n = len(data)
     target = np.zeros((n, 5, 2))
     target[:, 4, :] = 1.0  # always the best action, in either slot

@@ -46,7 +46,10 @@ def test_assignment_is_stable_across_processes_and_follows_the_shares(tmp_path) 
     users = [f"user-{i}" for i in range(20_000)]
     variants = [assigner.assign(u) for u in users]
     here = [bucket("s", u) for u in users[:5]]
-    code = "from recstack.experiments.assignment import bucket; print([bucket('s', f'user-{i}') for i in range(5)])"
+    code = (
+        "from recstack.experiments.assignment import bucket; "
+        "print([bucket('s', f'user-{i}') for i in range(5)])"
+    )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert str(here) == there.strip()  # a fresh interpreter (another hash seed) agrees
     held = sum(v.holdout for v in variants) / len(users)

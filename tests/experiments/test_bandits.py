@@ -48,7 +48,7 @@ def test_thompson_spends_the_budget_where_the_clicks_are() -> None:
     zero = np.zeros(4)
     regrets = {}
     for name, policy in {"thompson": Thompson(), "ucb1": UCB1(), "uniform": Uniform()}.items():
-        given, got = allocate(policy, zero, zero, 20_000, np.random.default_rng(2), rates=rates)
+        given, _got = allocate(policy, zero, zero, 20_000, np.random.default_rng(2), rates=rates)
         assert given.sum() == 20_000
         regrets[name] = float((rates.max() - rates) @ given)
     assert regrets["thompson"] < regrets["ucb1"] < regrets["uniform"]
