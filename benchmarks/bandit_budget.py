@@ -1,9 +1,10 @@
 """The impression-budget problem on the simulator, where every item's true click rate is known.
 
-Items are the simulator's catalog (World.generate, seed 0); an item's true rate is its click
-probability at the top slot averaged over the users. Day 0: each item got Poisson(``day0``)
-impressions under a uniform policy, and their clicks. Day 1: a budget of ``budget`` impressions is
-spent ``batch`` at a time (one impression per item per batch), each allocator seeing the counts so
+Items are the simulator's catalog (World.generate, seed 0, click bias -4.5 for ad-like rates);
+an item's true rate is its click probability at the top slot averaged over the users. Day 0: each
+item got Poisson(``day0``) impressions under a uniform policy, and their clicks. Day 1: a budget of
+``budget`` impressions is spent ``batch`` at a time (each impression of a batch to the top item of
+its own draw of the allocator), each allocator seeing the counts so
 far (the worker's counts between requests). Regret = sum over impressions of (best rate - rate of
 the item shown). Allocators (recstack.experiments.bandits): Thompson (Beta posteriors, the prior
 fitted to the day-0 counts by empirical Bayes), uniform, greedy on the posterior mean, UCB1 and
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from _results import record
 
-from recstack.data.simulator import World, sigmoid
+from recstack.data.simulator import ResponseModel, World, sigmoid
 from recstack.experiments.bandits import (
     UCB1,
     BetaPrior,
@@ -46,7 +47,8 @@ FIGURES = Path(__file__).resolve().parent / "figures"
 
 
 def true_rates(n_items: int, seed: int) -> np.ndarray:
-    world = World.generate(n_users=2000, n_items=n_items, seed=seed)
+    # ad-like click rates (about 1-5%): the simulator's response with a lower click bias
+    world = World.generate(n_users=2000, n_items=n_items, seed=seed, response=ResponseModel(click_bias=-4.5))
     users = np.arange(world.n_users)
     rates = np.zeros(n_items)
     r = world.response
@@ -78,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100 items, 50k impressions, 2 seeds")
     parser.add_argument("--items", type=int, default=200)
-    parser.add_argument("--budget", type=int, default=500_000)
+    parser.add_argument("--budget", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--day0", type=float, default=200.0, help="mean day-0 impressions per item")
     parser.add_argument("--seeds", type=int, default=5)

@@ -154,10 +154,11 @@ def allocate(
     batch: int = 1,
     rates: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Spend ``budget`` impressions, ``batch`` at a time (each batch to the batch's best scores, one
-    impression an item), with the counts updated after each batch. Clicks of the new impressions are
-    drawn from ``rates`` (the simulator's truth) when given; without them the counts stay fixed and
-    the result is the allocation the current counts imply.
+    """Spend ``budget`` impressions, ``batch`` at a time, with the counts updated after each batch:
+    each impression of a batch goes to the top item of its own policy draw (for Thompson, one
+    posterior sample each, so a batch spreads over the items the posteriors still doubt; a
+    deterministic allocator gives the whole batch to its top item). Clicks of the new impressions
+    are drawn from ``rates`` (the simulator's truth) when given; without them the counts stay fixed.
 
     Returns (impressions given per item, clicks observed per item), shape (N,) each."""
     n_items = len(impressions)
@@ -169,15 +170,15 @@ def allocate(
     got = np.zeros(n_items, dtype=np.int64)
     left = budget
     while left > 0:
-        size = min(batch, left, n_items)
-        scores = policy.scores(shown, clicked, rng)
-        chosen = np.argpartition(-scores, size - 1)[:size] if size < n_items else np.arange(n_items)
-        given[chosen] += 1
+        size = min(batch, left)
+        picks = score_draws(policy, shown, clicked, rng, size).argmax(axis=1)  # (size,)
+        counts = np.bincount(picks, minlength=n_items)
+        given += counts
         if rates is not None:
-            hits = rng.random(size) < rates[chosen]
-            got[chosen] += hits
-            shown[chosen] += 1
-            clicked[chosen] += hits
+            hits = rng.binomial(counts, rates)
+            got += hits
+            shown += counts
+            clicked += hits
         left -= size
     return given, got
 

@@ -17,6 +17,7 @@ from recstack.experiments.bandits import (
     fit_prior,
     lai_robbins,
     make_policy,
+    plan,
     score_draws,
 )
 
@@ -62,9 +63,16 @@ def test_allocation_of_fixed_counts_and_bad_budgets() -> None:
     clicks = np.array([10.0, 50.0, 1.0])
     given, got = allocate(make_policy(Allocator.greedy), shown, clicks, 100, np.random.default_rng(0))
     assert given.tolist() == [0, 0, 100] and got.sum() == 0  # greedy: the best mean, 1 / 10
-    # a budget smaller than the number of items: each batch gives an item at most one impression
-    given, _ = allocate(Uniform(), np.zeros(50), np.zeros(50), 10, np.random.default_rng(0), batch=10)
-    assert given.sum() == 10 and given.max() == 1
+    # a budget smaller than the number of items: whole impressions, adding up to the budget
+    given = plan(Thompson(), np.zeros(50), np.zeros(50), 10, np.random.default_rng(0))
+    assert given.sum() == 10 and (given > 0).sum() <= 10
+    # Thompson's plan follows the posterior probability of being best: two clear leaders share it
+    given = plan(
+        Thompson(), np.array([1e4, 1e4, 1e4]), np.array([100.0, 500, 500]), 1000, np.random.default_rng(0)
+    )
+    assert given[0] == 0 and abs(int(given[1]) - 500) < 60 and given.sum() == 1000
+    with pytest.raises(RecstackError, match="clicks <= impressions"):
+        plan(Thompson(), np.array([1.0]), np.array([2.0]), 10, np.random.default_rng(0))
     with pytest.raises(RecstackError):
         allocate(Uniform(), np.zeros(0), np.zeros(0), 10, np.random.default_rng(0))
     with pytest.raises(RecstackError):

@@ -1,8 +1,8 @@
 """A closed-loop A/B test through the HTTP API: simulated users are split between the full feed and
 a popularity baseline (the live trending source in its own order, no rankers) by the configured
 experiment; their engagements go back through POST /v1/events; ``recstack experiment report``'s
-analysis of the log must contain the simulator's true lift in its interval (and detect it when it exceeds twice the
-minimum detectable effect)
+analysis of the log must contain the simulator's true lift in its interval (and detect it when
+it exceeds twice the minimum detectable effect)
 (the difference of the arms' per-user expected click rates of what each was actually served)."""
 
 from __future__ import annotations
