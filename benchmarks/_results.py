@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -110,3 +111,20 @@ def wait_until_up(url: str, process: Any, timeout_s: float = 300.0) -> None:
         if time.monotonic() > deadline or process.poll() is not None:
             raise SystemExit(f"{url} did not come up")
         time.sleep(0.3)
+
+
+def peer_env(venv: Path, installs: list[list[str]]) -> Path | None:
+    """The python of a peer's own virtual environment, created on first use by running each
+    ``pip install`` argument list in turn; None (and a message) when that fails."""
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    print(f"creating the peer environment in {venv} (one time)")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        for args in installs:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *args], check=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"peer unavailable: {exc}")
+        return None
+    return python

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 import yaml
-from _results import DATA_DIR, record
+from _results import DATA_DIR, peer_env, record
 
 from recstack.data.readers import read_open_bandit
 from recstack.eval.ope import LoggedData, evaluate, fit_reward_model
@@ -45,23 +45,15 @@ NAMES = {"ips": "ipw", "snips": "snipw", "dm": "dm", "dr": "dr"}
 
 
 def ensure_peer() -> Path | None:
-    python = PEER_VENV / "bin" / "python"
-    if python.exists():
-        return python
-    print("creating the obp peer environment in .bench/obp (one time)")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, "--no-deps", "--ignore-requires-python", "obp==0.5.7"], check=True)
-        subprocess.run(
-            [*pip, "numpy==2.4.6", "pandas==2.3.3", "scikit-learn==1.9.1", "scipy==1.17.1",
-             "pyyaml>=6.0.2", "matplotlib==3.11.2", "seaborn", "tqdm", "mypy-extensions", "torch==2.13.0"],
-            check=True,
-        )  # fmt: skip
-    except (subprocess.CalledProcessError, OSError) as exc:
-        print(f"peer unavailable: {exc}")
-        return None
-    return python
+    # obp declares python<3.11: installed without its pins, then the versions recstack runs
+    return peer_env(
+        PEER_VENV,
+        [
+            ["--no-deps", "--ignore-requires-python", "obp==0.5.7"],
+            ["numpy==2.4.6", "pandas==2.3.3", "scikit-learn==1.9.1", "scipy==1.17.1", "pyyaml>=6.0.2",
+             "matplotlib==3.11.2", "seaborn", "tqdm", "mypy-extensions", "torch==2.13.0"],
+        ],
+    )  # fmt: skip
 
 
 def bts_prior(python: Path | None, campaign: str) -> tuple[np.ndarray, np.ndarray]:

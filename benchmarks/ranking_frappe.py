@@ -34,7 +34,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import pandas as pd
 import torch
-from _results import DATA_DIR, bench_settings, record
+from _results import DATA_DIR, bench_settings, peer_env, record
 
 from recstack.data.readers import FRAPPE_FIELDS, read_frappe
 from recstack.data.splits import frappe_split
@@ -89,20 +89,7 @@ def evaluate(y_valid: np.ndarray, p_valid: np.ndarray, y: np.ndarray, p: np.ndar
 
 
 def ensure_peer() -> Path | None:
-    python = PEER_VENV / "bin" / "python"
-    if python.exists():
-        return python
-    print("creating the FuxiCTR peer environment in .bench/fuxictr (one time)")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "fuxictr==2.3.10", "torch==2.13.0", "polars<2"],
-            check=True,
-        )
-    except (subprocess.CalledProcessError, OSError) as exc:
-        print(f"peer unavailable: {exc}")
-        return None
-    return python
+    return peer_env(PEER_VENV, [["fuxictr==2.3.10", "torch==2.13.0", "polars<2"]])
 
 
 def run_peer(

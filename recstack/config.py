@@ -752,6 +752,13 @@ ARM_SERVING_KEYS = (
 ARM_RETRIEVAL_KEYS = ("sources", "ef_search", "recent")
 
 
+def _only(value: dict[str, Any], allowed: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``value`` if it sets only ``allowed`` keys, else ValueError naming the others."""
+    if unknown := sorted(set(value) - set(allowed)):
+        raise ValueError(f"{unknown} cannot differ {where}; it may set {list(allowed)}")
+    return value
+
+
 class ArmDef(Section):
     """One arm of an experiment: a served configuration."""
 
@@ -779,16 +786,12 @@ class ArmDef(Section):
     @field_validator("serving")
     @classmethod
     def _serving_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if unknown := sorted(set(value) - set(ARM_SERVING_KEYS)):
-            raise ValueError(f"{unknown} cannot differ per arm; an arm may set {list(ARM_SERVING_KEYS)}")
-        return value
+        return _only(value, ARM_SERVING_KEYS, "per arm")
 
     @field_validator("retrieval")
     @classmethod
     def _retrieval_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if unknown := sorted(set(value) - set(ARM_RETRIEVAL_KEYS)):
-            raise ValueError(f"{unknown} cannot differ per arm; an arm may set {list(ARM_RETRIEVAL_KEYS)}")
-        return value
+        return _only(value, ARM_RETRIEVAL_KEYS, "per arm")
 
 
 class Guardrail(Section):
@@ -873,9 +876,7 @@ class ExperimentsConfig(Section):
     @field_validator("holdout_serving")
     @classmethod
     def _holdout_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if unknown := sorted(set(value) - set(ARM_SERVING_KEYS)):
-            raise ValueError(f"{unknown} cannot differ for the holdout; it may set {list(ARM_SERVING_KEYS)}")
-        return value
+        return _only(value, ARM_SERVING_KEYS, "for the holdout")
 
     @model_validator(mode="after")
     def _layers_fit(self) -> ExperimentsConfig:
