@@ -63,15 +63,6 @@ class LoggedData:
     def __len__(self) -> int:
         return len(self.actions)
 
-    def take(self, rows: np.ndarray) -> LoggedData:
-        def pick(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[rows]
-
-        return LoggedData(
-            self.actions[rows], self.rewards[rows], self.propensities[rows],
-            pick(self.positions), pick(self.context),
-        )  # fmt: skip
-
 
 def _at(dist: np.ndarray, data: LoggedData, rows: np.ndarray | None = None) -> np.ndarray:
     """(n,) the distribution's entry at each row's logged action (and position)."""
@@ -101,31 +92,66 @@ def _weights(data: LoggedData, target: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class _Terms:
+    """The per-row quantities every estimator is a mean (or ratio) of: weights w, rewards r, the
+    reward model's value of the target e and its prediction at the logged action qa, each (n,)."""
+
+    w: np.ndarray
+    r: np.ndarray
+    e: np.ndarray | None
+    qa: np.ndarray | None
+
+
+def _terms(data: LoggedData, target: np.ndarray, q: np.ndarray | None) -> _Terms:
+    e = _expected(target, q, data) if q is not None else None
+    qa = _at(q, data) if q is not None else None
+    return _Terms(_weights(data, target), np.asarray(data.rewards, dtype=np.float64), e, qa)
+
+
+def _ips(t: _Terms, rows: np.ndarray | slice) -> float:
+    return float(np.mean(t.w[rows] * t.r[rows]))
+
+
+def _snips(t: _Terms, rows: np.ndarray | slice) -> float:
+    total = float(t.w[rows].sum())
+    return float((t.w[rows] * t.r[rows]).sum() / total) if total > 0 else 0.0
+
+
+def _dm(t: _Terms, rows: np.ndarray | slice) -> float:
+    if t.e is None:
+        raise RecstackError("the direct method needs a reward model")
+    return float(np.mean(t.e[rows]))
+
+
+def _dr(t: _Terms, rows: np.ndarray | slice) -> float:
+    if t.e is None or t.qa is None:
+        raise RecstackError("doubly robust estimation needs a reward model")
+    return float(np.mean(t.e[rows] + t.w[rows] * (t.r[rows] - t.qa[rows])))
+
+
+ESTIMATORS: dict[str, Callable[[_Terms, np.ndarray | slice], float]] = {
+    "ips": _ips,
+    "snips": _snips,
+    "dm": _dm,
+    "dr": _dr,
+}
+
+
 def ips(data: LoggedData, target: np.ndarray, q: np.ndarray | None = None) -> float:
-    return float(np.mean(_weights(data, target) * data.rewards))
+    return _ips(_terms(data, target, q), slice(None))
 
 
 def snips(data: LoggedData, target: np.ndarray, q: np.ndarray | None = None) -> float:
-    w = _weights(data, target)
-    total = float(w.sum())
-    return float((w * data.rewards).sum() / total) if total > 0 else 0.0
+    return _snips(_terms(data, target, q), slice(None))
 
 
 def dm(data: LoggedData, target: np.ndarray, q: np.ndarray | None = None) -> float:
-    if q is None:
-        raise RecstackError("the direct method needs a reward model")
-    return float(np.mean(_expected(target, q, data)))
+    return _dm(_terms(data, target, q), slice(None))
 
 
 def dr(data: LoggedData, target: np.ndarray, q: np.ndarray | None = None) -> float:
-    if q is None:
-        raise RecstackError("doubly robust estimation needs a reward model")
-    residual = data.rewards - _at(q, data)
-    return float(np.mean(_expected(target, q, data) + _weights(data, target) * residual))
-
-
-Estimator = Callable[[LoggedData, np.ndarray, "np.ndarray | None"], float]
-ESTIMATORS: dict[str, Estimator] = {"ips": ips, "snips": snips, "dm": dm, "dr": dr}
+    return _dr(_terms(data, target, q), slice(None))
 
 
 @dataclass(frozen=True)
@@ -145,35 +171,22 @@ def evaluate(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> dict[str, Estimate]:
-    """Each estimator's value with a percentile-bootstrap (1 - alpha) interval. DM and DR are left
-    out when there is no reward model."""
+    """Each estimator's value with a percentile-bootstrap (1 - alpha) interval (rows resampled; the
+    per-row terms are computed once). DM and DR are left out when there is no reward model."""
     names = estimators or [n for n in ESTIMATORS if q is not None or n in ("ips", "snips")]
     if unknown := sorted(set(names) - set(ESTIMATORS)):
         raise RecstackError(f"unknown estimators {unknown}; valid: {sorted(ESTIMATORS)}")
-    _check_target(data, target)
-    # every estimator is a function of per-row terms: computed once, then resampled by row
-    w, r = _weights(data, target), np.asarray(data.rewards, dtype=np.float64)
-    e = _expected(target, q, data) if q is not None else np.zeros(len(data))
-    qa = _at(q, data) if q is not None else np.zeros(len(data))
-
-    def value(name: str, rows: np.ndarray | slice) -> float:
-        if name == "ips":
-            return float(np.mean(w[rows] * r[rows]))
-        if name == "snips":
-            total = float(w[rows].sum())
-            return float((w[rows] * r[rows]).sum() / total) if total > 0 else 0.0
-        if name == "dm":
-            return float(np.mean(e[rows]))
-        return float(np.mean(e[rows] + w[rows] * (r[rows] - qa[rows])))
-
     if q is None and (needs := sorted({"dm", "dr"} & set(names))):
         raise RecstackError(f"{needs} need a reward model")
+    _check_target(data, target)
+    terms = _terms(data, target, q)
     rng = np.random.default_rng(seed)
     samples = [rng.integers(len(data), size=len(data)) for _ in range(rounds)]
     out = {}
     for name in names:
-        point = value(name, slice(None))
-        boot = np.array([value(name, s) for s in samples])
+        fn = ESTIMATORS[name]
+        point = fn(terms, slice(None))
+        boot = np.array([fn(terms, s) for s in samples])
         low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2]) if rounds else (point, point)
         out[name] = Estimate(name, point, float(low), float(high))
     return out

@@ -24,33 +24,36 @@ def team_draft(
     a: Sequence[int], b: Sequence[int], n: int, rng: np.random.Generator
 ) -> tuple[list[int], list[int]]:
     """Interleave rankings ``a`` and ``b`` into ``n`` items; returns (items, team of each item)."""
+    rankings = (a, b)
+    next_of = [0, 0]  # each ranker's first position not yet considered
     items: list[int] = []
     teams: list[int] = []
     taken: set[int] = set()
-    ia = ib = 0
     count = [0, 0]
+
+    def best_left(team: int) -> int | None:
+        """The position of the team's best item not yet taken (None: its ranking is used up)."""
+        ranking, pos = rankings[team], next_of[team]
+        while pos < len(ranking) and ranking[pos] in taken:
+            pos += 1
+        next_of[team] = pos
+        return pos if pos < len(ranking) else None
+
     while len(items) < n:
         # the team with fewer picks goes next; a tie is broken by a coin flip
         turn = TEAM_A if count[0] < count[1] else TEAM_B if count[1] < count[0] else int(rng.integers(2))
-        ranking, pos = (a, ia) if turn == TEAM_A else (b, ib)
-        while pos < len(ranking) and ranking[pos] in taken:
-            pos += 1
-        if pos >= len(ranking):  # this ranker is exhausted: the other picks
+        pos = best_left(turn)
+        if pos is None:  # this ranker is exhausted: the other picks
             turn = 1 - turn
-            ranking, pos = (a, ia) if turn == TEAM_A else (b, ib)
-            while pos < len(ranking) and ranking[pos] in taken:
-                pos += 1
-            if pos >= len(ranking):
+            pos = best_left(turn)
+            if pos is None:
                 break
-        item = int(ranking[pos])
+        item = int(rankings[turn][pos])
         items.append(item)
         teams.append(turn)
         taken.add(item)
         count[turn] += 1
-        if turn == TEAM_A:
-            ia = pos + 1
-        else:
-            ib = pos + 1
+        next_of[turn] = pos + 1
     return items, teams
 
 

@@ -37,6 +37,10 @@ def test_recommend_returns_items_sources_and_logs_impressions(
     assert [e["request_id"] for e in logged] == [body["request_id"]] * 8
     # every feature the rankers read, as serving computed it
     assert set(json.loads(logged[0]["features"])) == {f.name for f in runtime.pipeline.bundle.features}
+    # no experiment configured: no arm; ranked slots have propensity 1, exploration picks (0, 1]
+    assert body["experiments"] == {} and all(e["experiment_arm"] is None for e in logged)
+    for entry, row in zip(body["items"], logged, strict=True):
+        assert row["propensity"] == 1.0 if not entry["explore"] else 0 < row["propensity"] <= 1
     posted = client.post("/v1/recommend", json={"user_id": "never-seen", "n": 5}, headers=KEY)
     assert posted.status_code == 200 and len(posted.json()["items"]) == 5  # cold start: trending/fresh
 

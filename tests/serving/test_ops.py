@@ -210,7 +210,8 @@ def test_fresh_source_keeps_the_newest_in_order_with_a_partial_sort() -> None:
     assert np.array_equal(partial.fresh_items(now, k=300)[:300], alive[:300])  # deeper on demand
 
 
-def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
+@pytest.mark.parametrize("draws", [0, 64])
+def test_exploration_picks_the_best_draws_among_eligible_items_only(draws: int) -> None:
     """Listed, seen, removed and unsafe fresh items are never picked, however good their posterior;
     the picks are the eligible items with the best draws (a wide gap makes the draws' order sure)."""
     from recstack.safety.items import BLOCK
@@ -224,7 +225,7 @@ def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
     state.safety.data[1] = BLOCK  # blocked by moderation
     state.removed.data[2] = True  # removed
     listed = Candidates(np.array([0, 4]), np.zeros(2), ["a", "b"])  # already in the list
-    op = ExploreOp(3, StateFresh(state, 3600), FilterOp(), 0)
+    op = ExploreOp(3, StateFresh(state, 3600), FilterOp(), 0, draws=draws)
     for seed in range(20):
         request = RecRequest(  # item 3: seen by the user
             "u", 5, (now + 10) * 1_000_000, exclude=frozenset({3}), rng=np.random.default_rng(seed)
@@ -232,6 +233,28 @@ def test_exploration_picks_the_best_draws_among_eligible_items_only() -> None:
         out = op(request, listed, state)
         assert sorted(out.items[out.explore].tolist()) == [5, 6, 7]
         assert set(out.items[~out.explore].tolist()) == {0, 4}
+        if draws:  # sure picks: propensity 1; the ranked slots are deterministic
+            assert out.propensity is not None and (out.propensity == 1.0).all()
+        else:
+            assert out.propensity is None
+
+
+def test_exploration_propensity_is_the_share_of_draws_that_pick_the_item() -> None:
+    """Two fresh items with the same posterior share one slot: each is picked half the time, and
+    the logged propensity of the one shown is 1/2 within the noise of 4,000 draws."""
+    from recstack.serving.ops.explore import ExploreOp
+    from recstack.serving.ops.retrieve import StateFresh
+
+    now = 1_800_000_000
+    state = _fresh_catalog(2, now)
+    state.impressions.data[:2] = 1_000
+    state.clicks.data[:2] = 100
+    op = ExploreOp(1, StateFresh(state, 3600), FilterOp(), 0, draws=4_000)
+    request = RecRequest("u", 3, (now + 10) * 1_000_000, rng=np.random.default_rng(0))
+    out = op(request, Candidates.empty(), state)
+    assert out.propensity is not None and len(out) == 1
+    # binomial noise of 4,000 draws: sd 0.008
+    assert out.propensity[0] == pytest.approx(0.5, abs=0.04)
 
 
 class _Identity:

@@ -68,33 +68,23 @@ class ExploreOp:
         fresh = self.fresh.fresh_items(request.now_us, self.pool)[: self.pool]
         if not len(fresh):
             return candidates
-        # one posterior draw per fresh item, then eligibility (not already listed, passes the safety
-        # filter) checked best draw first, a few at a time (doubling): the same choice as drawing for
-        # the eligible items only (the draws are independent), without filtering the whole pool
+        # one allocator draw per fresh item; the best eligible ones take the slots
         if time.monotonic() - self.prior_at > self.prior_every_s:
             self.refit_prior(state)
         clicks = state.clicks.values[fresh].astype(np.float64)
         shown = state.impressions.values[fresh].astype(np.float64)
         theta = self.policy.scores(shown, clicks, request.rng)
-        ranked = np.argsort(-theta)
-        listed = set(candidates.items.tolist())
-        picked: list[int] = []  # positions in fresh
-        start, step = 0, 4 * slots
-        while len(picked) < slots and start < len(ranked):
-            part = ranked[start : start + step]
-            start, step = start + step, 2 * step
-            part = part[[i not in listed for i in fresh[part].tolist()]]
-            if len(part):
-                passed = self.safety(
-                    request, Candidates(fresh[part], theta[part], _sources(len(part))), state
-                )
-                kept = set(passed.items.tolist())
-                picked += [int(i) for i in part.tolist() if int(fresh[i]) in kept][: slots - len(picked)]
-        if not picked:
+        if self.draws > 0:  # the propensity draws need the whole pool's eligibility: filter it once
+            eligible = self.eligible(request, candidates, state, fresh)
+            best = eligible[np.argsort(-theta[eligible])[:slots]]
+        else:
+            best = self.pick(request, candidates, state, fresh, theta, slots)
+        if not len(best):
             return candidates
-        best = np.array(picked, dtype=np.int64)
         chosen = Candidates(fresh[best], theta[best], _sources(len(best)))
-        propensity = self.propensities(request, candidates, state, fresh, shown, clicks, best)
+        propensity = (
+            self.propensities(request, eligible, shown, clicks, best, len(fresh)) if self.draws > 0 else None
+        )
 
         # positions of the final list, as indices into candidates (< size) or chosen (size + k)
         size = len(candidates)
@@ -118,26 +108,57 @@ class ExploreOp:
             propensity=None if propensity is None else np.concatenate([ranked_p, propensity])[at],
         )
 
-    def propensities(
+    def pick(
         self,
         request: RecRequest,
         candidates: Candidates,
         state: FeedState,
         fresh: np.ndarray,
+        theta: np.ndarray,
+        slots: int,
+    ) -> np.ndarray:
+        """Positions in ``fresh`` of the best ``slots`` eligible draws (not already listed, passing
+        the safety filter), checked best draw first, a few at a time (doubling): the same choice as
+        drawing for the eligible items only (the draws are independent), without filtering the
+        whole pool."""
+        ranked = np.argsort(-theta)
+        listed = set(candidates.items.tolist())
+        picked: list[int] = []
+        start, step = 0, 4 * slots
+        while len(picked) < slots and start < len(ranked):
+            part = ranked[start : start + step]
+            start, step = start + step, 2 * step
+            part = part[[i not in listed for i in fresh[part].tolist()]]
+            if len(part):
+                passed = self.safety(
+                    request, Candidates(fresh[part], theta[part], _sources(len(part))), state
+                )
+                kept = set(passed.items.tolist())
+                picked += [int(i) for i in part.tolist() if int(fresh[i]) in kept][: slots - len(picked)]
+        return np.array(picked, dtype=np.int64)
+
+    def eligible(
+        self, request: RecRequest, candidates: Candidates, state: FeedState, fresh: np.ndarray
+    ) -> np.ndarray:
+        """Positions in ``fresh`` of the items not already listed that pass the safety filter."""
+        unlisted = fresh[~np.isin(fresh, candidates.items)]
+        pool = Candidates(unlisted, np.zeros(len(unlisted)), _sources(len(unlisted)))
+        out: np.ndarray = np.flatnonzero(np.isin(fresh, self.safety(request, pool, state).items))
+        return out
+
+    def propensities(
+        self,
+        request: RecRequest,
+        eligible: np.ndarray,
         shown: np.ndarray,
         clicks: np.ndarray,
         best: np.ndarray,
-    ) -> np.ndarray | None:
-        """(len(best),) each picked item's share of ``draws`` fresh draws that pick it too."""
-        if self.draws <= 0:
-            return None
-        unlisted = fresh[~np.isin(fresh, candidates.items)]
-        passed = self.safety(
-            request, Candidates(unlisted, np.zeros(len(unlisted)), _sources(len(unlisted))), state
-        )
-        eligible = np.flatnonzero(np.isin(fresh, passed.items))  # positions in fresh
+        n_fresh: int,
+    ) -> np.ndarray:
+        """(len(best),) each picked item's share of ``draws`` further draws over the ``eligible``
+        pool that pick it too (at least 1 / (2 draws))."""
         m = len(best)
-        hits = np.zeros(len(fresh))
+        hits = np.zeros(n_fresh)
         theta = score_draws(self.policy, shown[eligible], clicks[eligible], request.rng, self.draws)  # (D, E)
         if m < len(eligible):
             top = np.argpartition(-theta, m - 1, axis=1)[:, :m]  # (D, m)
