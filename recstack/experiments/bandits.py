@@ -132,6 +132,64 @@ def score_draws(
     return stacked
 
 
+def pick_probabilities(
+    policy: Policy,
+    impressions: np.ndarray,
+    clicks: np.ndarray,
+    m: int,
+    rng: np.random.Generator,
+    draws: int = 64,
+) -> np.ndarray:
+    """(N,) each item's probability of being among the top ``m`` scores of one ``policy.scores``
+    call: what a slate of ``m`` exploration picks shows it with (its propensity).
+
+    Exact for the allocators that are not random draws: greedy and UCB1 pick their top ``m`` (items
+    tied at the cut share the remaining picks), uniform picks each item with m / N, epsilon-greedy
+    mixes the two. Thompson is estimated from ``draws`` posterior draws, drawn only for contenders:
+    an item whose mean + 4 sd (normal approximation of its Beta) is below the m-th highest mean - 4 sd
+    is picked with probability below 1e-4 and counted as 0."""
+    n = len(impressions)
+    m = min(m, n)
+    shown = np.asarray(impressions, dtype=np.float64)
+    clicked = np.asarray(clicks, dtype=np.float64)
+    if m <= 0:
+        return np.zeros(n)
+    if isinstance(policy, Uniform):
+        even: np.ndarray = np.full(n, m / n)
+        return even
+    if isinstance(policy, Thompson):
+        a = policy.prior.a + clicked
+        b = policy.prior.b + np.maximum(shown - clicked, 0)
+        mean = a / (a + b)
+        sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+        floor = np.partition(mean - 4 * sd, n - m)[n - m] if m < n else -np.inf
+        contenders = np.flatnonzero(mean + 4 * sd >= floor)
+        out: np.ndarray = np.zeros(n)
+        if len(contenders) <= m:
+            out[contenders] = 1.0
+            return out
+        theta = rng.beta(a[contenders], b[contenders], size=(draws, len(contenders)))  # (D, C)
+        top = np.argpartition(-theta, m - 1, axis=1)[:, :m]  # (D, m)
+        np.add.at(out, contenders[top.ravel()], 1.0 / draws)
+        return out
+    if isinstance(policy, Greedy):
+        deterministic = (policy.prior.a + clicked) / (policy.prior.a + policy.prior.b + shown)
+    elif isinstance(policy, UCB1):
+        t = max(float(shown.sum()), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            deterministic = np.where(shown > 0, clicked / shown + np.sqrt(2 * math.log(t) / shown), np.inf)
+    else:
+        raise RecstackError(f"no pick probabilities for {type(policy).__name__}")
+    cut = np.sort(deterministic)[n - m]
+    above, tied = deterministic > cut, deterministic == cut
+    out = above.astype(np.float64)
+    out[tied] = (m - above.sum()) / tied.sum()
+    if isinstance(policy, EpsilonGreedy):
+        mixed: np.ndarray = (1 - policy.epsilon) * out + policy.epsilon * m / n
+        return mixed
+    return out
+
+
 def make_policy(kind: Allocator, prior: BetaPrior = BetaPrior(), epsilon: float = 0.1) -> Policy:
     """The allocator ``kind`` names (``[serving] explore_allocator``)."""
     if kind is Allocator.thompson:

@@ -17,6 +17,7 @@ from recstack.experiments.bandits import (
     fit_prior,
     lai_robbins,
     make_policy,
+    pick_probabilities,
     plan,
     score_draws,
 )
@@ -81,3 +82,20 @@ def test_allocation_of_fixed_counts_and_bad_budgets() -> None:
     assert draws.shape == (4000, 3)
     # Beta(2 + 50, 50 + 950) has mean 52 / 1052
     assert draws[:, 1].mean() == pytest.approx(52 / 1052, rel=0.01)
+
+
+@pytest.mark.parametrize("kind", list(Allocator))
+def test_pick_probabilities_match_the_frequencies_of_repeated_calls(kind: Allocator) -> None:
+    """Each item's pick probability for 2 slots against the share of 4,000 real calls of the policy
+    that put it in their top 2 (binomial noise: sd <= 0.008)."""
+    shown = np.array([500.0, 500, 500, 40, 0, 300])
+    clicks = np.array([25.0, 24, 10, 2, 0, 3])
+    policy = make_policy(kind, BetaPrior(2, 40), epsilon=0.2)
+    rng = np.random.default_rng(0)
+    counts = np.zeros(6)
+    calls = 4_000
+    for _ in range(calls):
+        counts[np.argsort(-policy.scores(shown, clicks, rng))[:2]] += 1
+    exact = pick_probabilities(policy, shown, clicks, 2, np.random.default_rng(1), draws=20_000)
+    assert exact.sum() == pytest.approx(2.0, abs=1e-6 if kind is not Allocator.thompson else 0.01)
+    assert exact == pytest.approx(counts / calls, abs=0.04)

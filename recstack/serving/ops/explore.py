@@ -6,9 +6,10 @@ posteriors start from an empirical-Bayes prior fitted to the catalog's counts (r
 spaced positions (the first slot it fits without breaking creator spacing) and pushes the list's
 tail out. Marked ``explore`` and sourced ``explore`` in the response.
 
-Propensities: with ``draws`` > 0 the allocator is drawn that many more times over the eligible pool,
-and each chosen item's share of draws in which it is among the picks is its propensity (logged with
-the impression for off-policy evaluation; at least 1 / (2 draws)). Ranked slots keep propensity 1.
+Propensities: with ``draws`` > 0 each chosen item's probability of being among the picks from the
+eligible pool is logged with the impression (off-policy evaluation): exact for greedy, UCB1,
+epsilon-greedy and uniform; for Thompson estimated from ``draws`` posterior draws of the items that
+can contend (at least 1 / (2 draws)). Ranked slots keep propensity 1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import numpy as np
 
 from recstack.config import Allocator
-from recstack.experiments.bandits import BetaPrior, Policy, fit_prior, make_policy, score_draws
+from recstack.experiments.bandits import BetaPrior, Policy, fit_prior, make_policy, pick_probabilities
 from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.filter import FilterOp
 from recstack.serving.ops.retrieve import StateFresh
@@ -155,17 +156,14 @@ class ExploreOp:
         best: np.ndarray,
         n_fresh: int,
     ) -> np.ndarray:
-        """(len(best),) each picked item's share of ``draws`` further draws over the ``eligible``
-        pool that pick it too (at least 1 / (2 draws))."""
-        m = len(best)
-        hits = np.zeros(n_fresh)
-        theta = score_draws(self.policy, shown[eligible], clicks[eligible], request.rng, self.draws)  # (D, E)
-        if m < len(eligible):
-            top = np.argpartition(-theta, m - 1, axis=1)[:, :m]  # (D, m)
-            np.add.at(hits, eligible[top.ravel()], 1)
-        else:
-            hits[eligible] = self.draws
-        out: np.ndarray = np.maximum(hits[best] / self.draws, 1 / (2 * self.draws))
+        """(len(best),) each picked item's probability of being picked from the ``eligible`` pool
+        (``pick_probabilities``: exact but for Thompson, estimated from ``draws`` draws; at least
+        1 / (2 draws))."""
+        p = np.zeros(n_fresh)
+        p[eligible] = pick_probabilities(
+            self.policy, shown[eligible], clicks[eligible], len(best), request.rng, self.draws
+        )
+        out: np.ndarray = np.clip(p[best], 1 / (2 * self.draws), 1.0)
         return out
 
 
