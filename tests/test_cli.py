@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,73 @@ def test_a_memory_state_with_a_separate_worker_is_refused(tmp_path: Path) -> Non
     for command in (["serve"], ["worker"]):
         result = runner.invoke(app, command, env=environ)
         assert result.exit_code == 1 and "[online] backend = 'memory'" in result.output, result.output
+
+
+EXPERIMENT_TOML = """
+[[experiments.tests]]
+name = "bigger-thumbnails"
+arms = [{ name = "control" }, { name = "big", serving = { explore_slots = 3 } }]
+"""
+
+
+def test_experiment_report_reads_the_arms_from_the_log(tmp_path: Path) -> None:
+    """A log whose treatment users click twice as often: the report finds the lift, ships, and
+    writes its plot; an experiment the config does not name is a clear error."""
+    import numpy as np
+
+    from recstack.config import load_settings
+    from recstack.events.parquet import ParquetEventLog
+    from recstack.experiments.assignment import Assigner
+    from recstack.schema import events_to_table, parse_event
+
+    config = tmp_path / "recstack.toml"
+    config.write_text(EXPERIMENT_TOML)
+    settings = load_settings(config, env(tmp_path))
+    assigner = Assigner(settings.experiments)
+    rng = np.random.default_rng(0)
+    start = int(time.time()) - 3_600
+    events = []
+    for u in range(400):
+        user = f"u{u}"
+        variant = assigner.assign(user)
+        rate = 0.2 if dict(variant.arms)["bigger-thumbnails"] == "big" else 0.1
+        for r in range(5):
+            for pos in range(4):
+                base = {"user_id": user, "item_id": f"i{(u + r + pos) % 50}", "request_id": f"{user}-{r}"}
+                events.append(
+                    {"event_id": f"{user}-{r}-{pos}", "kind": "impression", "timestamp": start + r,
+                     "position": pos, "experiment_arm": variant.label, **base}
+                )  # fmt: skip
+                if rng.random() < rate:
+                    events.append({"event_id": f"c-{user}-{r}-{pos}", "kind": "click",
+                                   "timestamp": start + r + 1, **base})  # fmt: skip
+    log = ParquetEventLog(settings.event_log_path())
+    log.append_table(events_to_table([parse_event(e) for e in events]))
+    log.close()
+    result = runner.invoke(
+        app, ["experiment", "report", "bigger-thumbnails", "-c", str(config)], env=env(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    assert "big: ship" in result.output and "sample ratio" in result.output
+    assert (tmp_path / "state" / "reports" / "experiment-bigger-thumbnails.png").stat().st_size > 0
+    missing = runner.invoke(app, ["experiment", "report", "nope", "-c", str(config)], env=env(tmp_path))
+    assert missing.exit_code == 1 and "no experiment named 'nope'" in missing.output
+
+
+def test_experiment_budget_allocates_and_refuses_bad_counts(tmp_path: Path) -> None:
+    counts = tmp_path / "day0.csv"
+    counts.write_text("item,impressions,clicks\na,1000,10\nb,1000,80\nc,10,1\n")
+    out = tmp_path / "plan.csv"
+    args = ["experiment", "budget", str(counts), "--budget", "1000", "--out", str(out)]
+    result = runner.invoke(app, args, env=env(tmp_path))
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    plan = pd.read_csv(out).set_index("item")["allocated"]
+    assert plan.sum() == 1000 and plan["a"] == 0 and plan["b"] > plan["c"] > 0
+    counts.write_text("item,shown\na,3\n")
+    bad = runner.invoke(app, ["experiment", "budget", str(counts), "--budget", "5"], env=env(tmp_path))
+    assert bad.exit_code == 1 and "missing columns ['impressions', 'clicks']" in bad.output
+    counts.write_text("item,impressions,clicks\na,3,5\n")
+    bad = runner.invoke(app, ["experiment", "budget", str(counts), "--budget", "5"], env=env(tmp_path))
+    assert bad.exit_code == 1 and "clicks <= impressions" in bad.output
