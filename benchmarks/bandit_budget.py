@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--budget", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=50)
-    parser.add_argument("--day0", type=float, default=200.0, help="mean day-0 impressions per item")
+    parser.add_argument("--day0", type=float, default=20.0, help="mean day-0 impressions per item")
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     if args.quick:

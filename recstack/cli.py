@@ -887,6 +887,59 @@ def experiment_report(
     console.print(f"plot: {path}", highlight=False)
 
 
+@experiment_app.command("ope")
+def experiment_ope(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(help="Model versions or aliases to estimate (default: challenger)."),
+    ] = None,
+    config: ConfigOpt = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Window start (ISO time; default: the whole log).")
+    ] = None,
+    requests: Annotated[
+        int, typer.Option("--requests", min=1, help="Logged requests replayed at most.")
+    ] = 2_000,
+) -> None:
+    """Estimate a registered model's click rate on the logs the serving version produced, before it
+    gets traffic: the logged requests are replayed through its pipeline on the state at the window's
+    start, and IPS, SNIPS, DM and DR (with bootstrap intervals) read the logged clicks and
+    propensities. The serving version is replayed too, as a check that the method recovers the
+    click rate it actually had."""
+    from recstack.serving.api import registry_version
+    from recstack.serving.replay import off_policy
+
+    settings = _settings(config)
+    try:
+        start = datetime.fromisoformat(since) if since else None
+        if start is not None and start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        report = off_policy(settings, _log(settings), models or ["challenger"], registry_version(settings),
+                            since=start, max_requests=requests)  # fmt: skip
+    except (RecstackError, OSError, ValueError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"{report.requests:,} logged requests ({report.impressions:,} impressions) since "
+        f"{report.start:%Y-%m-%d %H:%M} UTC, served by version {report.logged_version}: click rate "
+        f"{report.logged_ctr:.4f}",
+        highlight=False,
+    )
+    table = Table("model", "version", "agreement", "IPS", "SNIPS", "DM", "DR")
+    for policy in report.policies:
+        cells = [
+            f"{e.value:.4f} [{e.ci_low:.4f}, {e.ci_high:.4f}]" if (e := policy.estimates.get(k)) else "-"
+            for k in ("ips", "snips", "dm", "dr")
+        ]
+        label = policy.model + (" (serving: the check)" if policy.version == report.logged_version else "")
+        table.add_row(label, policy.version, f"{policy.agreement:.1%}", *cells)
+    console.print(table)
+    console.print(
+        "agreement: the share of logged impressions the replay reproduces; IPS and SNIPS see only those, "
+        "DM and DR carry the estimate where it is low",
+        highlight=False,
+    )
+
+
 @experiment_app.command("budget")
 def experiment_budget(
     counts: Annotated[Path, typer.Argument(help="CSV with columns item, impressions, clicks (day 0).")],

@@ -71,7 +71,7 @@ def holdout_start(log: EventLog, share: float, since: datetime | None) -> dateti
     return moment
 
 
-def _past_state(settings: Settings, log: EventLog, start: datetime) -> FeedState:
+def past_state(settings: Settings, log: EventLog, start: datetime) -> FeedState:
     """The live state as it stood at ``start``: every event before it applied, as the worker does."""
     state = FeedState.for_settings(settings)
     state.apply(log.replay(end=start))
@@ -198,7 +198,7 @@ def evaluate_bundles(
         )
     ).select(["user_id", "item_id"])
     truth = positives.to_pandas().drop_duplicates()
-    state = _past_state(settings, log, start)
+    state = past_state(settings, log, start)
     out = []
     for label, (version, folder) in bundles.items():
         bundle = ServingBundle.load(folder)

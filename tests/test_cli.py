@@ -175,3 +175,8 @@ def test_experiment_budget_allocates_and_refuses_bad_counts(tmp_path: Path) -> N
     counts.write_text("item,impressions,clicks\na,3,5\n")
     bad = runner.invoke(app, ["experiment", "budget", str(counts), "--budget", "5"], env=env(tmp_path))
     assert bad.exit_code == 1 and "clicks <= impressions" in bad.output
+
+
+def test_experiment_ope_on_a_log_without_served_impressions_fails_clearly(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["experiment", "ope", "challenger"], env=env(tmp_path))
+    assert result.exit_code == 1 and "no impressions with propensities" in result.output

@@ -179,9 +179,33 @@ def evaluate(
     if q is None and (needs := sorted({"dm", "dr"} & set(names))):
         raise RecstackError(f"{needs} need a reward model")
     _check_target(data, target)
-    terms = _terms(data, target, q)
+    return _bootstrap(_terms(data, target, q), names, rounds, alpha, seed)
+
+
+def evaluate_rows(
+    weights: np.ndarray,
+    rewards: np.ndarray,
+    expected: np.ndarray | None = None,
+    predicted: np.ndarray | None = None,
+    rounds: int = 500,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """``evaluate`` from per-row terms, for targets too large to write as a distribution over every
+    action (a catalog): (n,) importance weights pi_e(a_i, k_i) / p_i and rewards, and optionally
+    the reward model's value of the target's choice at each row (``expected``) and its prediction at
+    the logged action (``predicted``), which add DM and DR."""
+    n = len(weights)
+    if n == 0 or len(rewards) != n:
+        raise RecstackError(f"evaluate_rows: {n} weights and {len(rewards)} rewards (at least one row)")
+    terms = _Terms(np.asarray(weights, np.float64), np.asarray(rewards, np.float64), expected, predicted)
+    names = ["ips", "snips"] + (["dm", "dr"] if expected is not None and predicted is not None else [])
+    return _bootstrap(terms, names, rounds, alpha, seed)
+
+
+def _bootstrap(terms: _Terms, names: list[str], rounds: int, alpha: float, seed: int) -> dict[str, Estimate]:
     rng = np.random.default_rng(seed)
-    samples = [rng.integers(len(data), size=len(data)) for _ in range(rounds)]
+    samples = [rng.integers(len(terms.w), size=len(terms.w)) for _ in range(rounds)]
     out = {}
     for name in names:
         fn = ESTIMATORS[name]
