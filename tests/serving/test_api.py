@@ -434,3 +434,76 @@ def test_the_openapi_document_names_the_key_scheme_the_limits_and_the_event_sche
     assert n["schema"]["anyOf"][0]["maximum"] == 200  # [serving] max_n
     responses = spec["paths"]["/v1/events"]["post"]["responses"]
     assert {"200", "400", "401", "413", "422", "503"} <= set(responses)
+
+
+def test_experiment_arms_and_the_holdout_are_served_side_by_side(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    """An arm pinned to another registered version serves it, an arm's settings apply to its users
+    only, holdout users get the holdout's settings, and each impression logs its variant; an arm
+    naming a version the registry lacks refuses the load with the reason."""
+    from recstack.config import ExperimentsConfig
+    from recstack.experiments.assignment import Assigner
+    from recstack.registry.mlflow_registry import RegistryError
+
+    bundle = feed_world[2]
+
+    def registry(ref: str) -> tuple[str, Path]:
+        if ref != "2":
+            raise RegistryError(f"model 'recstack-feed' has no version {ref}")
+        return "2", bundle
+
+    experiments = ExperimentsConfig.model_validate(
+        {
+            "holdout": 0.2,
+            "holdout_serving": {"explore_slots": 0},
+            "tests": [
+                {
+                    "name": "v2",
+                    "arms": [{"name": "v1"}, {"name": "v2", "model": "2", "serving": {"explore_slots": 5}}],
+                }
+            ],
+        }
+    )
+    settings = feed_settings(tmp_path).model_copy(update={"experiments": experiments})
+    runtime = Runtime(
+        settings, feed_log, store=MemoryStore(), bundle_source=lambda: ("1", bundle), model_source=registry
+    )
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    runtime.start()
+    assigner = Assigner(experiments)
+    with TestClient(create_app(runtime)) as client:
+        seen = set()
+        for u in range(40):
+            body = client.get("/v1/recommend", params={"user_id": f"u{u}", "n": 10}, headers=KEY).json()
+            variant = assigner.assign(f"u{u}")
+            explored = sum(i["explore"] for i in body["items"])
+            if variant.holdout:
+                assert body["experiments"] == {"holdout": "holdout"} and explored == 0
+            elif dict(variant.arms)["v2"] == "v2":
+                assert body["model_version"] == "2" and body["experiments"] == {"v2": "v2"}
+            else:
+                assert body["model_version"] == "1" and body["experiments"] == {"v2": "v1"}
+            seen.add(json.dumps(body["experiments"], sort_keys=True))
+        assert len(seen) == 3  # all three variants were served
+        runtime.flush_impressions()
+        labels = feed_log.table(kinds=["impression"])["experiment_arm"].to_pylist()
+        assert {label for label in labels if label is not None} == {
+            '{"holdout": "holdout"}', '{"v2": "v1"}', '{"v2": "v2"}'
+        }  # fmt: skip
+    runtime.close()
+
+    broken = experiments.model_copy(
+        update={"tests": [experiments.tests[0].model_copy(update={"arms": [
+            experiments.tests[0].arms[0], experiments.tests[0].arms[1].model_copy(update={"model": "9"})
+        ]})]}
+    )  # fmt: skip
+    settings = feed_settings(tmp_path / "b").model_copy(update={"experiments": broken})
+    runtime = Runtime(
+        settings, feed_log, store=MemoryStore(), bundle_source=lambda: ("1", bundle), model_source=registry
+    )
+    assert not runtime.reload()
+    assert runtime.pipeline is None and "names model '9'" in (runtime.reload_error or "")
+    assert "no version 9" in (runtime.reload_error or "")
+    runtime.close()
