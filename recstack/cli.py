@@ -848,15 +848,29 @@ def experiment_report(
     """Analyse an experiment from the event log: per-user metrics by arm against the control (Welch's
     t-test, confidence intervals, CUPED on the primary metric), the sample-ratio check, the guardrails
     and a ship decision per arm; writes a plot of every metric's relative difference."""
-    from recstack.experiments.report import analyse, find_experiment
+    from recstack.config import Design
+    from recstack.experiments.report import analyse, analyse_interleaving, find_experiment
     from recstack.experiments.report import plot as draw
 
     settings = _settings(config)
     try:
         test = find_experiment(settings, name)
-        report = analyse(settings, test, _log(settings).table())
+        if test.design is Design.interleave:
+            mixed = analyse_interleaving(settings, test, _log(settings).table())
+        else:
+            report = analyse(settings, test, _log(settings).table())
     except (RecstackError, OSError) as exc:
         raise _fail(exc) from exc
+    if test.design is Design.interleave:
+        p, (first, second) = mixed.preference, mixed.arms
+        console.print(
+            f"experiment {name} (interleaved): {mixed.requests:,} requests, {mixed.decided:,} decided by "
+            f"clicks, {p.users:,} users; preference for {first} over {second}: {p.score:+.4f} "
+            f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}], p = {p.p_value:.3g}: "
+            + (f"{first if p.score > 0 else second} wins" if p.significant else "no significant preference"),
+            highlight=False,
+        )
+        return
     users = ", ".join(f"{arm} {n:,}" for arm, n in report.users.items())
     console.print(
         f"experiment {name}: users {users}; sample ratio p = {report.ratio.p_value:.3g}"

@@ -807,8 +807,14 @@ class Guardrail(Section):
     )
 
 
+class Design(StrEnum):
+    ab = "ab"
+    interleave = "interleave"
+
+
 class ExperimentDef(Section):
-    """An A/B test: users of its layer's share are split between its arms by a salted hash."""
+    """An experiment: its layer's share of users, split between the arms by a salted hash (ab), or
+    each shown the two arms' lists interleaved (interleave)."""
 
     name: str = Field(
         min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name."
@@ -820,6 +826,12 @@ class ExperimentDef(Section):
         "layers are orthogonal and must not set the same keys.",
     )
     fraction: float = Field(1.0, gt=0, le=1, description="Share of the layer's users in this experiment.")
+    design: Design = Field(
+        Design.ab,
+        description="ab: users split between the arms by weight; interleave: every user in the experiment "
+        "sees the team-draft interleaving of the two arms' lists, and a click credits the arm that "
+        "placed the item (exactly two arms; weights unused).",
+    )
     salt: str | None = Field(None, description="Salt of the arm split (default: the name).")
     enabled: bool = Field(True, description="False: no one is assigned (its users get the base config).")
     control: str | None = Field(
@@ -840,6 +852,12 @@ class ExperimentDef(Section):
         if len(set(names)) < len(names):
             raise ValueError(f"arm names must be unique, got {names}")
         return value
+
+    @model_validator(mode="after")
+    def _interleave_two(self) -> ExperimentDef:
+        if self.design is Design.interleave and len(self.arms) != 2:
+            raise ValueError(f"an interleaving experiment compares exactly two arms, got {len(self.arms)}")
+        return self
 
     @model_validator(mode="after")
     def _control_is_an_arm(self) -> ExperimentDef:
@@ -884,6 +902,9 @@ class ExperimentsConfig(Section):
         names = [t.name for t in self.tests]
         if len(set(names)) < len(names):
             raise ValueError(f"experiment names must be unique, got {names}")
+        interleaved = [t.name for t in self.tests if t.design is Design.interleave and t.enabled]
+        if len(interleaved) > 1:
+            raise ValueError(f"at most one interleaving experiment can run at a time, got {interleaved}")
         layers: dict[str, list[ExperimentDef]] = {}
         for t in self.tests:
             layers.setdefault(t.layer, []).append(t)

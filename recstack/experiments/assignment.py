@@ -9,7 +9,9 @@ hash with the experiment's salt picks the arm by weight (independent of the laye
 experiment's split does not depend on where its range lies).
 
 A ``Variant`` is what one user is served: the combination of their arms over all layers (or the
-holdout, or nothing). Serving builds one pipeline per variant.
+holdout, or nothing). Serving builds one pipeline per variant. A user in an interleaving experiment
+has the arm ``interleaved`` there; ``sides`` names the two variants whose lists they are shown
+interleaved.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from recstack.config import ArmDef, ExperimentDef, ExperimentsConfig
+from recstack.config import ArmDef, Design, ExperimentDef, ExperimentsConfig
 
 HOLDOUT = "holdout"
+INTERLEAVED = "interleaved"  # the arm of a user in an interleaving experiment: both
 
 
 def bucket(salt: str, user_id: str) -> float:
@@ -72,7 +75,8 @@ class Assigner:
             start = 0.0
             for test in tests:
                 if start <= point < start + test.fraction:
-                    arms.append((test.name, self.arm_of(test, user_id).name))
+                    arm = INTERLEAVED if test.design is Design.interleave else self.arm_of(test, user_id).name
+                    arms.append((test.name, arm))
                     break
                 start += test.fraction
         return Variant(tuple(sorted(arms)))
@@ -102,6 +106,20 @@ class Assigner:
         if self.config.holdout > 0:
             out.append(Variant(holdout=True))
         return out
+
+    def sides(self, variant: Variant) -> tuple[str, Variant, Variant] | None:
+        """For a variant in an interleaving experiment: (its name, the variant with its first arm,
+        with its second arm), the two lists the user's list interleaves; else None."""
+        for name, arm in variant.arms:
+            if arm == INTERLEAVED:
+                first, second = (a.name for a in self.tests[name].arms)
+                rest = tuple(p for p in variant.arms if p[0] != name)
+                return (
+                    name,
+                    Variant(tuple(sorted((*rest, (name, first))))),
+                    Variant(tuple(sorted((*rest, (name, second))))),
+                )
+        return None
 
     def overrides(self, variant: Variant) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
         """(model, serving overrides, retrieval overrides) of a variant."""

@@ -5,7 +5,9 @@ experiment's period are compared, arm by arm, with the control's (Welch). The pr
 compared after CUPED, with each user's same metric over the ``pre_days`` before the experiment's
 first impression as the covariate (0 for users new since). The arms' user counts are checked against
 their weights (sample-ratio mismatch), guardrails are checked for non-inferiority, and a ship decision
-is made per arm. ``plot`` draws each metric's relative difference with its interval.
+is made per arm. ``plot`` draws each metric's relative difference with its interval. An
+interleaving experiment is analysed by ``analyse_interleaving``: per-request wins, per-user
+preference.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pyarrow.compute as pc
 
 from recstack.config import ExperimentDef, Settings
 from recstack.errors import RecstackError
+from recstack.events.join import join_engagements
 from recstack.experiments.analysis import (
     Comparison,
     Decision,
@@ -31,6 +34,8 @@ from recstack.experiments.analysis import (
     srm,
     welch,
 )
+from recstack.experiments.assignment import parse_label
+from recstack.experiments.interleaving import Preference, preference
 from recstack.experiments.metrics import LOWER_IS_BETTER, METRICS, arms_of, experiment_start, user_metrics
 
 
@@ -64,6 +69,34 @@ def find_experiment(settings: Settings, name: str) -> ExperimentDef:
     raise RecstackError(
         f"no experiment named {name!r} in [experiments] tests (configured: {known or 'none'})"
     )
+
+
+@dataclass
+class InterleaveReport:
+    name: str
+    arms: tuple[str, str]
+    requests: int  # interleaved requests in the log
+    decided: int  # of those, requests where one arm got more clicks
+    preference: Preference  # per user: share of decided requests the first arm won - 1/2
+
+
+def analyse_interleaving(settings: Settings, test: ExperimentDef, events: pa.Table) -> InterleaveReport:
+    """Per request, the arm whose items got more clicks wins; per user, the share of their decided
+    requests the first arm won, tested against 1/2."""
+    first, second = (a.name for a in test.arms)
+    joined = join_engagements(events, settings.event_log.attribution_window_s).table
+    frame = joined.select(["request_id", "user_id", "experiment_arm", "click"]).to_pandas()
+    labels = {label: parse_label(label).get(test.name) for label in frame["experiment_arm"].dropna().unique()}
+    frame["arm"] = frame["experiment_arm"].map(labels)
+    frame = frame[frame["arm"].isin([first, second])]
+    if frame.empty:
+        raise RecstackError(f"experiment {test.name!r} has no interleaved impressions in the log yet")
+    frame["a"] = (frame["arm"] == first) * frame["click"]
+    frame["b"] = (frame["arm"] == second) * frame["click"]
+    per_request = frame.groupby("request_id").agg(user=("user_id", "first"), a=("a", "sum"), b=("b", "sum"))
+    credits = np.sign(per_request["a"] - per_request["b"]).to_numpy()
+    pref = preference(per_request["user"].to_numpy(), credits, settings.experiments.alpha)
+    return InterleaveReport(test.name, (first, second), len(per_request), int((credits != 0).sum()), pref)
 
 
 def analyse(settings: Settings, test: ExperimentDef, events: pa.Table) -> ExperimentReport:

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from recstack.safety.model import SafetyModel
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.impressions import ImpressionBuffer
+from recstack.serving.interleave import interleave
 from recstack.serving.ops.base import RecRequest
 from recstack.serving.ops.rank import served_features
 from recstack.serving.state import FeedState
@@ -906,27 +907,43 @@ def create_app(runtime: Runtime) -> FastAPI:
         state = runtime.state
         request_id = uuid.uuid4().hex
         now_us = int(time.time() * US)
+        sides = runtime.assigner.sides(variant)
+        labels: str | list[str | None] | None = variant.label
         with state.lock:
             user = state.user(body.user_id)
-            request = RecRequest(
-                body.user_id,
-                n,
-                now_us,
-                body.surface,
-                body.context,
-                tuple(user.history) if user else (),
-                state.excluded(body.user_id),  # a view, read under the lock
-                rng=np.random.default_rng(runtime.rng.integers(2**63)),
-            )
-            outcome = pipeline.run(request, state)
-            served = outcome.candidates
+
+            def request_for() -> RecRequest:
+                return RecRequest(
+                    body.user_id,
+                    n,
+                    now_us,
+                    body.surface,
+                    body.context,
+                    tuple(user.history) if user else (),
+                    state.excluded(body.user_id),  # a view, read under the lock
+                    rng=np.random.default_rng(runtime.rng.integers(2**63)),
+                )
+
+            request = request_for()
+            if sides is None:
+                outcomes = [pipeline.run(request, state)]
+                served = outcomes[0].candidates
+            else:  # both arms' lists on the same request, interleaved
+                _, first, second = sides
+                pipeline = runtime.variants[first]
+                outcomes = [pipeline.run(request, state), runtime.variants[second].run(request_for(), state)]
+                draft_rng = np.random.default_rng(request.rng.integers(2**63))
+                served, teams = interleave(outcomes[0].candidates, outcomes[1].candidates, n, draft_rng)
+                labels = [first.label if t == 0 else second.label for t in teams]  # each item's arm
             item_ids = [state.item_ids[i] for i in served.items]
             logged = _feature_rows(request, served.items, pipeline, state)
         metrics = runtime.metrics
-        for stage, ms in outcome.timings_ms.items():
-            metrics.observe_stage(stage, ms / 1e3, outcome.sizes[stage])
-        for stage in outcome.degraded:
-            runtime.metrics.degraded.labels(stage).inc()
+        for ran in outcomes:
+            for stage, ms in ran.timings_ms.items():
+                metrics.observe_stage(stage, ms / 1e3, ran.sizes[stage])
+            for stage in ran.degraded:
+                runtime.metrics.degraded.labels(stage).inc()
+        degraded = sorted({stage for ran in outcomes for stage in ran.degraded})
         explore = served.explore if served.explore is not None else np.zeros(len(served), dtype=bool)
         version = pipeline.bundle.version
         if body.user_id is not None:
@@ -939,8 +956,10 @@ def create_app(runtime: Runtime) -> FastAPI:
                 json.dumps({"feed": version}),
                 json.dumps(body.context),
                 logged,
-                variant.label,
+                labels,
+                # interleaving's coin flips are not a logging probability: such lists log none
                 None if served.propensity is None else served.propensity.tolist(),
+                known_propensity=sides is None,
             )
             # applied now, so the user's next request cannot repeat it whatever the worker's lag
             # (a separate worker's next snapshot includes the same impressions)
@@ -966,8 +985,8 @@ def create_app(runtime: Runtime) -> FastAPI:
             "items": entries,
             "model_version": version,
             "experiments": dict(variant.arms) if not variant.holdout else {"holdout": "holdout"},
-            "degraded": bool(outcome.degraded) or not runtime.bus_ok,
-            "degraded_stages": outcome.degraded,
+            "degraded": bool(degraded) or not runtime.bus_ok,
+            "degraded_stages": degraded,
         }
         metrics.recommend_latency.observe(time.perf_counter() - started)
         return response

@@ -57,11 +57,13 @@ class ImpressionBuffer:
         model_versions: str,
         context: str,
         features: Sequence[str],
-        experiment_arm: str | None = None,
+        experiment_arm: str | Sequence[str | None] | None = None,
         propensity: Sequence[float] | None = None,
+        known_propensity: bool = True,
     ) -> list[str]:
-        """Buffer one served list (positions 0..n-1) with the variant that served it and each
-        item's propensity (None: deterministic, logged as 1); returns the impression event ids."""
+        """Buffer one served list (positions 0..n-1) with the variant that served it (one label, or
+        one per item) and each item's propensity (None: deterministic, logged as 1; none at all
+        without ``known_propensity``); returns the impression event ids."""
         n = len(item_ids)
         event_ids = [f"{request_id}:{pos}" for pos in range(n)]
         with self.lock:
@@ -76,8 +78,16 @@ class ImpressionBuffer:
             c["model_versions"].extend([model_versions] * n)
             c["context"].extend([context] * n)
             c["features"].extend(features)
-            c["experiment_arm"].extend([experiment_arm] * n)
-            c["propensity"].extend(propensity if propensity is not None else [1.0] * n)
+            arms = (
+                [experiment_arm] * n
+                if experiment_arm is None or isinstance(experiment_arm, str)
+                else experiment_arm
+            )
+            c["experiment_arm"].extend(arms)
+            if not known_propensity:
+                c["propensity"].extend([None] * n)
+            else:
+                c["propensity"].extend(propensity if propensity is not None else [1.0] * n)
         return event_ids
 
     def take(self) -> pa.Table | None:

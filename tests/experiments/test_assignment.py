@@ -101,6 +101,18 @@ def test_labels_round_trip_and_overrides_merge(tmp_path) -> None:  # type: ignor
             '[[experiments.tests]]\nname = "a"\ncontrol = "z"\narms = [{name = "x"}, {name = "y"}]\n',
             "not an arm",
         ),
+        (
+            '[[experiments.tests]]\nname = "a"\ndesign = "interleave"\n'
+            'arms = [{name = "x"}, {name = "y"}, {name = "z"}]\n',
+            "exactly two arms",
+        ),
+        (
+            '[[experiments.tests]]\nname = "a"\nlayer = "l1"\ndesign = "interleave"\n'
+            'arms = [{name = "x"}, {name = "y"}]\n'
+            '[[experiments.tests]]\nname = "b"\nlayer = "l2"\ndesign = "interleave"\n'
+            'arms = [{name = "x"}, {name = "y"}]\n',
+            "at most one interleaving",
+        ),
     ],
 )
 def test_bad_experiment_configs_are_clear_errors(tmp_path, text: str, message: str) -> None:  # type: ignore[no-untyped-def]

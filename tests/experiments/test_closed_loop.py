@@ -128,3 +128,93 @@ def test_ab_through_the_api_detects_the_true_lift(
     assert ctr.ci_low <= true_lift <= ctr.ci_high, (ctr, true_lift)
     if abs(true_lift) > 2 * ctr.mde:
         assert ctr.significant, (ctr, true_lift)
+
+
+INTERLEAVED = """
+[[experiments.tests]]
+name = "pop-vs-feed"
+design = "interleave"
+
+[[experiments.tests.arms]]
+name = "feed"
+
+[[experiments.tests.arms]]
+name = "popularity"
+serving = { rank = false, explore_slots = 0 }
+retrieval = { sources = { trending = 200 } }
+"""
+
+
+def test_interleaving_through_the_api_credits_each_arm_its_own_items(
+    feed_world: tuple[World, Path, Path], feed_log: ParquetEventLog, tmp_path: Path
+) -> None:
+    """Every user sees both arms' lists team-drafted: each list has no repeats and about half of
+    it from each arm, every impression logs the arm that placed it (and no propensity: the draft's
+    coin flips are not a logging probability), and the analysis's preference agrees in sign with
+    the simulator's expected clicks of each arm's items whenever it is significant."""
+    from recstack.experiments.assignment import parse_label
+    from recstack.experiments.report import analyse_interleaving
+
+    world = feed_world[0]
+    (tmp_path / "recstack.toml").write_text(INTERLEAVED)
+    experiments = load_settings(tmp_path / "recstack.toml", {}).experiments
+    settings = feed_settings(tmp_path / "state").model_copy(update={"experiments": experiments})
+    runtime = Runtime(settings, feed_log, store=MemoryStore(), bundle_source=lambda: ("1", feed_world[2]))
+    runtime.rng = np.random.default_rng(0)
+    assert runtime.worker is not None
+    runtime.worker.drain()
+    runtime.start()
+    now = time.time()
+    ids: list[str] = []
+    try:
+        with TestClient(create_app(runtime), headers=KEY) as client:
+            history = feed_log.table(kinds=["click"]).to_pylist()[-2_000:]  # trending needs recent clicks
+            warm = [
+                {"event_id": f"warm-{r['event_id']}", "kind": "click", "user_id": r["user_id"],
+                 "item_id": r["item_id"], "timestamp": now - 60}
+                for r in history
+            ]  # fmt: skip
+            client.post("/v1/events", json=warm).raise_for_status()
+            runtime.worker.drain()
+
+            def call(user_id: str, k: int) -> list[str]:
+                body = client.get("/v1/recommend", params={"user_id": user_id, "n": k}).json()
+                assert body["experiments"] == {"pop-vs-feed": "interleaved"}
+                ids.append(body["request_id"])
+                items = [entry["item_id"] for entry in body["items"]]
+                assert len(set(items)) == len(items) == k
+                return items
+
+            sim = Simulator(world, seed=13, requests_per_day=5_000)
+            for table in sim.run(FunctionPolicy(world, call), 1_000, 100):
+                clicks = [
+                    {"event_id": f"sim-{r['event_id']}", "kind": "click", "user_id": r["user_id"],
+                     "item_id": r["item_id"], "request_id": ids[int(r["request_id"][1:])],
+                     "timestamp": time.time()}
+                    for r in table.to_pylist() if r["kind"] == "click"
+                ]  # fmt: skip
+                if clicks:
+                    client.post("/v1/events", json=clicks).raise_for_status()
+                runtime.worker.drain()
+            runtime.flush_impressions()
+    finally:
+        runtime.close()
+
+    shown = feed_log.table(kinds=["impression"]).to_pandas()
+    shown = shown[shown["request_id"].isin(ids)]
+    assert len(shown) == 10_000 and shown["propensity"].isna().all()
+    shown["arm"] = shown["experiment_arm"].map(lambda s: parse_label(s)["pop-vs-feed"])
+    per_request = shown.groupby("request_id")["arm"].apply(lambda a: (a == "feed").sum())
+    # team draft: 5 each, or 4 and 6; the feed fills what popularity lacks when its list runs short
+    assert (per_request >= 4).all() and per_request.between(4, 6).mean() > 0.5
+    # the truth: expected clicks of each arm's items at their slots
+    users = shown["user_id"].str[1:].astype(int).to_numpy()
+    items = shown["item_id"].str[1:].astype(int).to_numpy()
+    expected = world.probabilities(users, items[:, None])["click"][:, 0] * world.response.examination(
+        shown["position"].to_numpy()
+    )
+    feed_minus_pop = float(expected[shown["arm"] == "feed"].sum() - expected[shown["arm"] != "feed"].sum())
+    report = analyse_interleaving(settings, experiments.tests[0], feed_log.table())
+    assert report.arms == ("feed", "popularity") and report.requests == 1_000
+    if report.preference.significant:
+        assert np.sign(report.preference.score) == np.sign(feed_minus_pop), (report, feed_minus_pop)
