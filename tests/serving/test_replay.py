@@ -41,7 +41,7 @@ def test_the_serving_version_replayed_recovers_its_own_click_rate(
                 return [entry["item_id"] for entry in body["items"]]
 
             sim = Simulator(world, seed=21, requests_per_day=5_000)
-            for table in sim.run(FunctionPolicy(world, call), 1_500, 250):
+            for table in sim.run(FunctionPolicy(world, call), 800, 200):
                 clicks = [
                     {"event_id": f"sim-{r['event_id']}", "kind": "click", "user_id": r["user_id"],
                      "item_id": r["item_id"], "request_id": ids[int(r["request_id"][1:])],
@@ -53,7 +53,7 @@ def test_the_serving_version_replayed_recovers_its_own_click_rate(
     finally:
         runtime.close()
     report = off_policy(settings, feed_log, ["1"], resolve, rounds=300)
-    assert report.logged_version == "1" and report.requests == 1_500 and report.impressions == 15_000
+    assert report.logged_version == "1" and report.requests == 800 and report.impressions == 8_000
     (check,) = report.policies
     # the replay rebuilds the state the API served from: most slots are reproduced (exploration
     # draws and the worker's timing differ)
