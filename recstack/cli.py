@@ -414,6 +414,117 @@ def _train_feed(
     )
 
 
+@app.command()
+def monitor(
+    config: ConfigOpt = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Window start (ISO-8601, UTC if naive); default: [monitoring] window_s before --until."
+        ),
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="Window end (exclusive); default: now.")] = None,
+    every: Annotated[
+        float | None,
+        typer.Option(help="Repeat every this many seconds on the latest window (default: once)."),
+    ] = None,
+    act: Annotated[
+        bool | None,
+        typer.Option(
+            "--act/--no-act", help="Act on breaches (retrain, recalibrate); default: [monitoring] act."
+        ),
+    ] = None,
+    show: Annotated[str, typer.Option(help="Findings printed: breaches, all.")] = "breaches",
+    fail_on_breach: Annotated[
+        bool, typer.Option("--fail-on-breach", help="Exit with status 3 when a check breached (alerting).")
+    ] = False,
+) -> None:
+    """Check a window of the serving log: feature and prediction drift against the reference,
+    calibration, train/serve skew and online metrics; records every finding in the monitoring table
+    and acts on breaches (docs/monitoring.md)."""
+    import signal
+
+    from recstack.monitoring.monitor import Monitor
+    from recstack.train.loop import STOP, request_stop
+
+    signal.signal(signal.SIGTERM, request_stop)  # ends the wait between rounds
+
+    if show not in ("breaches", "all"):
+        raise _fail(RecstackError(f"--show must be breaches or all, not {show!r}"))
+    settings = _settings(config)
+    start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+    end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+    try:
+        runner = Monitor(settings, _log(settings))
+        while True:
+            run = runner.run_once(start, end, act=act)
+            breached = run.breaches()
+            table = Table("version", "check", "subject", "status", "value", "threshold", "detail")
+            for version, f in run.findings:
+                if show == "all" or f.breached:
+                    value = "" if f.value is None else f"{f.value:.4g}"
+                    threshold = "" if f.threshold is None else f"{f.threshold:g}"
+                    table.add_row(version, f.check, f.subject, f.status, value, threshold, escape(f.detail))
+            console.print(
+                f"window {run.start.isoformat()} .. {run.end.isoformat()}: {run.impressions:,} impressions, "
+                f"champion {run.champion}; {len(run.findings)} findings, {len(breached)} breaches "
+                f"(run {run.run_id}, {run.cpu_s:.2f} s CPU)",
+                highlight=False,
+            )
+            if table.row_count:
+                console.print(table)
+            if run.action is not None:
+                a = run.action
+                console.print(
+                    f"action: {a.kind}" + (f", version {a.version}" if a.version else "")
+                    + (" promoted" if a.promoted else "") + f": {escape(a.detail)}",
+                    highlight=False,
+                )  # fmt: skip
+            if every is None:
+                break
+            if STOP.wait(every):
+                break
+            start = end = None  # later rounds: the latest window
+    except KeyboardInterrupt:
+        console.print("monitoring stopped")
+        return
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    if fail_on_breach and breached:
+        raise typer.Exit(3)
+
+
+@app.command()
+def report(
+    config: ConfigOpt = None,
+    since: Annotated[datetime | None, typer.Option(help="From this time (ISO-8601, UTC if naive).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="... up to this time (exclusive).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="The HTML file (default: <state_dir>/reports/monitoring.html).")
+    ] = None,
+    from_log: Annotated[
+        bool,
+        typer.Option(
+            "--from-log",
+            help="Run the checks on the log's windows of the range instead of reading the table.",
+        ),
+    ] = False,
+) -> None:
+    """Write one HTML page: drift per feature over time, calibration curves per window, online
+    metrics, latency per stage and the registry's history (promotions, rollbacks)."""
+    from recstack.monitoring.report import report as write
+
+    settings = _settings(config)
+    start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+    end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+    path = out or settings.paths.state_dir / "reports" / "monitoring.html"
+    try:
+        written = write(settings, _log(settings), path, start, end, from_log=from_log)
+    except RecstackError as exc:
+        raise _fail(exc) from exc
+    console.print(f"report: {written}", highlight=False)
+
+
 @app.command("import")
 def import_files(
     interactions: Annotated[

@@ -926,6 +926,118 @@ class ExperimentsConfig(Section):
         return self
 
 
+class ReferenceKind(StrEnum):
+    previous = "previous"
+    serving = "serving"
+    training = "training"
+
+
+class MonitoringConfig(Section):
+    """``recstack monitor``: drift, calibration, skew and online metrics per window of the serving
+    log against the reference saved with the served bundle (docs/monitoring.md)."""
+
+    enabled: bool = Field(
+        True, description="Run the checks on a schedule in the worker (and the embedded API's worker)."
+    )
+    every_s: float = Field(3600.0, gt=0, description="Seconds between scheduled checks.")
+    reference: ReferenceKind = Field(
+        ReferenceKind.previous,
+        description="What drift and calibration are measured against: previous, the last window the "
+        "version served (a sudden change); serving, the first one (any change since it started); "
+        "training, the bundle's own reference (its validation and holdout rows). Until a version has "
+        "served a window, the training reference.",
+    )
+    settle_windows: int = Field(
+        2,
+        ge=0,
+        description="A version's first this many windows settle: its drift and calibration are "
+        "reported, never a breach (the features it reads still move with its own feedback loop).",
+    )
+    window_s: float = Field(
+        86_400.0, gt=0, description="Each check reads the serving log of the last this many s."
+    )
+    min_rows: int = Field(
+        500, ge=1, description="A window with fewer impressions is reported as too small, never a breach."
+    )
+    bins: int = Field(10, ge=2, le=100, description="Quantile bins of the reference (PSI).")
+    sample: int = Field(2_000, ge=50, description="Reference values kept per feature (the KS test).")
+    skip: list[str] | None = Field(
+        None,
+        description="Features not drift-checked; default: the calendar ones (context fields hour and "
+        "weekday: a window shorter than the reference's span holds another mix of them by design).",
+    )
+    psi: float = Field(0.25, gt=0, description="A feature or prediction drifts when its PSI exceeds this...")
+    ks: float = Field(0.25, gt=0, le=1, description="... or (numeric) the KS statistic D exceeds this ...")
+    cramers_v: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="... or (categorical) Cramér's V of the chi-squared test exceeds this ...",
+    )
+    p_value: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description="... with a KS or chi-squared p-value below this over the window's number of "
+        "drift tests (Bonferroni; effect and significance must both hold).",
+    )
+    ece: float = Field(
+        0.05, gt=0, lt=1, description="Calibration breaches when a head's ECE exceeds this ..."
+    )
+    calibration_ratio: float = Field(
+        0.25,
+        gt=0,
+        description="... or observed / predicted rate (calibration in the large) is off 1 by more "
+        "than this ...",
+    )
+    min_positives: int = Field(
+        30,
+        ge=1,
+        description="Calibration is judged only with this many positives observed or expected (a rate "
+        "from a handful says nothing).",
+    )
+    calibration_z: float = Field(
+        4.0, gt=0, description="... and that gap is this many standard errors from 0 (both must hold)."
+    )
+    skew_sample: int = Field(
+        2_000, ge=0, description="Served impressions per check whose features are recomputed offline."
+    )
+    skew_share: float = Field(
+        0.01, ge=0, lt=1, description="A feature is skewed when more than this share of its values differ."
+    )
+    skew_tolerance: float = Field(
+        1e-6, ge=0, description="Relative difference below which a logged and an offline value agree."
+    )
+    ctr_drop: float = Field(
+        0.3, gt=0, lt=1, description="Online CTR breaches when it falls this far below the reference's."
+    )
+    hides_rise: float = Field(
+        1.0,
+        gt=0,
+        description="Hides + reports per request breach when they rise this far above the reference's.",
+    )
+    latency_p99_ms: float = Field(
+        200.0, gt=0, description="A request's p99 serving time (sum of stages) above this breaches."
+    )
+    degraded_share: float = Field(
+        0.01, ge=0, lt=1, description="Share of requests with a degraded stage above this breaches."
+    )
+    act: bool = Field(
+        True,
+        description="Act on breaches: drift (features, predictions, online CTR) retrains incrementally "
+        "through the promotion gate, calibration alone refits calibration.",
+    )
+    cooldown_s: float = Field(
+        86_400.0, ge=0, description="No action within this many s of the last (retraining needs new data)."
+    )
+    table: Path | None = Field(
+        None, description="SQLite monitoring table; default <state_dir>/monitoring.sqlite."
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="`recstack worker` serves its monitoring gauges on this port (0: off)."
+    )
+
+
 class RegistryConfig(Section):
     model_name: str = Field("recstack-feed", description="Registered model holding the feed bundle.")
     uri: str | None = Field(
@@ -965,6 +1077,7 @@ class Settings(Section):
     safety: SafetyConfig = SafetyConfig()
     autocomplete: AutocompleteConfig = AutocompleteConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     features: list[FeatureDef] = Field(
         default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
         description="Feature definitions, one [[features]] table each.",
@@ -975,6 +1088,16 @@ class Settings(Section):
     def _unique_features(cls, value: list[Any]) -> list[Any]:
         return check_unique(value)
 
+    @model_validator(mode="after")
+    def _monitoring_skips_features(self) -> Settings:
+        names = {f.name for f in self.features}
+        unknown = [n for n in self.monitoring.skip or [] if n not in names]
+        if unknown:
+            raise ValueError(
+                f"[monitoring] skip names {unknown}, which are not [[features]]; features: {sorted(names)}"
+            )
+        return self
+
     def event_log_path(self) -> Path:
         return self.event_log.path or self.paths.state_dir / "events"
 
@@ -983,6 +1106,19 @@ class Settings(Section):
 
     def registry_uri(self) -> str:
         return self.registry.uri or self.tracking_uri()
+
+    def monitoring_table(self) -> Path:
+        return self.monitoring.table or self.paths.state_dir / "monitoring.sqlite"
+
+    def drift_skipped(self) -> set[str]:
+        """The features the drift checks leave out (``[monitoring] skip``, default the calendar ones)."""
+        if self.monitoring.skip is not None:
+            return set(self.monitoring.skip)
+        return {
+            f.name
+            for f in self.features
+            if getattr(f, "type", "") == "context" and getattr(f, "field", "") in ("hour", "weekday")
+        }
 
 
 ENV_PREFIX = "RECSTACK_"

@@ -351,6 +351,77 @@ def _round(
     )
 
 
+def serve_simulated(
+    client: Any,
+    world: World,
+    sim: Simulator,
+    clock: Any,
+    requests: int,
+    slate: int = 10,
+    seconds: float = 86_400.0,
+    key: str = "recstack-local",
+    tag: str = "sim",
+    after_batch: Any = None,
+    batch: int = 20,
+) -> tuple[float, float, int]:
+    """``requests`` simulated users ask the API (``client``: an httpx or TestClient) for ``slate``
+    items, spread over ``seconds`` of the simulated ``clock`` (a settable ``.t`` the API reads), and
+    answer each list with the simulator's response model; their engagements go back through
+    ``/v1/events`` after each ``batch`` of requests (stamped after the batch, which spans at most 30
+    simulated minutes), then ``after_batch()``
+    runs (flush the impressions, let the worker apply what arrived). Returns (the true expected click
+    rate of what was shown, the observed click rate, impressions)."""
+    headers = {"X-API-Key": key}
+    step = seconds / requests
+    # the engagements of a batch are stamped after it: a batch spans at most half the attribution
+    # window (an hour) of simulated time, so that they still join the impressions that caused them
+    batch = max(1, min(batch, int(1_800 / step)))
+    fill = np.random.default_rng(sim.rng.integers(2**32))
+    true_clicks = clicks = shown = 0.0
+    for start in range(0, requests, batch):
+        n = min(batch, requests - start)
+        users = sim.rng.integers(world.n_users, size=n)
+        devices = sim.rng.integers(len(sim.devices), size=n)
+        lists, ids = [], []
+        for u, device in zip(users, devices, strict=True):
+            clock.t += step
+            body = {"user_id": world.user_id(int(u)), "n": slate, "context": {"device": sim.devices[device]}}
+            response = client.post("/v1/recommend", json=body, headers=headers)
+            response.raise_for_status()
+            payload = response.json()
+            items = [int(e["item_id"][1:]) for e in payload["items"]]
+            while len(items) < slate:  # a short list: the rest of the screen is other content
+                other = int(fill.integers(world.n_items))
+                if other not in items:
+                    items.append(other)
+            lists.append(items)
+            ids.append(payload["request_id"])
+        matrix = np.array(lists)
+        click, like, share, hide, _ = sim.respond(users, matrix)
+        positions = np.broadcast_to(np.arange(slate), matrix.shape)
+        truth, _ = true_outcome(world, np.repeat(users, slate), matrix.ravel(), positions.ravel(), {})
+        true_clicks += truth * matrix.size
+        shown += matrix.size
+        clicks += float(click.sum())
+        events = [
+            {
+                "event_id": f"{tag}-{ids[r]}-{k}-{kind}",
+                "kind": kind,
+                "timestamp": clock.t + 1.0,
+                "user_id": world.user_id(int(users[r])),
+                "item_id": world.item_id(int(matrix[r, k])),
+                "request_id": ids[r],
+            }
+            for kind, mask in (("click", click), ("like", like), ("share", share), ("hide", hide))
+            for r, k in zip(*np.nonzero(mask), strict=True)
+        ]
+        for at in range(0, len(events), 5_000):
+            client.post("/v1/events", json=events[at : at + 5_000], headers=headers).raise_for_status()
+        if after_batch is not None:
+            after_batch()
+    return true_clicks / max(shown, 1), clicks / max(shown, 1), int(shown)
+
+
 def true_outcome(
     world: World, users: np.ndarray, items: np.ndarray, positions: np.ndarray, weights: dict[str, float]
 ) -> tuple[float, float]:

@@ -84,6 +84,10 @@ class Impression(_Event):
     experiment_arm: str | None = None
     context: dict[str, str] = Field(default_factory=dict)  # request context, e.g. {"device": "ios"}
     features: dict[str, float] = Field(default_factory=dict)
+    # what serving knew of it (monitoring reads these; docs/monitoring.md): ``p:<task>`` the heavy
+    # ranker's raw probabilities, ``source``, ``explore``; the first item of a list also carries the
+    # request's ``ms:<stage>`` latencies, ``n:<stage>`` candidate counts and ``degraded`` stages
+    serving: dict[str, float | str] = Field(default_factory=dict)
     # the logging policy's probability of showing this item here (off-policy evaluation)
     propensity: float | None = Field(None, gt=0, le=1)
 
@@ -204,9 +208,10 @@ EVENT_SCHEMA = pa.schema(
         pa.field("context", pa.string()),  # JSON object: request context
         pa.field("features", pa.string()),  # JSON object: feature values the ranker used
         pa.field("propensity", pa.float64()),  # impressions: the serving policy's probability of it
+        pa.field("serving", pa.string()),  # JSON object: what serving knew (predictions, latencies)
     ]
 )
-_JSON_COLUMNS = ("attributes", "model_versions", "context", "features")
+_JSON_COLUMNS = ("attributes", "model_versions", "context", "features", "serving")
 
 
 def event_to_row(event: Event) -> dict[str, Any]:
@@ -325,12 +330,14 @@ _JSON_TYPES: dict[str, TypeAdapter[Any]] = {
     "model_versions": TypeAdapter(dict[str, str]),
     "context": TypeAdapter(dict[str, str]),
     "features": TypeAdapter(dict[str, float]),
+    "serving": TypeAdapter(dict[str, float | str]),
 }
 _JSON_TYPE_NAMES = {
     "attributes": "strings, numbers, booleans or lists of strings",
     "model_versions": "strings",
     "context": "strings",
     "features": "numbers",
+    "serving": "numbers or strings",
 }
 
 

@@ -6,7 +6,7 @@ The world
     item vectors), a creator (Zipf-distributed catalog sizes), a quality (the item's mean rating,
     standardized, or drawn), a creation time (freshness) and an ``unsafe`` flag (a fixed share of the
     catalog). Users' interests drift: each simulated day every user vector takes a Gaussian step of
-    scale ``drift``.
+    scale ``drift``; ``World.shift_interests`` moves them at once (and the items' appeal).
 
 The response model (the ground truth, exposed by :meth:`World.probabilities`)
     affinity(u, i) = <user_u, item_i> / sqrt(dim) + quality_weight * quality_i
@@ -218,6 +218,19 @@ class World:
             "hide": sigmoid(-aff + r.hide_bias + r.unsafe_hide_boost * self.item_unsafe[items]),
         }
 
+    def shift_interests(self, share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A sudden shift in what people like, of size ``share`` in [0, 1]: the taste vectors of a
+        random ``share`` of the users turn by one common random rotation (what that crowd likes
+        moves together), and the appeal (quality) of a random ``share`` of the items is reshuffled
+        among them (yesterday's favourites become ordinary, others take their place). Returns (the
+        users moved, the items whose appeal moved)."""
+        users = rng.choice(self.n_users, size=round(share * self.n_users), replace=False)
+        q, r = np.linalg.qr(rng.normal(size=(self.user_vecs.shape[1],) * 2))
+        self.user_vecs[users] = self.user_vecs[users] @ (q * np.sign(np.diag(r)))
+        items = rng.choice(self.n_items, size=round(share * self.n_items), replace=False)
+        self.item_quality[items] = self.item_quality[rng.permutation(items)]
+        return np.sort(users), np.sort(items)
+
     def step_days(self, days: float, rng: np.random.Generator) -> None:
         """Interest drift: every user vector takes a Gaussian step of scale drift * sqrt(days)."""
         if days > 0 and self.drift > 0:
@@ -360,6 +373,23 @@ class Simulator:
             yield self._batch(policy, n)
             done += n
 
+    def respond(
+        self, users: np.ndarray, items: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The users' responses to the lists ``items`` (n, k) shown to ``users`` (n,): (click, like,
+        share, hide) (n, k) bool and dwell seconds (n, k), drawn from the response model."""
+        w, rng = self.world, self.rng
+        n, k = items.shape
+        probs = w.probabilities(users, items)
+        positions = np.broadcast_to(np.arange(k), (n, k))
+        examined = rng.random((n, k)) < w.response.examination(positions)
+        click = examined & (rng.random((n, k)) < probs["click"])
+        like = click & (rng.random((n, k)) < probs["like"])
+        share = click & (rng.random((n, k)) < probs["share"])
+        hide = examined & ~click & (rng.random((n, k)) < probs["hide"])
+        dwell = rng.exponential(w.response.dwell_mean * (1 + sigmoid(w.affinity(users, items))))
+        return click, like, share, hide, dwell
+
     def _batch(self, policy: Policy, n: int) -> pa.Table:
         w, rng, k = self.world, self.rng, self.slate
         times = self.now_us + self.step_us * np.arange(n, dtype=np.int64)
@@ -369,17 +399,9 @@ class Simulator:
             self._last_drift_us += self._day_us
         users = rng.integers(w.n_users, size=n)
         items = policy.rank(users, k, int(times[0]))  # (n, k)
-        probs = w.probabilities(users, items)
-        positions = np.broadcast_to(np.arange(k), (n, k))
-        examined = rng.random((n, k)) < w.response.examination(positions)
-        click = examined & (rng.random((n, k)) < probs["click"])
-        like = click & (rng.random((n, k)) < probs["like"])
-        share = click & (rng.random((n, k)) < probs["share"])
-        hide = examined & ~click & (rng.random((n, k)) < probs["hide"])
+        click, like, share, hide, dwell = self.respond(users, items)
         if isinstance(policy, PopularityPolicy):
             policy.observe(items.ravel(), click.ravel())
-        aff = w.affinity(users, items)
-        dwell = rng.exponential(w.response.dwell_mean * (1 + sigmoid(aff)))
 
         req = self._requests + np.arange(n)
         self._requests += n

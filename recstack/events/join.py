@@ -70,7 +70,7 @@ def join_engagements(events: pa.Table, window_s: float = 3600.0) -> JoinResult:
             )
             SELECT i.event_id AS impression_id, i.request_id, i.timestamp, i.user_id, i.item_id,
                    i.position, i.surface, i.experiment_arm, i.model_versions, i.context, i.features,
-                   i.propensity, {coalesce_sql}, coalesce(l.dwell_seconds, 0.0) AS dwell_seconds,
+                   i.propensity, i.serving, {coalesce_sql}, coalesce(l.dwell_seconds, 0.0) AS dwell_seconds,
                    s.shown_items
             FROM imp i
             LEFT JOIN labels l ON l.imp_id = i.event_id

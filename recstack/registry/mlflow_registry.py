@@ -30,6 +30,7 @@ from recstack.errors import RecstackError
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "recstack-registry"
+ALIAS_LOG_KEPT = 50
 
 
 class RegistryError(RecstackError):
@@ -94,6 +95,32 @@ class Registry:
     def _set_history(self, history: list[str]) -> None:
         self.client.set_registered_model_tag(self.name, "champion_history", json.dumps(history))
 
+    def _note(self, action: str, version: str, reason: str) -> None:
+        """Append to the ``alias_log`` tag (the last ``ALIAS_LOG_KEPT`` promotions and rollbacks,
+        with their times: the report's registry history)."""
+        from datetime import UTC, datetime
+
+        entries = self.alias_log()
+        entries.append(
+            {"at": datetime.now(UTC).isoformat(), "action": action, "version": version, "reason": reason}
+        )
+        text = json.dumps(entries[-ALIAS_LOG_KEPT:])
+        while len(text) > 5000 and len(entries) > 1:  # MLflow's tag value limit
+            entries = entries[1:]
+            text = json.dumps(entries[-ALIAS_LOG_KEPT:])
+        self.client.set_registered_model_tag(self.name, "alias_log", text)
+
+    def alias_log(self) -> list[dict[str, str]]:
+        """The promotions and rollbacks recorded, oldest first (``at``, ``action``, ``version``,
+        ``reason``)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.name)
+        except MlflowException:
+            return []
+        return list(json.loads(model.tags.get("alias_log", "[]")))
+
     # ------------------------------------------------------------------ writes
     def register(self, folder: Path, metrics: dict[str, float], lineage: dict[str, Any]) -> str:
         """Log ``folder`` (a bundle) as a new version; returns the version number as a string."""
@@ -155,6 +182,7 @@ class Registry:
         history.append(version)
         self.client.set_registered_model_alias(self.name, "champion", version)
         self._set_history(history)
+        self._note("promote", version, result.reason if result.passed else f"forced: {result.reason}")
         if self.alias("challenger") == version:
             self.client.delete_registered_model_alias(self.name, "challenger")
         return result
@@ -170,6 +198,7 @@ class Registry:
         previous = history[-1]
         self.client.set_registered_model_alias(self.name, "champion", previous)
         self._set_history(history)
+        self._note("rollback", previous, f"rolled back from {current}")
         return previous
 
     # ------------------------------------------------------------------ reads

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 from recstack.serving.graph import STAGES, Pipeline, StageFailed, build_pipeline
 from recstack.serving.impressions import ImpressionBuffer
 from recstack.serving.interleave import interleave
-from recstack.serving.ops.base import RecRequest
+from recstack.serving.ops.base import Candidates, RecRequest
 from recstack.serving.ops.rank import served_features
 from recstack.serving.state import FeedState
 from recstack.serving.worker import FeedWorker, Position, item_key, keeps_features, state_store, sync_state
@@ -171,8 +171,10 @@ class Runtime:
         in_process_worker: bool = True,
         safety_source: Callable[[], tuple[str, Path] | None] | None = None,
         model_source: Callable[[str], tuple[str, Path]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock  # the serving time of requests and upserts (a simulation drives its own)
         self.model_source = model_source  # (version, folder) of a registered version or alias
         self.assigner = Assigner(settings.experiments)
         self.variants: dict[Variant, Pipeline] = {}  # each experiment arm's pipeline, side by side
@@ -554,6 +556,17 @@ class Runtime:
             )
             thread.start()
             self.threads.append(thread)
+            if self.settings.monitoring.enabled:  # the embedded worker's monitoring schedule
+                from recstack.monitoring.monitor import scheduled
+
+                thread = threading.Thread(
+                    target=scheduled,
+                    args=(self.settings, self.bus, self.stop),
+                    kwargs={"clock": self.clock, "metrics": self.metrics.registry},
+                    daemon=True,
+                )
+                thread.start()
+                self.threads.append(thread)
 
     def close(self) -> None:
         self.stop.set()
@@ -870,7 +883,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return out
 
     def now_iso() -> str:
-        return datetime.now(UTC).isoformat()
+        return datetime.fromtimestamp(runtime.clock(), UTC).isoformat()
 
     def upserts(kind: str, body: list[ItemBody] | list[UserBody]) -> list[dict[str, Any]]:
         stamp = now_iso()
@@ -906,7 +919,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise HTTPException(503, detail)
         state = runtime.state
         request_id = uuid.uuid4().hex
-        now_us = int(time.time() * US)
+        now_us = int(runtime.clock() * US)
         sides = runtime.assigner.sides(variant)
         labels: str | list[str | None] | None = variant.label
         with state.lock:
@@ -960,6 +973,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                 # interleaving's coin flips are not a logging probability: such lists log none
                 None if served.propensity is None else served.propensity.tolist(),
                 known_propensity=sides is None,
+                serving=_serving_rows(served, outcomes[0].timings_ms, outcomes[0].sizes, degraded),
             )
             # applied now, so the user's next request cannot repeat it whatever the worker's lag
             # (a separate worker's next snapshot includes the same impressions)
@@ -1412,6 +1426,36 @@ def _feature_rows(request: RecRequest, items: np.ndarray, pipeline: Pipeline, st
         return []
     values = served_features(request, items, pipeline.bundle, state)
     return logged_values([f.name for f in pipeline.bundle.features], values)
+
+
+def _serving_rows(
+    served: Candidates, timings_ms: dict[str, float], sizes: dict[str, int], degraded: list[str]
+) -> list[str]:
+    """What serving knew of each served item, one JSON object each (the impression's ``serving``):
+    its source, ``explore`` when exploration placed it, the heavy ranker's raw probability per task
+    (``p:<task>``, absent for items it did not score), and on the first item the request's stage
+    latencies (``ms:<stage>``), candidate counts (``n:<stage>``) and degraded stages. Built as text:
+    it runs on every request."""
+    n = len(served)
+    if not n:
+        return []
+    parts: list[list[str]] = [[f'"source": {json.dumps(str(s))}'] for s in served.sources.tolist()]
+    if served.explore is not None:
+        for part, e in zip(parts, served.explore.tolist(), strict=True):
+            if e:
+                part.append('"explore": 1.0')
+    if served.probs is not None:
+        for t, task in enumerate(served.tasks):
+            key = json.dumps(f"p:{task}")
+            for part, p in zip(parts, served.probs[:, t].tolist(), strict=True):
+                if p == p:  # NaN: an item the heavy ranker did not score (an exploration pick)
+                    part.append(f"{key}: {p!r}")
+    first = parts[0]
+    first.extend(f"{json.dumps('ms:' + k)}: {round(v, 4)!r}" for k, v in timings_ms.items())
+    first.extend(f"{json.dumps('n:' + k)}: {v}" for k, v in sizes.items())
+    if degraded:
+        first.append(f'"degraded": {json.dumps(",".join(degraded))}')
+    return ["{" + ", ".join(part) + "}" for part in parts]
 
 
 def freeze_heap() -> None:

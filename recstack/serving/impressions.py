@@ -32,6 +32,7 @@ COLUMNS = (
     "features",
     "experiment_arm",
     "propensity",
+    "serving",
 )
 
 
@@ -60,10 +61,12 @@ class ImpressionBuffer:
         experiment_arm: str | Sequence[str | None] | None = None,
         propensity: Sequence[float] | None = None,
         known_propensity: bool = True,
+        serving: Sequence[str | None] | None = None,
     ) -> list[str]:
         """Buffer one served list (positions 0..n-1) with the variant that served it (one label, or
         one per item) and each item's propensity (None: deterministic, logged as 1; none at all
-        without ``known_propensity``); returns the impression event ids."""
+        without ``known_propensity``) and what serving knew of each (``serving``, JSON objects);
+        returns the impression event ids."""
         n = len(item_ids)
         event_ids = [f"{request_id}:{pos}" for pos in range(n)]
         with self.lock:
@@ -88,6 +91,7 @@ class ImpressionBuffer:
                 c["propensity"].extend([None] * n)
             else:
                 c["propensity"].extend(propensity if propensity is not None else [1.0] * n)
+            c["serving"].extend(serving if serving is not None else [None] * n)
         return event_ids
 
     def take(self) -> pa.Table | None:

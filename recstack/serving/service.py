@@ -65,5 +65,17 @@ def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worke
         resume=resume,
         window=settings.event_log.window(),
     )
+    if settings.monitoring.enabled:
+        from recstack.monitoring.monitor import scheduled
+
+        metrics = None
+        if settings.monitoring.metrics_port:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            metrics = CollectorRegistry()
+            start_http_server(settings.monitoring.metrics_port, registry=metrics)
+        threading.Thread(
+            target=scheduled, args=(settings, worker.log, stop), kwargs={"metrics": metrics}, daemon=True
+        ).start()
     worker.run(stop)
     return worker

@@ -60,7 +60,9 @@ from recstack.features.online import AnyFeature
 from recstack.index.retriever import TwoTowerRetriever
 from recstack.models.calibration import Isotonic, Platt
 from recstack.models.two_tower import TwoTower
+from recstack.monitoring.reference import build_reference, save_reference
 from recstack.servables.bundle import FORMAT
+from recstack.servables.calibration import read_calibration
 from recstack.servables.ranker import load_ranker, score_frame
 from recstack.tasks.ranking import position_propensities, top_k_labels
 from recstack.train.loop import check_stop
@@ -220,7 +222,7 @@ def _warm_folder(champion: Path | None, part: str, kind: str, tasks: list[str]) 
     return None
 
 
-def _fit_calibration(kind: CalibrationKind, probs: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
+def fit_calibration(kind: CalibrationKind, probs: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
     """A task's calibration as calibration.json holds it (servables/calibration.py), or None when
     off or when validation has one class."""
     if kind is CalibrationKind.none or len(np.unique(labels)) < 2:
@@ -345,10 +347,11 @@ def train_bundle(
     p_valid, p_hold = heavy.predict_proba(valid), heavy.predict_proba(holdout)
     calibration: dict[str, Any] = {}
     for t, task in enumerate(tasks):
-        fitted = _fit_calibration(cfg.calibration, p_valid[:, t], valid[task].to_numpy())
+        fitted = fit_calibration(cfg.calibration, p_valid[:, t], valid[task].to_numpy())
         if fitted is not None:
             calibration[task] = fitted
     (folder / "calibration.json").write_text(json.dumps(calibration))
+    _save_reference(settings, features, tasks, calibration, valid, holdout, p_valid, p_hold, folder)
     metrics = holdout_metrics(holdout, p_hold, tasks)
     if champion is not None:  # the champion on this same holdout, for the promotion gate
         baseline = load_ranker(champion / "heavy")
@@ -392,6 +395,35 @@ def train_bundle(
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
     return BundleReport(folder, metrics, start_iso, str(lineage["data_end"]), rows, lineage)
+
+
+def _save_reference(
+    settings: Settings,
+    features: list[AnyFeature],
+    tasks: list[str],
+    calibration: dict[str, Any],
+    valid: pd.DataFrame,
+    holdout: pd.DataFrame,
+    p_valid: np.ndarray,
+    p_hold: np.ndarray,
+    folder: Path,
+) -> None:
+    """The monitoring reference (monitoring/reference.py) of the validation and holdout rows."""
+    maps = read_calibration(calibration)
+
+    def calibrate(probs: np.ndarray) -> np.ndarray:
+        out = probs.copy()
+        for t, task in enumerate(tasks):
+            if task in maps:
+                out[:, t] = maps[task](probs[:, t])
+        return out
+
+    rows = pd.concat([valid, holdout], ignore_index=True)
+    raw = np.vstack([p_valid, p_hold])
+    reference = build_reference(
+        rows, features, tasks, raw, calibrate, served_rows(rows), settings.monitoring, settings.train.seed
+    )
+    save_reference(reference, folder)
 
 
 def _tower_scores(

@@ -101,10 +101,15 @@ class ExploreOp:
                     break
         at = np.array(order[:n], dtype=np.int64)
         ranked_p = candidates.propensity if candidates.propensity is not None else np.ones(size)
+        probs = candidates.probs  # the ranked items keep theirs (monitoring reads them); picks: NaN
+        if probs is not None:
+            probs = np.concatenate([probs, np.full((len(chosen), probs.shape[1]), np.nan)])[at]
         return Candidates(
             np.concatenate([candidates.items, chosen.items])[at],
             np.concatenate([candidates.scores, chosen.scores])[at],
             np.concatenate([candidates.sources, chosen.sources])[at],
+            probs,
+            candidates.tasks,
             explore=at >= size,
             propensity=None if propensity is None else np.concatenate([ranked_p, propensity])[at],
         )

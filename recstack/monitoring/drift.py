@@ -1,0 +1,167 @@
+"""Distribution drift between a reference and a window: the population stability index (PSI) and the
+two-sample Kolmogorov-Smirnov test for numeric values, PSI and the chi-squared test of the 2 x k
+table of counts (reference, window) for categorical ones, with Cramér's V as its effect size.
+
+A reference is summarized once (:func:`profile`) into what the tests need and nothing of the raw
+rows: for numeric values the quantile bin edges with the share of the reference in each bin and a
+sample of at most ``sample`` values (the KS test's reference); for categorical values the share of
+each of the most frequent codes and of the rest (``OTHER``). Profiles are plain JSON (they are saved
+in each bundle, ``reference.json``).
+
+PSI = sum over bins of (current share - reference share) x ln(current share / reference share),
+empty bins counted as ``EPS`` (as Evidently does); 0.1 is read as a moderate shift and 0.25 as a
+large one. KS gives the largest gap between the two empirical CDFs (``D``) and its p-value. Large
+windows make every p-value small, so breaches are decided on the effect size (PSI, D, Cramér's V)
+with the p-value as a second condition, never on the p-value alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from recstack.errors import RecstackError
+
+EPS = 1e-4  # the share an empty bin counts as
+OTHER = "__other__"  # the categorical codes outside a profile's most frequent ones
+
+
+class DriftError(RecstackError):
+    """A drift test cannot be run on these values (no reference, an empty window)."""
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if not len(values):
+        raise DriftError(f"{what}: no finite values")
+    return values
+
+
+def one_per_request(requests: np.ndarray, eligible: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Indices of one row per request, drawn at random (among the ``eligible`` rows): the items of
+    one list share a user, a context and a ranking, so the request is the unit whose values are
+    independent; a test that counted each impression would find noise significant."""
+    rows = np.arange(len(requests)) if eligible is None else np.flatnonzero(eligible)
+    rows = np.random.default_rng(seed).permutation(rows)
+    _, first = np.unique(np.asarray(requests, dtype=object)[rows].astype(str), return_index=True)
+    return np.sort(rows[first])
+
+
+def quantile_edges(reference: np.ndarray, bins: int) -> np.ndarray:
+    """The inner edges of up to ``bins`` equal-mass bins of ``reference`` (fewer where values
+    repeat: a constant feature has none, one bin)."""
+    inner = np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.unique(inner)
+
+
+def bin_shares(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
+    """(len(inner_edges) + 1,) the share of ``values`` in each bin: (-inf, e0], (e0, e1], ...,
+    (e_last, inf)."""
+    index = np.searchsorted(inner_edges, values, side="left")
+    counts = np.bincount(index, minlength=len(inner_edges) + 1).astype(np.float64)
+    return counts / max(len(values), 1)
+
+
+def psi_of_shares(reference: np.ndarray, current: np.ndarray) -> float:
+    ref = np.where(reference > 0, reference, EPS)
+    cur = np.where(current > 0, current, EPS)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """PSI of two numeric samples over ``bins`` quantile bins of the reference."""
+    ref, cur = _finite(reference, "reference"), _finite(current, "current")
+    edges = quantile_edges(ref, bins)
+    return psi_of_shares(bin_shares(ref, edges), bin_shares(cur, edges))
+
+
+@dataclass(frozen=True)
+class DriftStat:
+    """One feature (or prediction head) in one window against its reference: ``psi`` always; ``ks``
+    (the statistic D) and ``ks_p`` for numeric values; ``chi2_p`` and ``cramers_v`` for categorical
+    ones; ``n`` values in the window."""
+
+    name: str
+    kind: str  # numeric | categorical
+    n: int
+    psi: float
+    ks: float | None = None
+    ks_p: float | None = None
+    chi2_p: float | None = None
+    cramers_v: float | None = None
+    reference_mean: float | None = None
+    mean: float | None = None
+
+
+def profile(
+    values: np.ndarray, categorical: bool, bins: int = 10, sample: int = 2_000, top: int = 50, seed: int = 0
+) -> dict[str, Any]:
+    """The reference summary of ``values`` (see the module docstring); raises DriftError when none
+    is finite."""
+    ref = _finite(values, "reference")
+    if categorical:
+        codes, counts = np.unique(ref, return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:top]
+        shares = {_code(codes[i]): float(counts[i] / len(ref)) for i in order}
+        rest = 1.0 - sum(shares.values())
+        if rest > 1e-12:
+            shares[OTHER] = rest
+        return {"kind": "categorical", "n": len(ref), "shares": shares}
+    edges = quantile_edges(ref, bins)
+    rng = np.random.default_rng(seed)
+    kept = ref if len(ref) <= sample else rng.choice(ref, size=sample, replace=False)
+    return {
+        "kind": "numeric",
+        "n": len(ref),
+        "edges": edges.tolist(),
+        "shares": bin_shares(ref, edges).tolist(),
+        "sample": np.sort(kept).tolist(),
+        "mean": float(ref.mean()),
+        "std": float(ref.std()),
+    }
+
+
+def _code(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def compare(name: str, reference: dict[str, Any], values: np.ndarray) -> DriftStat:
+    """The drift of ``values`` (one window) from a :func:`profile`; raises DriftError when the
+    window has no finite value."""
+    cur = _finite(values, f"{name} in the window")
+    if reference["kind"] == "categorical":
+        shares: dict[str, float] = reference["shares"]
+        known = [k for k in shares if k != OTHER]
+        codes = np.array([_code(v) for v in cur], dtype=object)
+        counts = np.array([np.sum(codes == k) for k in known] + [0], dtype=np.float64)
+        counts[-1] = len(cur) - counts[:-1].sum()
+        expected = np.array([shares[k] for k in known] + [shares.get(OTHER, 0.0)])
+        current = counts / len(cur)
+        keep = (expected > 0) | (counts > 0)
+        value = psi_of_shares(expected[keep], current[keep])
+        # the two-sample test: the reference's counts (its shares x its size) against the window's
+        table = np.vstack([expected[keep] * float(reference["n"]), counts[keep]])
+        if table.shape[1] > 1:
+            chi2, p, _, _ = stats.chi2_contingency(table, correction=False)
+            v = float(np.sqrt(chi2 / table.sum()))  # Cramér's V of a 2 x k table
+        else:  # one category in both: nothing can differ
+            chi2, p, v = 0.0, 1.0, 0.0
+        return DriftStat(name, "categorical", len(cur), value, chi2_p=float(p), cramers_v=v)
+    edges = np.asarray(reference["edges"], dtype=np.float64)
+    value = psi_of_shares(np.asarray(reference["shares"]), bin_shares(cur, edges))
+    sample = np.asarray(reference["sample"], dtype=np.float64)
+    ks = stats.ks_2samp(sample, cur)
+    return DriftStat(
+        name,
+        "numeric",
+        len(cur),
+        value,
+        ks=float(ks.statistic),
+        ks_p=float(ks.pvalue),
+        reference_mean=float(reference["mean"]),
+        mean=float(cur.mean()),
+    )

@@ -1,0 +1,79 @@
+"""Known answers for the drift statistics: PSI of hand-computed shares, KS and chi-squared against
+SciPy's own two-sample tests, and the edge cases (constant values, nothing finite)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from recstack.monitoring.drift import EPS, OTHER, DriftError, compare, profile, psi, psi_of_shares
+
+
+def test_psi_of_shares_is_the_textbook_sum() -> None:
+    # (0.25 - 0.5) ln(0.25 / 0.5) + (0.75 - 0.5) ln(0.75 / 0.5)
+    want = -0.25 * math.log(0.5) + 0.25 * math.log(1.5)
+    assert psi_of_shares(np.array([0.5, 0.5]), np.array([0.25, 0.75])) == pytest.approx(want, abs=1e-12)
+    # an empty bin counts as EPS, not as zero (the sum stays finite)
+    got = psi_of_shares(np.array([0.5, 0.5]), np.array([0.0, 1.0]))
+    assert got == pytest.approx((EPS - 0.5) * math.log(EPS / 0.5) + 0.5 * math.log(2.0), rel=1e-12)
+
+
+def test_psi_is_zero_on_the_reference_and_grows_with_a_mean_shift() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=20_000)
+    assert psi(ref, ref) == pytest.approx(0.0, abs=1e-12)
+    # same distribution, another sample: PSI ~ (bins - 1) (1/n1 + 1/n2) (chi-squared mean), tiny
+    assert psi(ref, rng.normal(size=20_000)) < 0.005
+    shifts = [psi(ref, rng.normal(loc=m, size=20_000)) for m in (0.1, 0.3, 0.6)]
+    assert shifts[0] < shifts[1] < shifts[2]
+    # for a normal mean shift of d, PSI -> d^2 as the bins get fine; with 10 bins a little less
+    assert 0.25 < shifts[2] / 0.6**2 < 1.05
+
+
+def test_numeric_compare_matches_scipy_ks_on_the_kept_sample() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=1_500)  # under the sample size: the profile keeps every value
+    cur = rng.normal(0.2, 1.1, size=3_000)
+    stat = compare("x", profile(ref, categorical=False), cur)
+    want = stats.ks_2samp(ref, cur)
+    assert stat.ks == pytest.approx(want.statistic, abs=1e-12)
+    assert stat.ks_p == pytest.approx(want.pvalue, rel=1e-9)
+    assert stat.mean == pytest.approx(cur.mean()) and stat.n == 3_000
+
+
+def test_categorical_compare_is_the_chi_squared_test_of_the_two_count_rows() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.choice([1.0, 2.0, 3.0], p=[0.5, 0.3, 0.2], size=4_000)
+    cur = rng.choice([1.0, 2.0, 3.0], p=[0.3, 0.3, 0.4], size=2_000)
+    stat = compare("c", profile(ref, categorical=True), cur)
+    table = np.array([[np.sum(ref == v) for v in (1, 2, 3)], [np.sum(cur == v) for v in (1, 2, 3)]])
+    chi2, p, _, _ = stats.chi2_contingency(table, correction=False)
+    assert stat.chi2_p == pytest.approx(p, rel=1e-6, abs=1e-300)
+    assert stat.cramers_v == pytest.approx(math.sqrt(chi2 / table.sum()), rel=1e-9)
+    assert 0 <= stat.cramers_v <= 1
+
+
+def test_categories_outside_the_profile_count_as_other() -> None:
+    ref = np.arange(100, dtype=np.float64).repeat(10)  # 100 codes, the profile keeps 5
+    shares = profile(ref, categorical=True, top=5)["shares"]
+    assert len(shares) == 6 and shares[OTHER] == pytest.approx(0.95)
+    stat = compare("c", profile(ref, categorical=True, top=5), ref)
+    assert stat.psi == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_constant_feature_has_one_bin_and_no_drift_against_itself() -> None:
+    ref = np.full(1_000, 3.0)
+    prof = profile(ref, categorical=False)
+    assert prof["edges"] == [3.0] or len(prof["edges"]) <= 1
+    assert compare("k", prof, np.full(800, 3.0)).psi == pytest.approx(0.0, abs=1e-12)
+    assert compare("k", prof, np.full(800, 4.0)).psi > 1  # it moved: every value in the other bin
+
+
+def test_nothing_finite_is_a_clear_error() -> None:
+    with pytest.raises(DriftError, match="no finite values"):
+        profile(np.array([np.nan, np.inf]), categorical=False)
+    with pytest.raises(DriftError, match="in the window: no finite values"):
+        compare("x", profile(np.ones(10), categorical=False), np.array([]))
