@@ -948,7 +948,7 @@ class MonitoringConfig(Section):
         "served a window, the training reference.",
     )
     settle_windows: int = Field(
-        2,
+        3,
         ge=0,
         description="A version's first this many windows settle: its drift and calibration are "
         "reported, never a breach (the features it reads still move with its own feedback loop).",
@@ -1026,6 +1026,12 @@ class MonitoringConfig(Section):
         True,
         description="Act on breaches: drift (features, predictions, online CTR) retrains incrementally "
         "through the promotion gate, calibration alone refits calibration.",
+    )
+    recovery_rounds: int = Field(
+        2,
+        ge=0,
+        description="After a drift retrain is promoted, this many more rounds, one per check, on the "
+        "log since the shift (it grows every window).",
     )
     cooldown_s: float = Field(
         86_400.0, ge=0, description="No action within this many s of the last (retraining needs new data)."

@@ -389,7 +389,13 @@ def online(
     if len(settled):
         ctr = float((settled["click"] > 0).mean())
         ref_ctr = ref.get("ctr")
-        low = ref_ctr is not None and not small and ctr < (1 - cfg.ctr_drop) * ref_ctr
+        expected = (ref_ctr or 0.0) * len(settled)
+        low = (
+            ref_ctr is not None
+            and not small
+            and expected >= cfg.min_positives
+            and ctr < (1 - cfg.ctr_drop) * ref_ctr
+        )
         add(
             "ctr",
             ctr,
@@ -413,7 +419,10 @@ def online(
         per_request = float(negative / max(settled["request_id"].nunique(), 1))
         ref_hides = ref.get("hides_per_request")
         high = (
-            ref_hides is not None and not small and per_request > (1 + cfg.hides_rise) * max(ref_hides, 1e-3)
+            ref_hides is not None
+            and not small
+            and negative >= cfg.min_positives  # a rate from a handful of hides says nothing
+            and per_request > (1 + cfg.hides_rise) * max(ref_hides, 1e-3)
         )
         add(
             "hides_reports_per_request",

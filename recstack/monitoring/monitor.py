@@ -12,6 +12,8 @@ Acting (``[monitoring] act``), on the champion's breaches only, at most once per
   request): ``recstack train --incremental``, a training round warm-started from the champion,
   through the promotion gate, on the log from the breached window's start (what came before is the
   world that moved; the champion's data end if that is later);
+- after a drift retrain was promoted, ``recovery_rounds`` more rounds, one per check (the cooldown
+  applies), each on the log from the same start: the data since the shift grows every window;
 - calibration alone: the calibration maps are refitted on the window's settled impressions (the
   first 70% by time) and the recalibrated bundle is promoted if its log loss on the last 30% beats
   the champion's (the gate on ``neg_logloss_recent``);
@@ -51,10 +53,11 @@ QUALITY = ("ctr", "hides_reports_per_request")  # online metrics whose breach re
 
 @dataclass
 class Action:
-    kind: str  # retrain | recalibrate | cooldown | failed
+    kind: str  # retrain | recover | recalibrate | cooldown | failed
     version: str | None = None  # the version it registered
     promoted: bool = False
     detail: str = ""
+    since: str | None = None  # retrain, recover: where the data it trained on starts (ISO-8601)
 
 
 @dataclass
@@ -88,7 +91,8 @@ class MonitorTable:
                   threshold REAL, stats TEXT, detail TEXT);
                 CREATE INDEX IF NOT EXISTS findings_at ON findings (window_end);
                 CREATE TABLE IF NOT EXISTS actions (
-                  run_id TEXT, at TEXT, kind TEXT, version TEXT, promoted INTEGER, detail TEXT);
+                  run_id TEXT, at TEXT, kind TEXT, version TEXT, promoted INTEGER, detail TEXT,
+                  since TEXT);
                 """
             )
 
@@ -121,8 +125,8 @@ class MonitorTable:
             if run.action is not None:
                 a = run.action
                 con.execute(
-                    "INSERT INTO actions VALUES (?,?,?,?,?,?)",
-                    (run.run_id, run.at.isoformat(), a.kind, a.version, int(a.promoted), a.detail),
+                    "INSERT INTO actions VALUES (?,?,?,?,?,?,?)",
+                    (run.run_id, run.at.isoformat(), a.kind, a.version, int(a.promoted), a.detail, a.since),
                 )
 
     def findings(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
@@ -138,10 +142,26 @@ class MonitorTable:
         with self._connect() as con:
             return pd.read_sql_query("SELECT * FROM actions ORDER BY at", con)
 
+    def recovering(self, champion: str) -> tuple[str, int] | None:
+        """(where the data starts, rounds done) when ``champion`` came from a drift retrain or its
+        recovery rounds, else None."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT kind, version, promoted, since FROM actions WHERE kind IN ('retrain', 'recover', "
+                "'recalibrate') ORDER BY at"
+            ).fetchall()
+        promoted = [r for r in rows if r[2]]
+        if not promoted or promoted[-1][1] != champion or promoted[-1][0] == "recalibrate":
+            return None
+        for rounds, (kind, _, _, since) in enumerate(reversed(promoted)):
+            if kind == "retrain":
+                return str(since), rounds
+        return None
+
     def last_action(self) -> datetime | None:
         with self._connect() as con:
             row = con.execute(
-                "SELECT max(at) FROM actions WHERE kind IN ('retrain', 'recalibrate')"
+                "SELECT max(at) FROM actions WHERE kind IN ('retrain', 'recover', 'recalibrate')"
             ).fetchone()
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
@@ -395,7 +415,10 @@ class Monitor:
             and (f.check in DRIFT_CHECKS or (f.check == "online" and f.subject in QUALITY))
         ]
         calibration = [f for f in mine if f.check == "calibration" and f.status == BREACH]
-        if not drift and not calibration:
+        recovering = self.table.recovering(run.champion) if run.champion and not drift else None
+        if recovering is not None and recovering[1] >= self.settings.monitoring.recovery_rounds:
+            recovering = None
+        if not drift and not calibration and recovering is None:
             return None
         last = self.table.last_action()
         cooldown = self.settings.monitoring.cooldown_s
@@ -406,13 +429,25 @@ class Monitor:
             )
         why = ", ".join(f"{f.check}:{f.subject}" for f in (drift or calibration))
         try:
+            if recovering is not None and not calibration:  # after a shift: the data since it grew
+                from recstack.train.rounds import train_and_register
+
+                origin = datetime.fromisoformat(recovering[0])
+                trained = train_and_register(self.settings, self.log, incremental=True, start=origin)
+                gate = trained.gate.reason if trained.gate else ""
+                rounds = f"{recovering[1] + 1} of {self.settings.monitoring.recovery_rounds}"
+                detail = (
+                    f"round {rounds} after the drift retrain, on the log since {recovering[0]}; gate: {gate}"
+                )
+                return Action("recover", trained.version, trained.promoted, detail, recovering[0])
             if drift:
                 from recstack.train.rounds import train_and_register
 
                 start = self._retrain_start(run)
                 trained = train_and_register(self.settings, self.log, incremental=True, start=start)
                 gate = trained.gate.reason if trained.gate else ""
-                return Action("retrain", trained.version, trained.promoted, f"on {why}; gate: {gate}")
+                begins = start.isoformat() if start else None
+                return Action("retrain", trained.version, trained.promoted, f"on {why}; gate: {gate}", begins)
             from recstack.monitoring.recalibrate import recalibrate
 
             assert run.champion is not None

@@ -233,12 +233,18 @@ def test_retraining_on_drift_goes_through_the_gate_and_waits_out_the_cooldown(se
     trained = {v["version"]: v for v in registry.versions()}[run.action.version]
     # the round trained on the log from the breached window's start, not on what came before it
     assert trained["data_start"] is not None and trained["data_start"] >= window[0].isoformat()[:19]
-    if registry.alias("champion") != "1":
-        registry.rollback()
+    assert run.action.promoted, run.action.detail
+    # the next check, no breach of the new champion: a recovery round on the log since the same start
+    eager_settings = settings_with(served_feed, table=settings.monitoring_table(), cooldown_s=0.0)
+    eager = Monitor(eager_settings, served_feed.log, clock=served_feed.clock)
+    after = eager.run_once(*served_feed.copy_day(2), act=True)
+    assert after.action is not None and after.action.kind == "recover", after.action
+    assert after.action.since == run.action.since and "round 1 of 2" in after.action.detail
+    registry.promote("1", force=True)  # the module's other tests go on with version 1
     again = monitor.run_once(*window, act=True)  # the same breach of version 1, within the cooldown
     assert again.action is not None and again.action.kind == "cooldown"
     actions = MonitorTable(settings.monitoring_table()).actions()
-    assert list(actions["kind"]) == ["retrain", "cooldown"]
+    assert list(actions["kind"]) == ["retrain", "recover", "cooldown"]
 
 
 def test_the_schedule_runs_and_stops(served_feed: Served) -> None:
