@@ -1009,7 +1009,11 @@ class MonitoringConfig(Section):
         1e-6, ge=0, description="Relative difference below which a logged and an offline value agree."
     )
     ctr_drop: float = Field(
-        0.3, gt=0, lt=1, description="Online CTR breaches when it falls this far below the reference's."
+        0.15,
+        gt=0,
+        lt=1,
+        description="Online CTR breaches when it falls this far below the reference's (day over day on "
+        "the simulator's stable world it moved under 5%).",
     )
     hides_rise: float = Field(
         1.0,
@@ -1028,7 +1032,7 @@ class MonitoringConfig(Section):
         "through the promotion gate, calibration alone refits calibration.",
     )
     recovery_rounds: int = Field(
-        2,
+        4,
         ge=0,
         description="After a drift retrain is promoted, this many more rounds, one per check, on the "
         "log since the shift (it grows every window).",

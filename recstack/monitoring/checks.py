@@ -275,15 +275,17 @@ def calibration(
 
 
 def _z(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float:
-    """The t statistic of the mean residual (observed - predicted positives) per request: one list's
-    impressions are not independent, so the request is the unit (the standard error comes from the
-    spread of the requests' residual sums, not from a binomial model)."""
+    """(observed - predicted) positives over their standard error. One list's impressions are not
+    independent, so the request is the unit: the variance is the spread of the requests' residual
+    sums, and never less than the binomial variance under the prediction (with a few positives the
+    sample's spread alone underestimates it)."""
     _, index = np.unique(groups, return_inverse=True)
     per_group = np.bincount(index, weights=y - p)
     if len(per_group) < 2:
         return 0.0
-    spread = float(per_group.std(ddof=1)) / math.sqrt(len(per_group))
-    return float(per_group.mean() / max(spread, 1e-12))
+    clustered = len(per_group) * float(per_group.var(ddof=1))
+    binomial = float((p * (1 - p)).sum())
+    return float(per_group.sum() / math.sqrt(max(clustered, binomial, 1e-12)))
 
 
 def skew(
@@ -389,12 +391,17 @@ def online(
     if len(settled):
         ctr = float((settled["click"] > 0).mean())
         ref_ctr = ref.get("ctr")
+        request_ids = settled["request_id"].to_numpy()
+        clicked = (settled["click"].to_numpy(np.float64) > 0).astype(np.float64)
         expected = (ref_ctr or 0.0) * len(settled)
+        # a fall beyond ctr_drop that the request-clustered t statistic says is not noise
+        t = _z(clicked, np.full(len(settled), ref_ctr or 0.0), request_ids)
         low = (
             ref_ctr is not None
             and not small
             and expected >= cfg.min_positives
             and ctr < (1 - cfg.ctr_drop) * ref_ctr
+            and t < -cfg.calibration_z
         )
         add(
             "ctr",
@@ -418,11 +425,18 @@ def online(
         )
         per_request = float(negative / max(settled["request_id"].nunique(), 1))
         ref_hides = ref.get("hides_per_request")
+        hidden = np.zeros(len(settled))
+        for k in ("hide", "report"):
+            if k in settled:
+                hidden += settled[k].to_numpy(np.float64).clip(0, 1)
+        per_impression = (ref_hides or 0.0) / max(float(ref.get("impressions_per_request") or 1.0), 1e-9)
+        t_hides = _z(hidden, np.full(len(settled), per_impression), request_ids)
         high = (
             ref_hides is not None
             and not small
             and negative >= cfg.min_positives  # a rate from a handful of hides says nothing
             and per_request > (1 + cfg.hides_rise) * max(ref_hides, 1e-3)
+            and t_hides > cfg.calibration_z
         )
         add(
             "hides_reports_per_request",

@@ -247,8 +247,9 @@ class Monitor:
         return bundle, reference
 
     def _state_path(self, version: str) -> Path:
+        table = self.settings.monitoring_table()  # one table, one state: beside it, named after it
         name = self.settings.registry.model_name
-        return self.settings.monitoring_table().parent / "monitoring-versions" / name / f"{version}.json"
+        return table.parent / f"{table.stem}-versions" / name / f"{version}.json"
 
     def version_state(self, version: str) -> dict[str, Any]:
         """What monitoring keeps of a version it has seen serve: ``windows`` (how many windows of

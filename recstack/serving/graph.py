@@ -100,6 +100,10 @@ class Pipeline:
                 outcome.degraded.append(stage.name)
             outcome.timings_ms[stage.name] = (time.perf_counter() - started) * 1e3
             outcome.sizes[stage.name] = len(candidates)
+            if stage.name == "retrieve" and len(candidates):  # candidates per source (monitoring)
+                sources, counts = np.unique(candidates.sources.astype(str), return_counts=True)
+                for source, count in zip(sources.tolist(), counts.tolist(), strict=True):
+                    outcome.sizes[f"retrieve.{source}"] = count
         if len(candidates) > request.n:
             candidates = candidates.take(np.arange(request.n))
         outcome.candidates = candidates

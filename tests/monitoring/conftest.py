@@ -134,7 +134,7 @@ class Served:
         return window
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # served once for tests/monitoring (about 20 s); tests append to it
 def served_feed(
     feed_world: tuple[World, Path, Path],  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,

@@ -239,7 +239,7 @@ def test_retraining_on_drift_goes_through_the_gate_and_waits_out_the_cooldown(se
     eager = Monitor(eager_settings, served_feed.log, clock=served_feed.clock)
     after = eager.run_once(*served_feed.copy_day(2), act=True)
     assert after.action is not None and after.action.kind == "recover", after.action
-    assert after.action.since == run.action.since and "round 1 of 2" in after.action.detail
+    assert after.action.since == run.action.since and "round 1 of 4" in after.action.detail
     registry.promote("1", force=True)  # the module's other tests go on with version 1
     again = monitor.run_once(*window, act=True)  # the same breach of version 1, within the cooldown
     assert again.action is not None and again.action.kind == "cooldown"

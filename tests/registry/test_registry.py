@@ -65,6 +65,11 @@ def test_register_gate_promote_and_rollback(settings: Settings, tmp_path: Path) 
     rows = registry.versions()
     assert [r["version"] for r in rows] == [v1, v2, v3] and rows[0]["aliases"] == ["champion"]
     assert rows[2]["data_end"] == "2026-11-03"
+    # the report's history: every promotion and rollback with its time and reason, oldest first
+    log = registry.alias_log()
+    assert [(e["action"], e["version"]) for e in log] == [("promote", v1), ("promote", v3), ("rollback", v1)]
+    assert "no champion yet" in log[0]["reason"] and log[2]["reason"] == f"rolled back from {v3}"
+    assert log[0]["at"] <= log[1]["at"] <= log[2]["at"]
 
 
 def test_gate_uses_the_champion_score_on_the_same_holdout(settings: Settings, tmp_path: Path) -> None:

@@ -41,6 +41,19 @@ def test_recommend_returns_items_sources_and_logs_impressions(
     assert body["experiments"] == {} and all(e["experiment_arm"] is None for e in logged)
     for entry, row in zip(body["items"], logged, strict=True):
         assert row["propensity"] == 1.0 if not entry["explore"] else 0 < row["propensity"] <= 1
+    # what serving knew (monitoring reads it): each item's source, the heads' raw probabilities of
+    # the ranked ones, and on the first item the request's stage latencies and candidate counts
+    known = [json.loads(row["serving"]) for row in logged]
+    tasks = runtime.pipeline.bundle.tasks
+    for entry, info in zip(body["items"], known, strict=True):
+        assert info["source"] == entry["source"] and bool(info.get("explore")) == entry["explore"]
+        probs = [info.get(f"p:{t}") for t in tasks]
+        assert all(p is None for p in probs) if entry["explore"] else all(0 < p < 1 for p in probs)
+    stages = {k[3:] for k in known[0] if k.startswith("ms:")}
+    assert {"retrieve", "heavy_rank", "explore"} <= stages and known[0]["n:rerank"] >= 8
+    assert not any(k.startswith("ms:") for info in known[1:] for k in info)
+    per_source = {k: v for k, v in known[0].items() if k.startswith("n:retrieve.")}
+    assert per_source and sum(per_source.values()) == known[0]["n:retrieve"]  # candidates per source
     posted = client.post("/v1/recommend", json={"user_id": "never-seen", "n": 5}, headers=KEY)
     assert posted.status_code == 200 and len(posted.json()["items"]) == 5  # cold start: trending/fresh
 
