@@ -79,7 +79,7 @@ class Day:
     action: str = ""
 
 
-def arm_settings(root: Path) -> Settings:
+def arm_settings(root: Path, retrain_from: str = "champion") -> Settings:
     return load_settings(
         None,
         {
@@ -95,6 +95,7 @@ def arm_settings(root: Path) -> Settings:
             "RECSTACK_RETRIEVAL__INDEX": "flat",
             "RECSTACK_MONITORING__ENABLED": "false",  # the benchmark runs the checks itself, daily
             "RECSTACK_MONITORING__COOLDOWN_S": str(DAY / 2),
+            "RECSTACK_MONITORING__RETRAIN_FROM": retrain_from,
             "RECSTACK_MONITORING__SKEW_SAMPLE": "500",
         },
     )
@@ -113,7 +114,7 @@ def run_arm(
 ) -> tuple[list[Day], dict[str, float]]:
     folder = root / name
     shutil.rmtree(folder, ignore_errors=True)
-    settings = arm_settings(folder)
+    settings = arm_settings(folder, args.retrain_from)
     world = World.generate(n_users=args.users, n_items=args.items, seed=args.seed, drift=drift)
     total_days = args.history_days + 1 + args.days
     start = datetime.now(UTC) - timedelta(days=total_days + 1)
@@ -215,17 +216,19 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=3, help="scheduled arm: retrain every this many days")
     parser.add_argument("--slate", type=int, default=10)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--retrain-from", default="champion", help="[monitoring] retrain_from")
+    parser.add_argument("--arms", default="", help="run only these arms (comma-separated; figures need all)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the arms' state dirs here")
     args = parser.parse_args()
-    if args.quick:
+    if args.quick:  # a smoke run of the whole loop; its figures are not the benchmark's
         args.users, args.items, args.per_day, args.history_days, args.history_per_day = (
+            200,
+            500,
             300,
-            600,
-            400,
-            3,
-            1_500,
+            2,
+            1_000,
         )
-        args.days, args.shift_day, args.every = 5, 2, 2
+        args.days, args.shift_day, args.every = 5, 4, 2
     logging.basicConfig(level=logging.ERROR)
     root = args.keep or Path(tempfile.mkdtemp(prefix="drift_sim."))
     started = time.perf_counter()
@@ -233,6 +236,10 @@ def main() -> None:
     cost = {"cpu_s": 0.0, "requests": 0.0}
     arms = [("stable", "triggered", False), ("none", "none", True), ("scheduled", "scheduled", True),
             ("triggered", "triggered", True), ("gentle", "triggered", False)]  # fmt: skip
+    if args.quick:
+        arms = arms[:4]
+    if args.arms:
+        arms = [a for a in arms if a[0] in args.arms.split(",")]
     for name, mode, shifted in arms:
         drift = args.gentle_drift if name == "gentle" else args.drift
         days, spent = run_arm(mode, shifted, args, root, drift, name)
@@ -245,8 +252,8 @@ def main() -> None:
     alarms = [d.day for d in results["triggered"] if d.breaches and d.day >= args.shift_day]
     detect = alarms[0] - args.shift_day if alarms else float("nan")
     false_alarms = sum(len(d.breaches) > 0 for d in results["stable"])
-    gentle = sum(len(d.breaches) > 0 for d in results["gentle"])
-    gentle_breaches = sorted({f"day {d.day} {b}" for d in results["gentle"] for b in d.breaches})
+    gentle = sum(len(d.breaches) > 0 for d in results.get("gentle", []))
+    gentle_breaches = sorted({f"day {d.day} {b}" for d in results.get("gentle", []) for b in d.breaches})
     # the shifted arms' days before the shift are a stable world too (reported beside the goal)
     pre_shift = sum(len(d.breaches) > 0 for m in ("none", "scheduled", "triggered") for d in results[m]
                     if d.day < args.shift_day)  # fmt: skip

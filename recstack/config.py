@@ -932,6 +932,11 @@ class ReferenceKind(StrEnum):
     training = "training"
 
 
+class RetrainFrom(StrEnum):
+    champion = "champion"
+    scratch = "scratch"
+
+
 class MonitoringConfig(Section):
     """``recstack monitor``: drift, calibration, skew and online metrics per window of the serving
     log against the reference saved with the served bundle (docs/monitoring.md)."""
@@ -1030,6 +1035,11 @@ class MonitoringConfig(Section):
         True,
         description="Act on breaches: drift (features, predictions, online CTR) retrains incrementally "
         "through the promotion gate, calibration alone refits calibration.",
+    )
+    retrain_from: RetrainFrom = Field(
+        RetrainFrom.champion,
+        description="A drift-triggered round warm-starts from the champion (champion) or trains anew "
+        "on the log since the shift (scratch).",
     )
     recovery_rounds: int = Field(
         4,

@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from recstack.config import ReferenceKind, Settings
+from recstack.config import ReferenceKind, RetrainFrom, Settings
 from recstack.errors import CheckpointError, RecstackError
 from recstack.events.base import EventLog
 from recstack.monitoring import checks
@@ -434,7 +434,8 @@ class Monitor:
                 from recstack.train.rounds import train_and_register
 
                 origin = datetime.fromisoformat(recovering[0])
-                trained = train_and_register(self.settings, self.log, incremental=True, start=origin)
+                warm = self.settings.monitoring.retrain_from is RetrainFrom.champion
+                trained = train_and_register(self.settings, self.log, incremental=warm, start=origin)
                 gate = trained.gate.reason if trained.gate else ""
                 rounds = f"{recovering[1] + 1} of {self.settings.monitoring.recovery_rounds}"
                 detail = (
@@ -445,7 +446,8 @@ class Monitor:
                 from recstack.train.rounds import train_and_register
 
                 start = self._retrain_start(run)
-                trained = train_and_register(self.settings, self.log, incremental=True, start=start)
+                warm = self.settings.monitoring.retrain_from is RetrainFrom.champion
+                trained = train_and_register(self.settings, self.log, incremental=warm, start=start)
                 gate = trained.gate.reason if trained.gate else ""
                 begins = start.isoformat() if start else None
                 return Action("retrain", trained.version, trained.promoted, f"on {why}; gate: {gate}", begins)
