@@ -962,7 +962,10 @@ class MonitoringConfig(Section):
         86_400.0, gt=0, description="Each check reads the serving log of the last this many s."
     )
     min_rows: int = Field(
-        500, ge=1, description="A window with fewer impressions is reported as too small, never a breach."
+        500,
+        ge=1,
+        description="A check with fewer values is reported as too small, never a breach (drift counts "
+        "requests, one impression each; calibration and online rates count settled impressions).",
     )
     bins: int = Field(10, ge=2, le=100, description="Quantile bins of the reference (PSI).")
     sample: int = Field(2_000, ge=50, description="Reference values kept per feature (the KS test).")

@@ -156,9 +156,8 @@ def _drift_or_small(
     cfg = settings.monitoring
     finite = values[np.isfinite(values)]
     if len(finite) < cfg.min_rows:
-        return Finding(
-            check, name, TOO_SMALL, None, cfg.psi, {"n": len(finite)}, f"{len(finite)} values < min_rows"
-        )
+        why = f"{len(finite)} values (one impression per request) < min_rows"
+        return Finding(check, name, TOO_SMALL, None, cfg.psi, {"n": len(finite)}, why)
     if ref["kind"] == "numeric" and ref.get("std", 1.0) == 0.0 and np.all(finite == ref["mean"]):
         return Finding(
             check, name, CONSTANT, 0.0, cfg.psi, {"n": len(finite)}, "constant, as in the reference"
