@@ -20,7 +20,7 @@ from tests.serving.conftest import KEY, feed_settings
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known defect (issue 18): on 2026-12-01 after 20:00 the replay reproduced only 60-65% of the "
+    reason="known defect (issue 18): on 2026-12-01 at 21:00 the replay reproduced only 60-65% of the "
     "served slots (0.8 needed) on the code before and after monitoring alike, where it passed at 18:27; "
     "what the replay rebuilds differently is not found yet",
 )
