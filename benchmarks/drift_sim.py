@@ -59,7 +59,7 @@ from recstack.data.simulator import RandomPolicy, Simulator, World
 from recstack.events.parquet import ParquetEventLog
 from recstack.features.stores import MemoryStore
 from recstack.monitoring.monitor import Monitor
-from recstack.playground import serve_simulated
+from recstack.playground import SimClock, serve_simulated
 from recstack.registry import Registry
 from recstack.serving.api import Runtime, create_app, registry_source
 from recstack.train.rounds import train_and_register
@@ -101,14 +101,6 @@ def arm_settings(root: Path, retrain_from: str = "champion") -> Settings:
     )
 
 
-class Clock:
-    def __init__(self, start: float) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def run_arm(
     mode: str, shifted: bool, args: argparse.Namespace, root: Path, drift: float, name: str
 ) -> tuple[list[Day], dict[str, float]]:
@@ -130,7 +122,7 @@ def run_arm(
         log.append_table(table)
     sim.now_us = history.now_us
     train_and_register(settings, log)
-    clock = Clock(sim.now_us / 1e6 + 60)
+    clock = SimClock(sim.now_us / 1e6 + 60)
     runtime = Runtime(
         settings, log, store=MemoryStore(), bundle_source=registry_source(settings), clock=clock
     )

@@ -351,6 +351,17 @@ def _round(
     )
 
 
+class SimClock:
+    """A settable clock (seconds since the epoch, ``.t``) for ``Runtime(clock=...)``: a simulation
+    moves the API's time itself."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def serve_simulated(
     client: Any,
     world: World,

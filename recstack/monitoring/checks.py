@@ -419,15 +419,13 @@ def online(
             if k in settled
         )
         add("actions_per_user", float(actions / max(settled["user_id"].nunique(), 1)))
-        negative = sum(
-            settled[k].to_numpy(np.float64).clip(0, 1).sum() for k in ("hide", "report") if k in settled
-        )
-        per_request = float(negative / max(settled["request_id"].nunique(), 1))
-        ref_hides = ref.get("hides_per_request")
-        hidden = np.zeros(len(settled))
+        hidden = np.zeros(len(settled))  # hides and reports of each impression
         for k in ("hide", "report"):
             if k in settled:
                 hidden += settled[k].to_numpy(np.float64).clip(0, 1)
+        negative = float(hidden.sum())
+        per_request = float(negative / max(settled["request_id"].nunique(), 1))
+        ref_hides = ref.get("hides_per_request")
         per_impression = (ref_hides or 0.0) / max(float(ref.get("impressions_per_request") or 1.0), 1e-9)
         t_hides = _z(hidden, np.full(len(settled), per_impression), request_ids)
         high = (

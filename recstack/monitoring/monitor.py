@@ -71,6 +71,7 @@ class MonitorRun:
     impressions: int = 0
     action: Action | None = None
     cpu_s: float = 0.0
+    window: Window | None = field(default=None, repr=False)  # what was read (the actions reuse it)
 
     def breaches(self, version: str | None = None) -> list[Finding]:
         return [f for v, f in self.findings if f.breached and (version is None or v == version)]
@@ -292,6 +293,7 @@ class Monitor:
             uuid.uuid4().hex[:12], now, start, end, self.champion(), impressions=len(window.impressions)
         )
         run.findings = self.findings(window)
+        run.window = window
         run.cpu_s = time.process_time() - cpu
         return run
 
@@ -453,8 +455,8 @@ class Monitor:
                 return Action("retrain", trained.version, trained.promoted, f"on {why}; gate: {gate}", begins)
             from recstack.monitoring.recalibrate import recalibrate
 
-            assert run.champion is not None
-            return recalibrate(self.settings, self.log, run.champion, run.start, run.end, run.at, why)
+            assert run.champion is not None and run.window is not None
+            return recalibrate(self.settings, run.window, run.champion, why)
         except RecstackError as exc:
             return Action("failed", detail=f"on {why}: {exc}")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,8 +15,7 @@ import numpy as np
 from recstack.config import CalibrationKind, Settings
 from recstack.errors import RecstackError
 from recstack.eval.metrics import logloss
-from recstack.events.base import EventLog
-from recstack.monitoring.window import read_window
+from recstack.monitoring.window import Window
 from recstack.servables.bundle import ServingBundle
 from recstack.servables.calibration import read_calibration
 
@@ -27,15 +25,8 @@ if TYPE_CHECKING:
 GATE_METRIC = "neg_logloss_recent"
 
 
-def recalibrate(
-    settings: Settings,
-    log: EventLog,
-    version: str,
-    start: datetime,
-    end: datetime,
-    now: datetime,
-    why: str = "",
-) -> Action:
+def recalibrate(settings: Settings, window: Window, version: str, why: str = "") -> Action:
+    """Refit ``version``'s calibration on its impressions in ``window`` (the one the monitor read)."""
     from recstack.monitoring.monitor import Action
     from recstack.registry import Registry
     from recstack.train.feed import fit_calibration
@@ -43,8 +34,8 @@ def recalibrate(
     registry = Registry(settings)
     folder = registry.fetch(version)
     bundle = ServingBundle.load(folder)
-    window = read_window(log, start, end, settings.event_log.attribution_window_s, now).of_version(version)
-    rows = window.settled.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    start, end = window.start, window.end
+    rows = window.of_version(version).settled.sort_values("timestamp", kind="stable").reset_index(drop=True)
     kind = settings.ranking.calibration
     kind = CalibrationKind.platt if kind is CalibrationKind.none else kind
     old = json.loads((folder / "calibration.json").read_text())

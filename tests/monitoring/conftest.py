@@ -22,7 +22,7 @@ from recstack.config import Settings, load_settings
 from recstack.data.simulator import Simulator, World
 from recstack.events.parquet import ParquetEventLog
 from recstack.features.stores import MemoryStore
-from recstack.playground import serve_simulated
+from recstack.playground import SimClock, serve_simulated
 from recstack.registry import Registry
 from recstack.serving.api import Runtime, create_app, registry_source
 from tests.serving.conftest import feed_world  # noqa: F401 (the session's trained feed)
@@ -51,14 +51,6 @@ def monitor_settings(state_dir: Path, **extra: str) -> Settings:
     return load_settings(None, monitor_env(state_dir) | extra)
 
 
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @dataclass
 class Served:
     """The served feed: ``days`` holds each served window's [start, end)."""
@@ -68,7 +60,7 @@ class Served:
     log: ParquetEventLog
     world: World
     sim: Simulator
-    clock: Clock
+    clock: SimClock
     runtime: Runtime
     client: TestClient
     days: list[tuple[datetime, datetime]]
@@ -151,7 +143,7 @@ def served_feed(
     log = ParquetEventLog(root / "events")
     sim = Simulator(world, seed=5)
     last = log.table(kinds=["impression"])["timestamp"].to_numpy(zero_copy_only=False).max()
-    clock = Clock(last.astype("datetime64[us]").astype(np.int64) / 1e6 + 3_600)  # right after the history
+    clock = SimClock(last.astype("datetime64[us]").astype(np.int64) / 1e6 + 3_600)  # right after the history
     runtime = Runtime(
         settings, log, store=MemoryStore(), bundle_source=registry_source(settings), clock=clock
     )
