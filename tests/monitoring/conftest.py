@@ -37,6 +37,9 @@ def monitor_env(state_dir: Path) -> dict[str, str]:
         "RECSTACK_TRAIN__PROGRESS": "false",
         "RECSTACK_TRAIN__EPOCHS": "1",
         "RECSTACK_TRAIN__BATCH_SIZE": "1024",
+        # fixed, not the cores free, so the models do not depend on the load. With 1 thread the stable
+        # stream's like head trips the calibration check (z -4.3 against 4): issue 19's note
+        "RECSTACK_TRAIN__NUM_THREADS": "2",
         "RECSTACK_TWO_TOWER__DIM": "16",
         "RECSTACK_TWO_TOWER__HIDDEN": "[32]",
         "RECSTACK_TWO_TOWER__HISTORY": "10",
