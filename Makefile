@@ -15,9 +15,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch is named in the same command so that nothing can pull an unpinned (CUDA) build.
+# torch is named in the same command so that nothing can pull an unpinned (CUDA) build. The scale
+# extra (Ray) is installed for its tests; recstack itself runs without it (engine = "local").
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(PIP_ARGS) -e '.[dev]' torch==2.13.0
+	$(BIN)/pip install -q $(PIP_ARGS) -e '.[dev,scale]' torch==2.13.0
 	touch $@
 
 demo: $(VENV)/.installed
@@ -31,7 +32,7 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=20
 
 test: lint typecheck pytest
 

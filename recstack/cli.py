@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from recstack import data as datasets
-from recstack.config import Settings, annotated_default, default_config_path, load_settings
+from recstack.config import Engine, Settings, annotated_default, default_config_path, load_settings
 from recstack.errors import RecstackError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -47,8 +48,25 @@ experiment_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(experiment_app, name="experiment")
+features_app = typer.Typer(
+    help="Features: materialize the training set of the log (locally or on Ray).", no_args_is_help=True
+)
+app.add_typer(features_app, name="features")
 console = Console(soft_wrap=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="recstack.toml to read.")]
+EngineOpt = Annotated[
+    Engine | None,
+    typer.Option(
+        "--engine", help="local or ray: where the heavy jobs run (default: [compute] engine of the config)."
+    ),
+]
+
+
+def _engine(settings: Settings, engine: Engine | None) -> Settings:
+    """The settings with ``--engine`` applied (when given)."""
+    if engine is None:
+        return settings
+    return settings.model_copy(update={"compute": settings.compute.model_copy(update={"engine": engine})})
 
 
 def _settings(config: Path | None) -> Settings:
@@ -127,9 +145,12 @@ def train(
         datetime | None, typer.Option(help="Feed: train on events from this time (ISO-8601, UTC if naive).")
     ] = None,
     until: Annotated[datetime | None, typer.Option(help="Feed: ... up to this time (exclusive).")] = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Train MF with BPR on a data set and report test metrics; with --feed (or --incremental),
-    train the feed bundle from the event log, register it and promote it through the gate."""
+    train the feed bundle from the event log, register it and promote it through the gate. With
+    --engine ray the neural models train on Ray Train workers and the feed's join, features and
+    item vectors run as Ray Data jobs ([compute])."""
     import signal
 
     from recstack.train.loop import request_stop
@@ -137,7 +158,7 @@ def train(
     for sig in (signal.SIGINT, signal.SIGTERM):  # training stops at its next batch
         signal.signal(sig, request_stop)
     try:
-        _train(config, dataset, split, feed, incremental, every, promote_after, since, until)
+        _train(config, dataset, split, feed, incremental, every, promote_after, since, until, engine)
     except KeyboardInterrupt:
         from recstack.train.tracking import end_open_runs
 
@@ -159,11 +180,12 @@ def _train(
     promote_after: bool,
     since: datetime | None,
     until: datetime | None,
+    engine: Engine | None = None,
 ) -> None:
     if feed or incremental:
         from recstack.train.loop import STOP, check_stop
 
-        settings = _settings(config)
+        settings = _engine(_settings(config), engine)
         start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
         end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
         if start and end and start >= end:
@@ -184,7 +206,7 @@ def _train(
     from recstack.data.splits import Split, leave_last_out, random_ratio_split, temporal_split
     from recstack.train.recipes import encode_split, train_mf_bpr
 
-    settings = _settings(config)
+    settings = _engine(_settings(config), engine)
     try:
         if dataset == "movielens1m_m1":
             bars = read_bars_ml1m(settings.paths.data_dir / "movielens1m_m1")
@@ -920,6 +942,7 @@ def safety_rescore(
         bool,
         typer.Option("--all", help="Score every item with text again, not only those the champion has not."),
     ] = False,
+    engine: EngineOpt = None,
 ) -> None:
     """Score the catalog's items with text by the safety champion (after `recstack safety train`
     promoted a new one, or to release items held back unscored), appending each as an upsert with
@@ -927,14 +950,18 @@ def safety_rescore(
     skipped (run it again: it appends nothing)."""
     from recstack.safety.items import champion_scorer, rescore_catalog
 
-    settings = _settings(config)
+    settings = _engine(_settings(config), engine)
     log = _log(settings)
     try:
         scorer = champion_scorer(settings)
         with _progress() as bar:
             task = bar.add_task(f"scoring with {scorer.version}", total=None)
             done = rescore_catalog(
-                log, scorer, everything, progress=lambda n, total: bar.update(task, completed=n, total=total)
+                log,
+                scorer,
+                everything,
+                progress=lambda n, total: bar.update(task, completed=n, total=total),
+                compute=settings.compute,
             )
     except (RecstackError, OSError) as exc:
         raise _fail(exc) from exc
@@ -1126,6 +1153,91 @@ def experiment_budget(
     if out is not None:
         frame.to_csv(out, index=False)
         console.print(f"wrote {out}", highlight=False)
+
+
+@features_app.command("materialize")
+def features_materialize(
+    config: ConfigOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for rows.parquet and features.json (default <state_dir>/training_set)."),
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Impressions from this time (ISO-8601, UTC if naive).")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="... up to this time (exclusive).")] = None,
+    engine: EngineOpt = None,
+) -> None:
+    """Build the training set of the event log: each impression labelled with what it caused and
+    every [[features]] definition's value as of its time (point in time: only earlier events
+    count), locally with DuckDB or as Ray Data jobs (--engine ray); both give the same rows."""
+    from recstack.features.offline import save_materialized
+    from recstack.features.training_set import build_training_set
+
+    settings = _engine(_settings(config), engine)
+    start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+    end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+    folder = out or settings.paths.state_dir / "training_set"
+    log = _log(settings)
+    try:
+        built = build_training_set(settings, log, start, end)
+        save_materialized(built.table, settings.features, folder)
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        log.close()
+    console.print(
+        f"{built.table.num_rows:,} impressions x {len(settings.features)} features on {built.engine.value} "
+        f"in {built.seconds:.1f} s -> {folder / 'rows.parquet'} (unattributed engagements: "
+        f"{built.unattributed:,})",
+        highlight=False,
+    )
+
+
+@app.command()
+def candidates(
+    config: ConfigOpt = None,
+    k: Annotated[int, typer.Option(min=1, help="Candidates per user.")] = 100,
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet file (default <state_dir>/candidates.parquet).")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Bundle version (default: the champion).")] = None,
+    engine: EngineOpt = None,
+) -> None:
+    """Batch retrieval: the two-tower's top k for every user the log knows, with the user's recent
+    engagements as history, from the champion bundle (or --version): rows user_id, rank, item_id,
+    score. Locally or as a Ray Data job (--engine ray)."""
+    import pyarrow.parquet as pq
+
+    from recstack.registry import Registry
+    from recstack.scale.inference import candidates as batch_candidates
+    from recstack.scale.inference import user_histories
+
+    settings = _engine(_settings(config), engine)
+    target = out or settings.paths.state_dir / "candidates.parquet"
+    log = _log(settings)
+    try:
+        registry = Registry(settings)
+        chosen = version or registry.alias("champion")
+        if chosen is None:
+            raise RecstackError("no champion bundle: train one first (recstack train --feed)")
+        folder = registry.fetch(chosen)
+        users, histories = user_histories(log.table(), folder)
+        started = time.perf_counter()
+        table = batch_candidates(folder, users, histories, k, settings.compute)
+        seconds = time.perf_counter() - started
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, target)
+    except (RecstackError, OSError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        log.close()
+    served = len(set(table.column("user_id").to_pylist()))
+    console.print(
+        f"{table.num_rows:,} candidates for {served:,} of {len(users):,} users from version {chosen} on "
+        f"{settings.compute.engine.value} in {seconds:.1f} s -> {target}",
+        highlight=False,
+    )
 
 
 @config_app.command("default")

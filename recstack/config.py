@@ -937,6 +937,53 @@ class RetrainFrom(StrEnum):
     scratch = "scratch"
 
 
+class Engine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+class ComputeConfig(Section):
+    """Where the heavy batch jobs run: feature materialization and training-set building, the
+    training of the two-tower and the neural rankers, and batch inference (item vectors into the
+    index, offline candidates, the catalog's safety scores)."""
+
+    engine: Engine = Field(
+        Engine.local,
+        description="local (this process: DuckDB, one PyTorch process) or ray (Ray Data jobs and Ray "
+        "Train's TorchTrainer; needs the scale extra: pip install 'recstack[scale]').",
+    )
+    address: str | None = Field(
+        None,
+        description="The Ray cluster to join: host:port of its head (6379), ray://host:10001 for Ray "
+        "Client, or auto; none: start a local Ray on this machine with cpus CPUs.",
+    )
+    cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray started when address is none; unset: all cores."
+    )
+    workers: int = Field(2, ge=1, description="Ray Train workers (one training process each).")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) of each training worker.")
+    use_gpu: bool = Field(False, description="Ray Train: one GPU per worker, NCCL instead of gloo.")
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Ray Data partitions of the join and feature jobs (by entity hash, then time); unset: "
+        "twice the cluster's CPUs.",
+    )
+    batch_rows: int = Field(8192, ge=1, description="Rows per batch of the batch-inference jobs.")
+    max_failures: int = Field(
+        1,
+        ge=0,
+        description="Ray Train: restarts of the worker group after a worker dies (the fit starts again "
+        "from its seed); then the training fails and nothing is registered.",
+    )
+    task_retries: int = Field(
+        3, ge=0, description="Ray Data: retries of a task whose worker died before the job fails."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for the cluster's address to answer before failing."
+    )
+
+
 class MonitoringConfig(Section):
     """``recstack monitor``: drift, calibration, skew and online metrics per window of the serving
     log against the reference saved with the served bundle (docs/monitoring.md)."""
@@ -1101,6 +1148,7 @@ class Settings(Section):
     autocomplete: AutocompleteConfig = AutocompleteConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    compute: ComputeConfig = ComputeConfig()
     features: list[FeatureDef] = Field(
         default_factory=lambda: [_FEATURE_ADAPTER.validate_python(d) for d in DEFAULT_FEATURES],
         description="Feature definitions, one [[features]] table each.",

@@ -118,9 +118,13 @@ def check_attributes(events: pa.Table, features: Sequence[AnyFeature]) -> None:
         con.close()
 
 
-def materialize(events: pa.Table, rows: pa.Table, features: Sequence[AnyFeature]) -> pa.Table:
+def materialize(
+    events: pa.Table, rows: pa.Table, features: Sequence[AnyFeature], check: bool = True
+) -> pa.Table:
     """Feature columns for ``rows`` (columns ``timestamp``, ``user_id``, ``item_id`` and optionally
     ``surface`` and ``context``) from ``events`` (EVENT_SCHEMA), point-in-time correct.
+    ``check``: whether an attribute no upsert of ``events`` has is an error (a partition of the
+    events, which ``check_attributes`` already checked whole, passes False).
 
     Returns ``rows`` with one column per feature appended (float64; last-N as list<string>).
     """
@@ -138,13 +142,13 @@ def materialize(events: pa.Table, rows: pa.Table, features: Sequence[AnyFeature]
     out = rows
     try:
         for f in features:
-            out = out.append_column(f.name, _column(q, f, rows, t))
+            out = out.append_column(f.name, _column(q, f, rows, t, check))
     finally:
         q.con.close()
     return out
 
 
-def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray) -> pa.Array:
+def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray, check: bool = True) -> pa.Array:
     if isinstance(f, Counter):
         return pa.array(q.windowed_count(f.entity, f.kinds, f.bucket_us, f.n_buckets).astype(np.float64))
     if isinstance(f, Rate):
@@ -206,7 +210,8 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray) -> pa.Array
         vectors = shared_encoder().embed(texts)  # (N, 384)
         return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)
     if isinstance(f, Attribute):
-        _check_attribute(q.con, "ev", f)
+        if check:
+            _check_attribute(q.con, "ev", f)
         table = q.con.sql(f"""
             SELECT q.rid, a.creator_id, a.attributes
             FROM (SELECT rid, {f.entity}_id AS ent, t FROM r) q

@@ -86,11 +86,15 @@ class TwoTowerRetriever:
         item_ids: Sequence[str],
         kind: IndexKind = IndexKind.hnsw,
         history_length: int = 50,
+        vectors: np.ndarray | None = None,
     ) -> TwoTowerRetriever:
+        """``vectors``: the item tower's (n_items, D) output when the caller computed it (a batch
+        job); else it is computed here."""
         import torch
 
-        with torch.no_grad():
-            vectors = model.eval().all_item_vectors().numpy()  # (n_items, D)
+        if vectors is None:
+            with torch.no_grad():
+                vectors = model.eval().all_item_vectors().numpy()  # (n_items, D)
         index = ItemIndex(vectors.shape[1], kind).build(vectors)
         return cls(model, index, user_ids, item_ids, history_length)
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from recstack.config import ComputeConfig, Engine
 from recstack.errors import RecstackError
 from recstack.safety.model import SafetyModel
 
@@ -334,12 +335,15 @@ def rescore_catalog(
     batch: int = 256,
     progress: Any = None,
     now: Any = None,
+    compute: ComputeConfig | None = None,
 ) -> Rescored:
     """Score every item of the log's catalog that has text and was not scored by ``scorer``'s
     version (``everything``: all of them again), and append each as a new upsert carrying the
     scores (the worker applies it like any upsert; the item keeps its creation time). Event ids
     derive from the item, the version and the content, so running it twice appends nothing new.
-    ``progress(done, total)`` is called as items are scored."""
+    ``progress(done, total)`` is called as items are scored. ``compute`` (``[compute]``): with
+    engine = ray the texts are scored by a Ray Data job over the whole list first, then appended
+    batch by batch as locally."""
     import hashlib
     import json
     from datetime import UTC, datetime
@@ -351,19 +355,26 @@ def rescore_catalog(
     with_text = [r for r in records if item_text(r.get("text"), r["attributes"], scorer.fields) is not None]
     todo = [r for r in with_text if everything or r["attributes"].get("unsafe_model") != scorer.version]
     decisions: dict[str, int] = {}
-    for start in range(0, len(todo), batch):
-        chunk = [
-            {
-                "kind": "item",
-                "item_id": r["item_id"],
-                "text": r.get("text"),
-                "creator_id": r.get("creator_id"),
-                "created_at": r.get("created_at") or r["timestamp"],
-                "attributes": dict(r["attributes"]),
-            }
-            for r in todo[start : start + batch]
-        ]
-        scorer.score_records(chunk)
+    upserts = [
+        {
+            "kind": "item",
+            "item_id": r["item_id"],
+            "text": r.get("text"),
+            "creator_id": r.get("creator_id"),
+            "created_at": r.get("created_at") or r["timestamp"],
+            "attributes": dict(r["attributes"]),
+        }
+        for r in todo
+    ]
+    on_ray = compute is not None and compute.engine == Engine.ray
+    if compute is not None and on_ray:
+        from recstack.scale.inference import safety_scores
+
+        safety_scores(scorer, upserts, compute, batch)
+    for start in range(0, len(upserts), batch):
+        chunk = upserts[start : start + batch]
+        if not on_ray:
+            scorer.score_records(chunk)
         events: list[Event] = []
         for record in chunk:
             content = json.dumps([record["item_id"], record["text"], record["attributes"]], sort_keys=True)

@@ -41,6 +41,7 @@ import torch
 
 from recstack.config import (
     CalibrationKind,
+    Engine,
     HoldoutKind,
     LightRankerKind,
     PositionCorrection,
@@ -61,6 +62,7 @@ from recstack.index.retriever import TwoTowerRetriever
 from recstack.models.calibration import Isotonic, Platt
 from recstack.models.two_tower import TwoTower
 from recstack.monitoring.reference import build_reference, save_reference
+from recstack.scale.inference import item_vectors
 from recstack.servables.bundle import FORMAT
 from recstack.servables.calibration import read_calibration
 from recstack.servables.ranker import load_ranker, score_frame
@@ -249,8 +251,14 @@ def train_bundle(
     upserts = log.table(kinds=["item", "user"])
     catalog = catalog_items(upserts)
     check_attributes(upserts, features)  # before anything trains
+    on_ray = settings.compute.engine == Engine.ray
     events = log.table(start=start, end=end)
-    joined = frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
+    if on_ray:  # the join as a Ray Data job over the log's files: the same rows
+        from recstack.scale.data import join_on_ray
+
+        joined = frame_from_join(join_on_ray(settings, start, end).table)
+    else:
+        joined = frame_from_join(join_engagements(events, settings.event_log.attribution_window_s).table)
     if len(joined) < 100:
         raise RecstackError(
             f"{len(joined)} impressions in the selected range: at least 100 are needed to train a ranker"
@@ -300,20 +308,25 @@ def train_bundle(
         warm_start=warm,
     )
     model: TwoTower = tower.model  # type: ignore[assignment]
+    vectors = item_vectors(model, settings.compute)  # the item tower over the catalog (a batch job)
     retriever = TwoTowerRetriever.build(
-        model, user_ids, item_ids, settings.retrieval.index, settings.two_tower.history
+        model, user_ids, item_ids, settings.retrieval.index, settings.two_tower.history, vectors
     )
     retriever.save(folder / "retriever")
-    with torch.no_grad():
-        vectors = tower.model.eval().all_item_vectors().numpy().astype(np.float32)  # type: ignore[operator]
     np.save(folder / "item_vectors.npy", vectors)
     source_report = train_sources(settings, parts[0], parts[1], user_ids, folder / "sources")
 
     check_stop()  # a Ctrl-C or SIGTERM during the sources (LightGBM, EASE^R do not look)
     # ---------------------------------------------------------------- ranking rows and features
-    history = events if start is None else log.table(end=end)  # windows reach back before start
     scores = _tower_scores(retriever, vectors, joined, tower.histories)
-    add_feature_columns(joined, history, features, retriever, vectors, scores)
+    if on_ray:  # point-in-time features as Ray Data jobs over the log's files
+        from recstack.scale.data import materialize_on_ray
+
+        offline = materialize_on_ray(settings, feature_rows(joined), features, before=end)
+        add_feature_columns(joined, None, features, retriever, vectors, scores, offline)
+    else:
+        history = events if start is None else log.table(end=end)  # windows reach back before start
+        add_feature_columns(joined, history, features, retriever, vectors, scores)
     mixed = mixed_sources(joined, settings.train.mixed_ctr_factor)
     if mixed:
         logger.warning("%s", mixed)
@@ -447,20 +460,9 @@ def _tower_scores(
     return out
 
 
-def add_feature_columns(
-    joined: pd.DataFrame,
-    history: pa.Table,
-    features: Sequence[AnyFeature],
-    retriever: TwoTowerRetriever,
-    vectors: np.ndarray,
-    retrieval_scores: np.ndarray,
-) -> None:
-    """Add one column per feature to the impressions in ``joined`` (in place): the value serving
-    logged with the impression where it has one, else the offline point-in-time value over
-    ``history`` (events before each impression), ``retrieval_scores`` (N,) for the retrieval score
-    and each last-N sequence as the candidate's similarity to those items' ``vectors``.
-    Categorical values become the strings of their bucket codes."""
-    rows = pa.table(
+def feature_rows(joined: pd.DataFrame) -> pa.Table:
+    """The columns of the impressions that ``materialize`` reads."""
+    return pa.table(
         {
             "timestamp": pa.array(joined["timestamp"]),
             "user_id": joined["user_id"].astype(str).tolist(),
@@ -469,7 +471,27 @@ def add_feature_columns(
             "context": joined["context"].tolist(),
         }
     )
-    offline = materialize(history, rows, features)
+
+
+def add_feature_columns(
+    joined: pd.DataFrame,
+    history: pa.Table | None,
+    features: Sequence[AnyFeature],
+    retriever: TwoTowerRetriever,
+    vectors: np.ndarray,
+    retrieval_scores: np.ndarray,
+    offline: pa.Table | None = None,
+) -> None:
+    """Add one column per feature to the impressions in ``joined`` (in place): the value serving
+    logged with the impression where it has one, else the offline point-in-time value over
+    ``history`` (events before each impression), ``retrieval_scores`` (N,) for the retrieval score
+    and each last-N sequence as the candidate's similarity to those items' ``vectors``.
+    Categorical values become the strings of their bucket codes. ``offline``: that
+    materialization when the caller ran it (a Ray job); else it is computed here from ``history``."""
+    if offline is None:
+        if history is None:
+            raise ValueError("add_feature_columns needs the history or its materialization")
+        offline = materialize(history, feature_rows(joined), features)
     for f in features:
         if isinstance(f, RetrievalScore):
             computed = np.asarray(retrieval_scores, dtype=np.float64)

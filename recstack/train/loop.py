@@ -4,7 +4,9 @@ A task gives the loss (``task.loss(model, batch) -> scalar tensor``); the loop o
 the learning-rate schedule, gradient clipping, early stopping on a validation metric, checkpoints,
 seeds, progress, and tracking. It runs under ``torch.distributed`` (gloo): world size 1 by default
 (an in-process store), or whatever ``torchrun`` sets up, in which case the model is wrapped in
-DistributedDataParallel and the loader reads one shard per rank.
+DistributedDataParallel and the loader reads one shard per rank. With ``[compute] engine = "ray"``
+the same loop runs in each worker of Ray Train's TorchTrainer (``train/ray_train.py``), whose
+process group it joins as it joins torchrun's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from recstack.config import Optimizer, Schedule, TrainConfig
+from recstack.config import ComputeConfig, Engine, Optimizer, Schedule, TrainConfig
 from recstack.train.batch import Batch, BatchLoader
 from recstack.train.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from recstack.train.tracking import NullTracker, Tracker
@@ -128,16 +130,43 @@ def _stage(run_name: str) -> str:
     return run_name.removeprefix("feed_").replace("_", " ").replace("two tower", "two-tower")
 
 
+def _agreed(metric: float, world: int) -> float:
+    """Rank 0's validation metric on every rank, so that all ranks keep, stop and schedule alike
+    (their weights are equal under DDP, but their arithmetic may differ in the last bit)."""
+    if world == 1:
+        return metric
+    value = torch.tensor([metric], dtype=torch.float64)
+    dist.broadcast(value, src=0)
+    return float(value.item())
+
+
+def _world_throughput(samples: int, busy: float, world: int) -> tuple[int, float]:
+    """(samples of all ranks, the slowest rank's busy seconds): the world's throughput."""
+    if world == 1:
+        return samples, busy
+    values = torch.tensor([float(samples), busy], dtype=torch.float64)
+    total = values.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return int(total[0].item()), float(values[1].item())
+
+
 class Trainer:
     """Fits a model with a task. ``run_name`` names the checkpoint folder and the tracking run."""
 
     def __init__(
-        self, config: TrainConfig, checkpoint_dir: Path, tracker: Tracker | None = None, run_name: str = "run"
+        self,
+        config: TrainConfig,
+        checkpoint_dir: Path,
+        tracker: Tracker | None = None,
+        run_name: str = "run",
+        compute: ComputeConfig | None = None,
     ) -> None:
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir)
         self.tracker: Tracker = tracker or NullTracker()
         self.run_name = run_name
+        self.compute = compute  # engine = ray: fit in Ray Train's workers
 
     def fit(
         self,
@@ -151,6 +180,10 @@ class Trainer:
         """Train until ``epochs`` or until ``monitor`` (higher is better) stops improving for
         ``patience`` validations; the model ends holding the best weights. Without ``validate``,
         the last epoch's weights are kept."""
+        if self.compute is not None and self.compute.engine == Engine.ray:
+            from recstack.train.ray_train import fit_on_ray
+
+            return fit_on_ray(self, self.compute, model, task, train, validate, monitor, params)
         cfg = self.config
         seed_everything(cfg.seed)
         torch.set_num_threads(training_threads(cfg.num_threads))
@@ -222,6 +255,7 @@ class Trainer:
                     with torch.no_grad():
                         row |= {f"val_{k}": v for k, v in validate(model).items()}
                     metric = row.get(f"val_{monitor}", -row["loss"] if monitor == "loss" else math.nan)
+                    metric = _agreed(metric, world)
                     if math.isnan(metric):
                         raise KeyError(
                             f"validation returned no '{monitor}'; it returned "
@@ -248,12 +282,13 @@ class Trainer:
                 log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) for k, v in row.items()})
                 if stale >= cfg.patience:
                     break
-            if result.best_epoch > 0:
-                restore_model(model, load_checkpoint(best_path), best_path)
+            if rank == 0:  # the other ranks' weights are dropped (their folder may not be rank 0's)
+                if result.best_epoch > 0:
+                    restore_model(model, load_checkpoint(best_path), best_path)
+                else:
+                    save_checkpoint(best_path, {"model": model.state_dict(), "epoch": result.epochs_run})
                 result.checkpoint = best_path
-            else:
-                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": result.epochs_run})
-                result.checkpoint = best_path
+            samples, busy = _world_throughput(samples, busy, world)
             result.samples_per_s = samples / busy if busy else 0.0
             self.tracker.log_metrics({"samples_per_s": result.samples_per_s}, step=result.epochs_run)
             status = "FINISHED"

@@ -43,7 +43,9 @@ def make_trainer(settings: Settings, run_name: str, tracker: Tracker | None = No
     """The one training loop with this run's checkpoint folder (``[train] checkpoint_dir`` or
     ``<state_dir>/checkpoints``, then the run name) and tracker (MLflow unless turned off)."""
     folder = (settings.train.checkpoint_dir or settings.paths.state_dir / "checkpoints") / run_name
-    return Trainer(settings.train, Path(folder), tracker or make_tracker(settings, run_name), run_name)
+    return Trainer(
+        settings.train, Path(folder), tracker or make_tracker(settings, run_name), run_name, settings.compute
+    )
 
 
 def encode_split(
