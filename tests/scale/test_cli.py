@@ -24,7 +24,8 @@ def test_train_feed_and_candidates_on_ray(ray_cluster: Any, sim_log: Path, tmp_p
         "[train]\nepochs = 2\nbatch_size = 512\nnum_threads = 1\nprogress = false\n"
         "[two_tower]\ndim = 16\nhidden = [32]\nhistory = 10\n"
         '[retrieval]\nindex = "flat"\n'
-        '[ranking]\nlight = "lr"\n'  # the heavy ranker (DCN-v2) on Ray; the light one in the driver
+        # the two-tower trains on Ray here; the neural rankers on Ray are test_train.py's (lean CI)
+        '[ranking]\nmodel = "lr"\nlight = "lr"\n'
         "[compute]\nworkers = 2\n"
     )
     runner = CliRunner()
@@ -33,8 +34,8 @@ def test_train_feed_and_candidates_on_ray(ray_cluster: Any, sim_log: Path, tmp_p
     assert "registered version 1" in trained.output and "promoted to champion" in trained.output
     bundle = next((tmp_path / "state").rglob("bundle.json"))
     meta = json.loads(bundle.read_text())
-    assert meta["metrics"]["auc_click"] > 0  # the heavy ranker trained and was scored on the holdout
-    assert (bundle.parent / "heavy" / "model.onnx").exists()
+    assert meta["metrics"]["auc_click"] > 0  # the ranker trained and was scored on the holdout
+    assert (bundle.parent / "heavy" / "ranker.json").exists()
     assert (bundle.parent / "retriever" / "index").exists()
     # the two-tower was trained by two Ray Train workers
     assert (tmp_path / "state" / "checkpoints" / "feed_two_tower" / "ray").exists()

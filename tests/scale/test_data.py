@@ -1,4 +1,5 @@
-"""The join and feature jobs on a 2-CPU Ray cluster give exactly the local path's rows."""
+"""The join and feature jobs on a 2-CPU Ray cluster give exactly the local path's rows: the
+features alone, then the command's training set of a window (the join's rows and every feature)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from recstack.cli import app
 from recstack.events.join import join_engagements
 from recstack.events.parquet import ParquetEventLog
 from recstack.features.offline import materialize
-from recstack.scale.data import _blocks, join_on_ray, materialize_on_ray, shard_of
+from recstack.scale.data import _blocks, materialize_on_ray, shard_of
 from tests.scale.conftest import settings_for
 
 
@@ -44,24 +45,6 @@ def test_shards_are_the_same_in_every_process_and_cover_every_row(sim_log: Path)
     assert max(b.num_rows for b in blocks) <= -(-rows.num_rows // 3)
 
 
-def test_join_on_ray_gives_the_local_rows(ray_cluster: Any, sim_log: Path) -> None:
-    settings = settings_for(sim_log)
-    log = ParquetEventLog(sim_log / "events")
-    events = log.table()
-    local = join_engagements(events, settings.event_log.attribution_window_s)
-    remote = join_on_ray(settings)
-    assert remote.table.num_rows > 1_000
-    assert remote.table.equals(local.table)
-    assert remote.unattributed == local.unattributed
-    # a window: the impressions of its first half only
-    times = events.column("timestamp").to_pylist()
-    start, end = min(times), min(times) + (max(times) - min(times)) / 2
-    part = join_on_ray(settings, start + timedelta(hours=1), end)
-    expected = join_engagements(log.table(start=start + timedelta(hours=1), end=end)).table
-    assert 0 < part.table.num_rows < remote.table.num_rows
-    assert part.table.equals(expected)
-
-
 def test_materialize_on_ray_gives_the_local_values(ray_cluster: Any, sim_log: Path) -> None:
     settings = settings_for(sim_log, RECSTACK_COMPUTE__PARTITIONS="5")
     log = ParquetEventLog(sim_log / "events")
@@ -76,7 +59,7 @@ def test_materialize_on_ray_gives_the_local_values(ray_cluster: Any, sim_log: Pa
     assert any(local.column("user_last_items").to_pylist())
 
 
-def test_features_materialize_command_writes_the_same_rows_on_both_engines(
+def test_features_materialize_writes_the_same_rows_on_both_engines(
     ray_cluster: Any, sim_log: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "recstack.toml").write_text(
@@ -85,19 +68,31 @@ def test_features_materialize_command_writes_the_same_rows_on_both_engines(
     )
     runner = CliRunner()
     config = str(tmp_path / "recstack.toml")
+    times = ParquetEventLog(sim_log / "events").table().column("timestamp").to_pylist()
+    since = (min(times) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")  # a window of the log
+    until = (min(times) + (max(times) - min(times)) * 0.8).strftime("%Y-%m-%dT%H:%M:%S")
     for engine in ("local", "ray"):
-        result = runner.invoke(
-            app,
-            ["features", "materialize", "-c", config, "--engine", engine, "--out", str(tmp_path / engine)],
-        )
+        out = str(tmp_path / engine)
+        args = [
+            "features",
+            "materialize",
+            "-c",
+            config,
+            "--engine",
+            engine,
+            "--since",
+            since,
+            "--until",
+            until,
+        ]
+        result = runner.invoke(app, [*args, "--out", out])
         assert result.exit_code == 0, result.output
         assert f"on {engine}" in result.output
-    local, remote = (
-        pq.read_table(tmp_path / "local" / "rows.parquet"),
-        pq.read_table(tmp_path / "ray" / "rows.parquet"),
-    )
-    assert local.num_rows > 1_000
-    same_columns(remote, local)
+    local = pq.read_table(tmp_path / "local" / "rows.parquet")
+    remote = pq.read_table(tmp_path / "ray" / "rows.parquet")
+    everything = join_engagements(ParquetEventLog(sim_log / "events").table()).table
+    assert 1_000 < local.num_rows < everything.num_rows
+    same_columns(remote, local)  # the labelled impressions of the window, then every feature
     assert (tmp_path / "ray" / "features.json").exists()
 
 

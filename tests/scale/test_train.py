@@ -1,10 +1,10 @@
-"""The one training loop on Ray Train (2 workers of a 2-CPU local cluster): one worker is the local
-fit to the last bit, two reach the local validation metric within the stated tolerance, and a
-worker that dies is restarted or fails the fit with a clear error."""
+"""The one training loop on Ray Train (2 workers of a 2-CPU local cluster): two workers reach the
+local fit's validation metric within the stated tolerance (and its weights), and a worker that
+dies is restarted, then fails the fit with a clear error. (The two-tower on Ray is in
+test_cli.py: `train --feed --engine ray`.)"""
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,64 +16,61 @@ import torch
 from torch import nn
 
 from recstack.config import ComputeConfig, Engine, Settings, TrainConfig
-from recstack.data.interactions import Interactions
 from recstack.scale.engine import EngineError
 from recstack.train.batch import Batch, BatchLoader, ColumnRoles
-from recstack.train.loop import Trainer
-from recstack.train.recipes import TwoTowerRun, train_two_tower
+from recstack.train.loop import FitResult, Trainer
+from recstack.train.ranking import NeuralRanker
 from tests.scale.conftest import settings_for
 
 
-def clustered(seed: int = 0) -> tuple[list[Interactions], int]:
-    """Users who engage with items of their own cluster (10 clusters over 200 items); 8:1:1 split.
-    Returns (train, valid, test) and the number of validation users."""
+def click_frames(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Clicks that depend on the (user, item) pair and an hour feature: 3,000 training rows (every
+    batch of 256 and the last one split into equal halves) and 1,000 validation rows."""
     rng = np.random.default_rng(seed)
-    n_users, n_items = 300, 200
-    user_cluster, item_cluster = rng.integers(0, 10, n_users), rng.integers(0, 10, n_items)
-    pairs = []
-    for u in range(n_users):
-        pool = np.flatnonzero(item_cluster == user_cluster[u])
-        pairs += [(u, i) for i in rng.choice(pool, size=min(12, len(pool)), replace=False)]
-    rows = np.array(pairs)
-    rng.shuffle(rows)
-    a, b = int(len(rows) * 0.8), int(len(rows) * 0.9)
-    parts = [
-        Interactions.from_indices(pd.DataFrame({"user_id": r[:, 0], "item_id": r[:, 1]}), n_users, n_items)
-        for r in (rows[:a], rows[a:b], rows[b:])
-    ]
-    return parts, len(np.unique(rows[a:b, 0]))
-
-
-def fit(root: Path, **env: str) -> TwoTowerRun:
-    parts, _ = clustered()
-    settings: Settings = settings_for(
-        root, RECSTACK_TRAIN__EPOCHS="10", RECSTACK_TRAIN__LR="0.01", RECSTACK_TRAIN__BATCH_SIZE="256", **env
+    n = 4_000
+    users, items = rng.integers(0, 60, n), rng.integers(0, 80, n)
+    hour = rng.integers(0, 24, n).astype(np.float64)
+    logit = np.sin(users * 0.7) * np.cos(items * 0.3) * 2.5 + (hour - 12) / 12
+    click = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    frame = pd.DataFrame(
+        {"user_id": users.astype(str), "item_id": items.astype(str), "hour": hour, "click": click}
     )
-    return train_two_tower(*parts, settings, run_name="tower")
+    return frame.iloc[:3_000].reset_index(drop=True), frame.iloc[3_000:].reset_index(drop=True)
 
 
-def test_one_ray_worker_is_the_local_fit_and_two_reach_its_metric(ray_cluster: Any, tmp_path: Path) -> None:
-    local = fit(tmp_path / "local")
-    one = fit(tmp_path / "one", RECSTACK_COMPUTE__ENGINE="ray", RECSTACK_COMPUTE__WORKERS="1")
-    two = fit(tmp_path / "two", RECSTACK_COMPUTE__ENGINE="ray", RECSTACK_COMPUTE__WORKERS="2")
-    assert local.fit.best_metric is not None and one.fit.best_metric is not None
-    # one worker runs the same loop on the same rows with the same seed and one thread
-    assert one.fit.best_metric == local.fit.best_metric
-    assert one.fit.best_epoch == local.fit.best_epoch
-    for name, value in local.model.state_dict().items():
-        assert torch.equal(one.model.state_dict()[name], value), name
-    # two workers each take half of every epoch (DDP averages their gradients): a different path
-    # to the same optimum. Tolerance: 3 standard errors of the difference of two recall@20
-    # estimates over the validation users (binomial, p from the local fit), which is conservative
-    # since both read the same users
-    _, n_valid = clustered()
-    p = local.fit.best_metric
-    tolerance = 3 * math.sqrt(2 * p * (1 - p) / n_valid)
-    assert two.fit.best_metric is not None
-    assert abs(two.fit.best_metric - p) <= tolerance, (two.fit.best_metric, p, tolerance)
-    assert p > 0.5  # far above chance (about 0.1 for 20 of 200 items): the fit learned the clusters
-    assert two.fit.history and two.fit.checkpoint is not None and two.fit.checkpoint.exists()
-    assert two.fit.samples_per_s > 0
+def fit(root: Path, **env: str) -> tuple[FitResult, nn.Module]:
+    train, valid = click_frames()
+    settings: Settings = settings_for(
+        root,
+        RECSTACK_TRAIN__EPOCHS="4",
+        RECSTACK_TRAIN__LR="0.01",
+        RECSTACK_TRAIN__BATCH_SIZE="256",
+        RECSTACK_RANKING__MODEL="dcn_v2",
+        RECSTACK_RANKING__TASKS='{"click": 1.0}',
+        **env,
+    )
+    ranker = NeuralRanker(settings, ["user_id", "item_id"], ["hour"], run_name="dcn")
+    result = ranker.fit(train, valid)
+    assert ranker.model is not None
+    return result, ranker.model
+
+
+def test_two_ray_workers_reach_the_local_fit(ray_cluster: Any, tmp_path: Path) -> None:
+    local, local_model = fit(tmp_path / "local")
+    two, two_model = fit(tmp_path / "two", RECSTACK_COMPUTE__ENGINE="ray", RECSTACK_COMPUTE__WORKERS="2")
+    assert local.best_metric is not None and local.best_metric > 0.6  # the fit learned the pairs
+    # two workers: each step's two half-batches are the even and odd rows of the local batch, and
+    # DDP averages their mean gradients, which is the local batch's mean gradient (a pointwise loss,
+    # no batch norm, no dropout). The fits differ only by float rounding in the sums, so the
+    # validation AUC agrees to well within 1e-3 (a tolerance far above rounding, far below what
+    # one changed step would move)
+    assert two.best_metric is not None
+    assert abs(two.best_metric - local.best_metric) < 1e-3, (two.best_metric, local.best_metric)
+    assert two.best_epoch == local.best_epoch
+    for name, value in local_model.state_dict().items():  # the same weights, but for rounding
+        assert torch.allclose(two_model.state_dict()[name], value, atol=1e-4), name
+    assert two.history and two.checkpoint is not None and two.checkpoint.exists()
+    assert two.samples_per_s > 0
 
 
 class Regression:
