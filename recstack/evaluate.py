@@ -36,11 +36,12 @@ from recstack.eval.metrics import auc, ece, gauc, logloss, normalized_entropy, t
 from recstack.events.base import EventLog
 from recstack.events.join import join_engagements
 from recstack.index.sources import Request, excluded_mask, merge_arrays
+from recstack.schema import POSITIVE_KINDS
 from recstack.servables.bundle import ServingBundle
 from recstack.servables.ranker import score_frame
 from recstack.serving.graph import build_pipeline
 from recstack.serving.state import FeedState
-from recstack.train.feed import POSITIVE_KINDS, add_feature_columns, frame_from_join
+from recstack.train.feed import add_feature_columns, frame_from_join
 
 US = 1_000_000
 

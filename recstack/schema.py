@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 from recstack.errors import EventValidationError
 
 ENGAGEMENT_KINDS: tuple[str, ...] = ("click", "like", "share", "comment", "hide", "report", "dwell")
+POSITIVE_KINDS: tuple[str, ...] = ("click", "like", "share", "comment")  # the two-tower's positives
 EVENT_KINDS: tuple[str, ...] = ("item", "user", "impression", *ENGAGEMENT_KINDS, "query")
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]

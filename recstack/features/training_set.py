@@ -42,12 +42,14 @@ def build_training_set(
         from recstack.scale.data import join_on_ray, materialize_on_ray
 
         joined = join_on_ray(settings, start, end)
-        if joined.table.num_rows == 0:
-            raise RecstackError("no impressions in the selected range: nothing to materialize")
+    else:
+        history = log.table(end=end)  # feature windows reach back before start
+        events = history if start is None else log.table(start=start, end=end)
+        joined = join_engagements(events, settings.event_log.attribution_window_s)
+    if joined.table.num_rows == 0:
+        raise RecstackError("no impressions in the selected range: nothing to materialize")
+    if engine == Engine.ray:
         table = materialize_on_ray(settings, joined.table, features, before=end)
     else:
-        joined = join_engagements(log.table(start=start, end=end), settings.event_log.attribution_window_s)
-        if joined.table.num_rows == 0:
-            raise RecstackError("no impressions in the selected range: nothing to materialize")
-        table = materialize(log.table(end=end), joined.table, features)
+        table = materialize(history, joined.table, features)
     return TrainingSet(table, joined.unattributed, engine, time.perf_counter() - started)

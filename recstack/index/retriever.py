@@ -101,12 +101,17 @@ class TwoTowerRetriever:
     def user_vector(self, user_id: str | None, history: Sequence[str]) -> np.ndarray:
         """(D,) from the user's id (if known) and up to history_length recent known items."""
         user = self.user_index.get(user_id, -1) if user_id is not None else -1
-        known = (self.item_index.get(i, self.id_items) for i in history)
-        items = [n + 1 for n in known if n < self.id_items][: self.history_length]
+        items = self.history_ids(history)
         padded = np.zeros((1, self.history_length), dtype=np.int64)
         padded[0, : len(items)] = items
         out: np.ndarray = self.towers.user(np.array([user], dtype=np.int64), padded)[0]
         return out
+
+    def history_ids(self, history: Sequence[str]) -> list[int]:
+        """The user tower's history input: the 1-based ids of up to history_length recent items it
+        embeds (most recent first; others skipped)."""
+        known = (self.item_index.get(i, self.id_items) for i in history)
+        return [n + 1 for n in known if n < self.id_items][: self.history_length]
 
     def knows(self, user_id: str | None, history: Sequence[str]) -> bool:
         """Whether the user tower has anything to go on: a known user or a history item it embeds."""

@@ -37,7 +37,6 @@ from recstack.features.definitions import (
     Attribute,
     Counter,
     ItemAge,
-    LastN,
     Rate,
     Recency,
     TextEmbedding,
@@ -165,11 +164,7 @@ def entity_of(feature: AnyFeature) -> str:
     request-time retrieval score read none; they go with the user's)."""
     if isinstance(feature, Counter | Rate | Recency | Attribute):
         return feature.entity
-    if isinstance(feature, ItemAge | TextEmbedding):
-        return "item"
-    if isinstance(feature, LastN):
-        return "user"
-    return "user"
+    return "item" if isinstance(feature, ItemAge | TextEmbedding) else "user"  # last-N: the user's
 
 
 def _blocks(rows: pa.Table, entity: str, n: int) -> list[pa.Table]:

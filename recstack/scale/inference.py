@@ -21,14 +21,12 @@ import pyarrow as pa
 import torch
 
 from recstack.config import ComputeConfig, Engine
-from recstack.scale.engine import check_visible, connect, job
+from recstack.scale.engine import check_visible, cluster_cpus, connect, job
 
 
 def _actors(compute: ComputeConfig) -> int:
     """Actors of a batch-inference pool: ``[compute] workers``, at most one per CPU of the cluster
     (each holds one CPU; the job's input is in memory, so no read task waits for a CPU)."""
-    from recstack.scale.engine import cluster_cpus
-
     return max(1, min(compute.workers, cluster_cpus()))
 
 
@@ -103,12 +101,7 @@ def _search(retriever: Any, users: Sequence[str], histories: Sequence[Sequence[s
     padded = np.zeros((len(users), length), dtype=np.int64)
     known = np.zeros(len(users), dtype=bool)
     for row, history in enumerate(histories):
-        items = [
-            retriever.item_index[i] + 1
-            for i in history
-            if retriever.item_index.get(i, 1 << 62) < retriever.id_items
-        ]
-        items = items[:length]
+        items = retriever.history_ids(history)
         padded[row, : len(items)] = items
         known[row] = index[row] >= 0 or bool(items)
     out_users: list[str] = []
@@ -255,9 +248,6 @@ def safety_scores(scorer: Any, records: list[dict[str, Any]], compute: ComputeCo
         records[row]["attributes"] = json.loads(attributes)
 
 
-HISTORY_KINDS = ("click", "like", "share", "comment")  # the two-tower's positives (train/feed.py)
-
-
 def user_histories(events: pa.Table, folder: Path) -> tuple[list[str], list[list[str]]]:
     """(users, histories): every user the events name (sorted), each with their latest distinct
     engaged items (click, like, share, comment), most recent first, as many as the bundle's
@@ -267,7 +257,9 @@ def user_histories(events: pa.Table, folder: Path) -> tuple[list[str], list[list
     import duckdb
 
     length = int(json.loads((Path(folder) / "retriever" / "ids.json").read_text())["history_length"])
-    kinds = ", ".join(f"'{k}'" for k in HISTORY_KINDS)
+    from recstack.schema import POSITIVE_KINDS
+
+    kinds = ", ".join(f"'{k}'" for k in POSITIVE_KINDS)
     con = duckdb.connect()
     try:
         con.register("events", events.select(["kind", "timestamp", "user_id", "item_id", "event_id"]))

@@ -63,6 +63,7 @@ from recstack.models.calibration import Isotonic, Platt
 from recstack.models.two_tower import TwoTower
 from recstack.monitoring.reference import build_reference, save_reference
 from recstack.scale.inference import item_vectors
+from recstack.schema import POSITIVE_KINDS
 from recstack.servables.bundle import FORMAT
 from recstack.servables.calibration import read_calibration
 from recstack.servables.ranker import load_ranker, score_frame
@@ -73,8 +74,6 @@ from recstack.train.recipes import train_two_tower
 from recstack.train.sources import train_sources
 
 logger = logging.getLogger(__name__)
-
-POSITIVE_KINDS = ("click", "like", "share", "comment")
 
 
 @dataclass
