@@ -12,7 +12,9 @@ numbers items):
   item reads), each windowed count a ring ``[latest bucket, c_0 .. c_{n-1}]`` at a fixed offset;
 - item attributes: one float64 array over the catalog per attribute, with the upsert times;
 - user counters and recencies: the same row layout, one row per user seen (``user_row``); user
-  attributes and last-N sequences in small per-user records (one user per request).
+  attributes and last-N sequences in small per-user records (one user per request);
+- an ``attribute_rate`` (the user's rate on the candidate's topic, say): each item's key value in
+  an array over the catalog, and one row of two rings per (user, value) the user had an event on.
 
 So a read of 500 candidates is a fancy index of 500 rows and a few vectorized window sums. The state
 is written by the owner's event loop (``upsert_item``, ``upsert_user``, ``observe``, each adding what it
@@ -38,6 +40,7 @@ from recstack.errors import ConfigError
 from recstack.features.definitions import (
     US,
     Attribute,
+    AttributeRate,
     Context,
     Counter,
     ItemAge,
@@ -213,6 +216,63 @@ class _Layout:
         self.empty = empty
 
 
+class _UserKeyed:
+    """An ``attribute_rate``'s state: rows of its two rings (numerator, denominator) per (user,
+    value of the item attribute), in a table laid out as a user Rate's."""
+
+    def __init__(self, f: AttributeRate) -> None:
+        self.feature = f
+        self.layout = _Layout(
+            [
+                Rate(
+                    name=f.name,
+                    entity="user",
+                    numerator=f.numerator,
+                    denominator=f.denominator,
+                    window=f.window,
+                    bucket=f.bucket,
+                )
+            ],
+            "user",
+        )
+        self.table = _Table(self.layout.empty, 2)
+        self.index: dict[str, dict[int, int]] = {}  # user -> value code -> row
+
+    def row(self, user_id: str, code: int) -> int:
+        mine = self.index.setdefault(user_id, {})
+        row = mine.get(code, 0)
+        if row == 0:
+            row = mine[code] = self.table.add()
+        return row
+
+    def read(self, user_id: str | None, codes: np.ndarray, now_us: int) -> np.ndarray:
+        unique, inverse = np.unique(codes.astype(np.int64), return_inverse=True)
+        mine = self.index.get(user_id or "", {})
+        rows = np.array([mine.get(c, 0) for c in unique.tolist()], dtype=np.int64)
+        totals = ring_totals(self.layout, self.table.rows[rows], now_us)  # (U, 2): numerator, denominator
+        values: np.ndarray = self.feature.finish(totals[:, 0], totals[:, 1])[inverse]
+        return values
+
+    def capture(self, users: list[str]) -> tuple[list[list[Any]], np.ndarray]:
+        pairs = [(u, code) for u in users for code in self.index.get(u, {})]
+        rows = np.array([self.index[u][code] for u, code in pairs], dtype=np.int64)
+        keys: list[list[Any]] = [[u, code] for u, code in pairs]
+        return keys, self.table.rows[rows]
+
+    def check(self, keys: list[list[Any]], rows: np.ndarray) -> None:
+        if rows.shape != (len(keys), self.layout.width):
+            raise ValueError(f"'{self.feature.name}' rows of shape {rows.shape} for {len(keys)} keys")
+
+    def put(self, keys: list[list[Any]], rows: np.ndarray) -> None:
+        for (user, code), values in zip(keys, rows, strict=True):
+            row = self.row(str(user), int(code))  # first: it may grow the table
+            self.table.rows[row] = values
+
+    def clear(self) -> None:
+        self.table = _Table(self.layout.empty, 2)
+        self.index = {}
+
+
 @dataclass
 class Delta:
     """A delta capture as ``read_delta`` checked it."""
@@ -223,6 +283,7 @@ class Delta:
     attributes: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (values, times), (K,) each
     users: list[tuple[str, np.ndarray, dict[str, Any]]]
     late_dropped: int
+    keyed: dict[str, tuple[list[list[Any]], np.ndarray]] = field(default_factory=dict)
 
 
 class ColumnarFeatures:
@@ -248,13 +309,21 @@ class ColumnarFeatures:
             elif isinstance(f, LastN):
                 for kind in f.kinds:
                     self.ops.setdefault(kind, []).append(("user", f.name, "seq"))
+            elif isinstance(f, AttributeRate):
+                for kind in f.numerator:
+                    self.ops.setdefault(kind, []).append(("keyed", f.name + ":n", "count"))
+                for kind in f.denominator:
+                    self.ops.setdefault(kind, []).append(("keyed", f.name + ":d", "count"))
+        self.keyed = {f.name: _UserKeyed(f) for f in self.features if isinstance(f, AttributeRate)}
         self.sequences = {f.name: f.n for f in self.features if isinstance(f, LastN)}
         self.item_attributes = [f for f in self.features if isinstance(f, Attribute) and f.entity == "item"]
         self.user_attributes = [f for f in self.features if isinstance(f, Attribute) and f.entity == "user"]
+        # what the catalog keeps per item: the item attributes, and each attribute_rate's key value
+        self.stored = self.item_attributes + [f.key() for f in self.features if isinstance(f, AttributeRate)]
         self.items = _Table(self.item_layout.empty, len(self.item_layout.ring_n))
         self.item_row = np.zeros(0, dtype=np.int64)  # item index -> row (0: none yet)
-        self.attr = {f.name: np.zeros(0) for f in self.item_attributes}  # encoded values per item
-        self.attr_t = {f.name: np.zeros(0, dtype=np.int64) for f in self.item_attributes}
+        self.attr = {f.name: np.zeros(0) for f in self.stored}  # encoded values per item
+        self.attr_t = {f.name: np.zeros(0, dtype=np.int64) for f in self.stored}
         self.users = _Table(self.user_layout.empty, len(self.user_layout.ring_n))
         self.user_row: dict[str, int] = {}
         self.user_records: dict[str, dict[str, Any]] = {}  # attributes (value, time) and sequences
@@ -268,7 +337,7 @@ class ColumnarFeatures:
             return
         cap = max(n_items, 2 * len(self.item_row), 1024)
         self.item_row = _grown(self.item_row, cap, 0)
-        for f in self.item_attributes:
+        for f in self.stored:
             self.attr[f.name] = _grown(self.attr[f.name], cap, _missing(f))
             self.attr_t[f.name] = _grown(self.attr_t[f.name], cap, -1)
 
@@ -281,11 +350,11 @@ class ColumnarFeatures:
         changes: FeatureChanges,
     ) -> None:
         """An item upsert at ``t_us``: attributes take its values when it is the latest by time."""
-        for f in self.item_attributes:
+        for f in self.stored:
             if self.attr_t[f.name][item] <= t_us:
                 self.attr[f.name][item] = f.encode(attribute_raw(f, creator_id, attributes))
                 self.attr_t[f.name][item] = t_us
-        if self.item_attributes:
+        if self.stored:
             changes.items.add(item)
 
     def upsert_user(
@@ -323,6 +392,16 @@ class ColumnarFeatures:
                     row = self.item_row[item] = self.items.add()
                 table, layout = self.items.rows, self.item_layout
                 changes.items.add(item)
+            elif entity == "keyed":  # the user's ring for the item's value of the attribute
+                if user_id is None or item is None:
+                    continue
+                keyed = self.keyed[key[:-2]]
+                code = int(self.attr[key[:-2] + "_key"][item])
+                if code == 0:
+                    continue
+                row = keyed.row(user_id, code)
+                table, layout = keyed.table.rows, keyed.layout
+                changes.users.add(user_id)
             else:
                 if user_id is None:
                     continue
@@ -385,6 +464,8 @@ class ColumnarFeatures:
                 else:
                     value = _value(f, self.user_layout, user_last, user_totals, now_us)
                     out[f.name] = np.repeat(value, n)
+            elif isinstance(f, AttributeRate):
+                out[f.name] = self.keyed[f.name].read(user_id, self.attr[f.name + "_key"][items], now_us)
             elif isinstance(f, Attribute):
                 if f.entity == "item":
                     out[f.name] = self.attr[f.name][items].astype(np.float64)
@@ -413,7 +494,11 @@ class ColumnarFeatures:
         ``changes`` (a delta)."""
         delta = changes is not None
         items = sorted(changes.items) if changes is not None else list(range(n_items))
-        users = sorted(changes.users) if changes is not None else list(self.user_records | self.user_row)
+        if changes is not None:
+            users = sorted(changes.users)
+        else:
+            keyed_users = [u for k in self.keyed.values() for u in k.index]
+            users = list(dict.fromkeys([*self.user_records, *self.user_row, *keyed_users]))
         at = np.asarray(items, dtype=np.int64)
         arrays: dict[str, np.ndarray] = {"f_items": at}
         if delta:
@@ -421,9 +506,12 @@ class ColumnarFeatures:
         else:
             arrays["f_item_row"] = self.item_row[:n_items].copy()
             arrays["f_item_table"] = self.items.rows[: self.items.n].copy()
-        for f in self.item_attributes:
+        for f in self.stored:
             arrays[f"f_attr:{f.name}"] = self.attr[f.name][at]
             arrays[f"f_attr_t:{f.name}"] = self.attr_t[f.name][at]
+        keyed_meta = {}
+        for name, keyed in self.keyed.items():
+            keyed_meta[name], arrays[f"f_keyed:{name}"] = keyed.capture(users)
         user_rows = [self.user_row.get(u, 0) for u in users]
         arrays["f_user_rows"] = self.users.rows[np.asarray(user_rows, dtype=np.int64)]
         meta = {
@@ -431,6 +519,7 @@ class ColumnarFeatures:
             "users": users,
             "records": [_encode_record(self.user_records.get(u, {})) for u in users],
             "late_dropped": self.late_dropped,
+            "keyed": keyed_meta,
         }
         return meta, arrays
 
@@ -444,20 +533,33 @@ class ColumnarFeatures:
         item_row = np.asarray(arrays["f_item_row"], dtype=np.int64)
         if len(item_row) != n_items:
             raise ValueError(f"features of {len(item_row)} items for a catalog of {n_items}")
+        keyed = self._read_keyed(meta, arrays)
         self.item_row = np.zeros(0, dtype=np.int64)
-        for f in self.item_attributes:
+        for f in self.stored:
             self.attr[f.name], self.attr_t[f.name] = np.zeros(0), np.zeros(0, dtype=np.int64)
         self.add_items(n_items)
         self.item_row[:n_items] = item_row
         self.items.set_rows(np.asarray(arrays["f_item_table"], dtype=np.int64))
-        for f in self.item_attributes:
+        for f in self.stored:
             self.attr[f.name][:n_items] = arrays[f"f_attr:{f.name}"]
             self.attr_t[f.name][:n_items] = arrays[f"f_attr_t:{f.name}"]
         users = self._read_users(meta, arrays)
         self.users = _Table(self.user_layout.empty, len(self.user_layout.ring_n))
         self.user_row, self.user_records = {}, {}
         self._put_users(users)
+        for name, (keys, rows) in keyed.items():
+            self.keyed[name].clear()
+            self.keyed[name].put(keys, rows)
         self.late_dropped = int(meta["late_dropped"])
+
+    def _read_keyed(self, meta: dict[str, Any], arrays: Any) -> dict[str, tuple[list[list[Any]], np.ndarray]]:
+        out = {}
+        for name, keyed in self.keyed.items():
+            keys = meta["keyed"][name]
+            rows = np.asarray(arrays[f"f_keyed:{name}"], dtype=np.int64).reshape(-1, keyed.layout.width)
+            keyed.check(keys, rows)
+            out[name] = (keys, rows)
+        return out
 
     def apply_delta(self, meta: dict[str, Any], arrays: Any, n_items: int) -> None:
         """Write a delta capture over this state in place (its items and users take its values)."""
@@ -475,11 +577,13 @@ class ColumnarFeatures:
             raise ValueError(f"item feature rows of shape {rows.shape} for {len(at)} items")
         attrs = {
             f.name: (np.asarray(arrays[f"f_attr:{f.name}"]), np.asarray(arrays[f"f_attr_t:{f.name}"]))
-            for f in self.item_attributes
+            for f in self.stored
         }
         if any(len(a) != len(at) or len(b) != len(at) for a, b in attrs.values()):
             raise ValueError("item attribute entries do not match the delta's items")
-        return Delta(n_items, at, rows, attrs, self._read_users(meta, arrays), int(meta["late_dropped"]))
+        users = self._read_users(meta, arrays)
+        keyed = self._read_keyed(meta, arrays)
+        return Delta(n_items, at, rows, attrs, users, int(meta["late_dropped"]), keyed)
 
     def write_delta(self, delta: Delta) -> None:
         at, rows, attrs = delta.items, delta.rows, delta.attributes
@@ -497,6 +601,8 @@ class ColumnarFeatures:
             self.attr[name][at] = values
             self.attr_t[name][at] = times
         self._put_users(delta.users)
+        for name, (keys, values) in delta.keyed.items():
+            self.keyed[name].put(keys, values)
         self.late_dropped = delta.late_dropped
 
     def _check(self, meta: dict[str, Any]) -> None:

@@ -103,6 +103,15 @@ class WindowedMixin(BaseModel):
         return self
 
 
+def shrunk_rate(num: np.ndarray, den: np.ndarray, prior: float, prior_weight: float) -> np.ndarray:
+    """(num + prior_weight * prior) / (den + prior_weight), 0 where both are zero."""
+    top = num.astype(np.float64) + prior_weight * prior
+    bottom = den.astype(np.float64) + prior_weight
+    out = np.zeros(len(top), dtype=np.float64)
+    np.divide(top, bottom, out=out, where=bottom > 0)
+    return out
+
+
 class Counter(_Def, WindowedMixin):
     """Number of events of ``kinds`` for the entity in the window (e.g. item clicks in the last 1d)."""
 
@@ -132,14 +141,41 @@ class Rate(_Def, WindowedMixin):
     _vn = field_validator("numerator", "denominator")(_check_kinds)
 
     def finish(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        top = num.astype(np.float64) + self.prior_weight * self.prior
-        bottom = den.astype(np.float64) + self.prior_weight
-        out = np.zeros(len(top), dtype=np.float64)
-        np.divide(top, bottom, out=out, where=bottom > 0)
-        return out
+        return shrunk_rate(num, den, self.prior, self.prior_weight)
 
     def spec(self) -> FeatureSpec:
         return FeatureSpec(self.name, FeatureKind.dense, source=f"{self.entity} rate / {self.window}")
+
+
+class AttributeRate(_Def, WindowedMixin):
+    """The user's rate on items that share the candidate's attribute: (numerator + prior_weight *
+    prior) / (denominator + prior_weight) over the user's events in the window on items whose
+    ``field`` (``creator_id`` or an attributes key) had the candidate's value, e.g. the user's click
+    rate on this topic or this creator. An event counts for the value its item had at the event
+    (its latest upsert at or before it); the candidate's value is its latest upsert before the read.
+    A list value counts as one value; a candidate without the attribute reads the prior."""
+
+    type: Literal["attribute_rate"] = "attribute_rate"
+    field: str = Field(description="The item attribute: 'creator_id' or an attributes key.")
+    numerator: tuple[str, ...] = Field(description="Event kinds counted above the line.")
+    denominator: tuple[str, ...] = Field(description="Event kinds counted below the line.")
+    prior: float = Field(0.0, ge=0, description="Prior rate the estimate shrinks towards.")
+    prior_weight: float = Field(0.0, ge=0, description="Pseudo-count of the prior.")
+
+    _vn = field_validator("numerator", "denominator")(_check_kinds)
+
+    def finish(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return shrunk_rate(num, den, self.prior, self.prior_weight)
+
+    def key(self) -> Attribute:
+        """How an item's value of ``field`` is encoded into the key its events are counted under
+        (0: the item has no such attribute)."""
+        return Attribute(name=f"{self.name}_key", entity="item", field=self.field, buckets=2**31 - 1)
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(
+            self.name, FeatureKind.dense, source=f"user rate on item.{self.field} / {self.window}"
+        )
 
 
 class Recency(_Def):
@@ -265,12 +301,22 @@ class RetrievalScore(_Def):
 
 
 FeatureDef = Annotated[
-    Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding | ItemAge | RetrievalScore,
+    Counter
+    | Rate
+    | AttributeRate
+    | Recency
+    | LastN
+    | Attribute
+    | Context
+    | TextEmbedding
+    | ItemAge
+    | RetrievalScore,
     Field(discriminator="type"),
 ]
 FEATURE_TYPES: dict[str, type[_Def]] = {
     "counter": Counter,
     "rate": Rate,
+    "attribute_rate": AttributeRate,
     "recency": Recency,
     "last_n": LastN,
     "attribute": Attribute,
@@ -287,6 +333,8 @@ def listens(feature: _Def) -> tuple[str, ...]:
         return feature.kinds
     if isinstance(feature, Rate):
         return tuple(dict.fromkeys(feature.numerator + feature.denominator))
+    if isinstance(feature, AttributeRate):
+        return tuple(dict.fromkeys((*feature.numerator, *feature.denominator, "item")))
     if isinstance(feature, Attribute):
         return (feature.entity,)
     if isinstance(feature, TextEmbedding | ItemAge):
@@ -359,6 +407,28 @@ DEFAULT_FEATURES: list[dict[str, Any]] = [
         "bucket": "1d",
         "prior": 0.2,
         "prior_weight": 5.0,
+    },
+    {
+        "type": "rate",
+        "name": "user_ctr_30d",
+        "entity": "user",
+        "numerator": ["click"],
+        "denominator": ["impression"],
+        "window": "30d",
+        "bucket": "1d",
+        "prior": 0.05,
+        "prior_weight": 20.0,
+    },
+    {
+        "type": "attribute_rate",
+        "name": "user_topic_ctr_30d",
+        "field": "topic",
+        "numerator": ["click"],
+        "denominator": ["impression"],
+        "window": "30d",
+        "bucket": "1d",
+        "prior": 0.05,
+        "prior_weight": 10.0,
     },
     {"type": "counter", "name": "user_clicks_1d", "entity": "user", "kinds": ["click"], "window": "1d"},
     {"type": "recency", "name": "user_since_click", "entity": "user", "kinds": ["click"]},

@@ -23,6 +23,7 @@ from recstack.errors import RecstackError
 from recstack.features.definitions import (
     US,
     Attribute,
+    AttributeRate,
     Counter,
     ItemAge,
     LastN,
@@ -106,7 +107,9 @@ def _check_attribute(con: duckdb.DuckDBPyConnection, events: str, f: Attribute) 
 def check_attributes(events: pa.Table, features: Sequence[AnyFeature]) -> None:
     """RecstackError for an attribute feature whose field no upsert in ``events`` has (naming the
     fields they have): a check that costs one scan of the upserts, done before anything trains."""
-    attributes = [f for f in features if isinstance(f, Attribute)]
+    attributes = [f for f in features if isinstance(f, Attribute)] + [
+        f.key().model_copy(update={"name": f.name}) for f in features if isinstance(f, AttributeRate)
+    ]
     if not attributes:
         return
     con = duckdb.connect()
@@ -155,6 +158,8 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray, check: bool
         num = q.windowed_count(f.entity, f.numerator, f.bucket_us, f.n_buckets)
         den = q.windowed_count(f.entity, f.denominator, f.bucket_us, f.n_buckets)
         return pa.array(f.finish(num, den))
+    if isinstance(f, AttributeRate):
+        return pa.array(_attribute_rate(q, f, check))
     if isinstance(f, Recency):
         last = q.column(f"""
             SELECT q.rid, coalesce(a.ts, -1) AS last
@@ -220,16 +225,7 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray, check: bool
               ON q.ent = a.ent AND q.t > a.ts
             ORDER BY q.rid
         """).to_arrow_table()
-        cache: dict[tuple[Any, Any], float] = {}
-        values = []
-        for creator, attrs in zip(
-            table.column("creator_id").to_pylist(), table.column("attributes").to_pylist(), strict=True
-        ):
-            key = (creator, attrs)
-            if key not in cache:
-                cache[key] = f.encode(attribute_raw(f, creator, json.loads(attrs) if attrs else None))
-            values.append(cache[key])
-        return pa.array(np.asarray(values, dtype=np.float64))
+        return pa.array(_encoded(f, table))
     surfaces = rows.column("surface").to_pylist() if "surface" in rows.column_names else [None] * len(t)
     contexts = (
         [json.loads(c) if c else None for c in rows.column("context").to_pylist()]
@@ -237,6 +233,88 @@ def _column(q: _Query, f: AnyFeature, rows: pa.Table, t: np.ndarray, check: bool
         else [None] * len(t)
     )
     return pa.array(context_values(f, t, surfaces, contexts))
+
+
+def _encoded(f: Attribute, table: pa.Table) -> np.ndarray:
+    """(N,) ``f.encode`` of each row's (creator_id, attributes JSON), decoded once per distinct pair."""
+    cache: dict[tuple[Any, Any], float] = {}
+    values = []
+    for creator, attrs in zip(
+        table.column("creator_id").to_pylist(), table.column("attributes").to_pylist(), strict=True
+    ):
+        key = (creator, attrs)
+        if key not in cache:
+            cache[key] = f.encode(attribute_raw(f, creator, json.loads(attrs) if attrs else None))
+        values.append(cache[key])
+    return np.asarray(values, dtype=np.float64)
+
+
+def _attribute_rate(q: _Query, f: AttributeRate, check: bool) -> np.ndarray:
+    """The user's windowed counts on the rows' items' attribute value: each event of the user is
+    keyed by its item's value at the event (the latest upsert at or before it), each row by its
+    item's value before the row; then the same ASOF window difference as ``windowed_count`` over
+    (user, key)."""
+    key = f.key()
+    if check:
+        _check_attribute(q.con, "ev", key.model_copy(update={"name": f.name}))
+    kinds = tuple(dict.fromkeys(f.numerator + f.denominator))
+    tagged = q.con.sql(f"""
+        SELECT e.user_id, e.kind, e.ts, a.creator_id, a.attributes
+        FROM (SELECT user_id, item_id, kind, ts FROM ev
+              WHERE kind IN ({_kinds(kinds)}) AND user_id IS NOT NULL AND item_id IS NOT NULL) e
+        ASOF JOIN (SELECT item_id, ts, creator_id, attributes FROM ev WHERE kind = 'item') a
+          ON e.item_id = a.item_id AND e.ts >= a.ts
+    """).to_arrow_table()
+    events = pa.table(
+        {
+            "user_id": tagged.column("user_id"),
+            "kind": tagged.column("kind"),
+            "ts": tagged.column("ts"),
+            "code": pa.array(_encoded(key, tagged).astype(np.int64)),
+        }
+    )
+    rows = q.con.sql("""
+        SELECT q.rid, q.user_id, q.t, a.creator_id, a.attributes
+        FROM (SELECT rid, user_id, item_id AS ent, t FROM r) q
+        ASOF LEFT JOIN (SELECT item_id AS ent, ts, creator_id, attributes FROM ev WHERE kind = 'item') a
+          ON q.ent = a.ent AND q.t > a.ts
+        ORDER BY q.rid
+    """).to_arrow_table()
+    keyed = pa.table(
+        {
+            "rid": rows.column("rid"),
+            "user_id": rows.column("user_id"),
+            "t": rows.column("t"),
+            "code": pa.array(_encoded(key, rows).astype(np.int64)),
+        }
+    )
+    q.con.register("x_events", events)
+    q.con.register("x_rows", keyed)
+    try:
+        counts = []
+        for side in (f.numerator, f.denominator):
+            q.con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE x_cum AS
+                SELECT DISTINCT user_id, code, ts, n FROM (
+                  SELECT user_id, code, ts,
+                         count(*) OVER (PARTITION BY user_id, code ORDER BY ts
+                                        RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS n
+                  FROM x_events WHERE kind IN ({_kinds(side)}) AND code > 0)
+            """)
+            counts.append(
+                q.column(f"""
+                SELECT q.rid, coalesce(a.n, 0) - coalesce(b.n, 0) AS v
+                FROM (SELECT rid, user_id, code, t,
+                             (t // {f.bucket_us} - {f.n_buckets - 1}) * {f.bucket_us} AS s FROM x_rows) q
+                ASOF LEFT JOIN x_cum a ON q.user_id = a.user_id AND q.code = a.code AND q.t > a.ts
+                ASOF LEFT JOIN x_cum b ON q.user_id = b.user_id AND q.code = b.code AND q.s > b.ts
+                ORDER BY q.rid
+            """).astype(np.int64)
+            )
+    finally:
+        q.con.unregister("x_events")
+        q.con.unregister("x_rows")
+    return f.finish(counts[0], counts[1])
 
 
 def save_materialized(table: pa.Table, features: Sequence[AnyFeature], folder: Path) -> Path:

@@ -25,6 +25,7 @@ import pyarrow as pa
 from recstack.features.definitions import (
     US,
     Attribute,
+    AttributeRate,
     Context,
     Counter,
     ItemAge,
@@ -39,7 +40,18 @@ from recstack.features.stores import KVStore
 from recstack.features.text import shared_encoder
 from recstack.schema import Event, events_to_table
 
-AnyFeature = Counter | Rate | Recency | LastN | Attribute | Context | TextEmbedding | ItemAge | RetrievalScore
+AnyFeature = (
+    Counter
+    | Rate
+    | AttributeRate
+    | Recency
+    | LastN
+    | Attribute
+    | Context
+    | TextEmbedding
+    | ItemAge
+    | RetrievalScore
+)
 State = dict[str, Any]
 
 
@@ -145,6 +157,14 @@ class OnlineFeatures:
             elif isinstance(f, LastN):
                 for kind in f.kinds:
                     self._add(kind, ("seq", "user", f.name, f.n, 0))
+            elif isinstance(f, AttributeRate):  # the item's key value, then the user's ring per value
+                key = f.key()
+                self._attributes[key.name] = key
+                self._add("item", ("attr", "item", key.name, 0, 0))
+                for kind in f.numerator:
+                    self._add(kind, ("xcount", "user", f.name + ":n", f.bucket_us, f.n_buckets))
+                for kind in f.denominator:
+                    self._add(kind, ("xcount", "user", f.name + ":d", f.bucket_us, f.n_buckets))
             elif isinstance(f, Attribute):
                 self._add(f.entity, ("attr", f.entity, f.name, 0, 0))
             elif isinstance(f, TextEmbedding):
@@ -215,6 +235,8 @@ class OnlineFeatures:
                 entity_id = user if spec[1] == "user" else item
                 if entity_id is not None:
                     keys.append(f"{spec[1]}:{entity_id}")
+                if spec[0] == "xcount" and item is not None:  # reads the item's attribute value
+                    keys.append(f"item:{item}")
         unique = list(dict.fromkeys(keys))
         states = dict(zip(unique, self._states(unique), strict=True))
         dirty = self._dirty
@@ -228,6 +250,11 @@ class OnlineFeatures:
                 state = states[f"{entity}:{entity_id}"]
                 if op == "count":
                     self._count(state, key, t, a1, a2)
+                elif op == "xcount":
+                    if items[n] is not None:
+                        code = self._key_code(key, states[f"item:{items[n]}"])
+                        if code:
+                            self._count(state, f"{key}@{code}", t, a1, a2)
                 elif op == "last":
                     if state.get(key, -1) < t:
                         state[key] = t
@@ -255,6 +282,11 @@ class OnlineFeatures:
         self.applied += len(kinds)
         self._trim()
         return len(kinds)
+
+    def _key_code(self, ring_key: str, item_state: State) -> int:
+        """The code of an item's value of an attribute_rate's field (0: none), from its ring key."""
+        name = ring_key.rsplit(":", 1)[0] + "_key"
+        return int(self._attributes[name].encode(item_state.get(name)))
 
     def _count(self, state: State, key: str, t: int, bucket_us: int, n_buckets: int) -> None:
         b = t // bucket_us
@@ -300,6 +332,16 @@ class OnlineFeatures:
             if isinstance(f, ItemAge):
                 born = np.array([s.get(f.name, np.nan) for s in item_states], dtype=np.float64)
                 out[f.name] = (now_us - born) / US
+                continue
+            if isinstance(f, AttributeRate):
+                codes = [self._key_code(f.name + ":n", s) for s in item_states]
+                num = counter_read(
+                    [user_state.get(f"{f.name}:n@{c}") for c in codes], now_us, f.bucket_us, f.n_buckets
+                )
+                den = counter_read(
+                    [user_state.get(f"{f.name}:d@{c}") for c in codes], now_us, f.bucket_us, f.n_buckets
+                )
+                out[f.name] = f.finish(num, den)
                 continue
             targets = [user_state] if f.entity == "user" else item_states
             if isinstance(f, Counter):

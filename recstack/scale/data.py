@@ -35,6 +35,7 @@ from recstack.config import EventLogBackend, Settings
 from recstack.events.join import JoinResult, join_engagements
 from recstack.features.definitions import (
     Attribute,
+    AttributeRate,
     Counter,
     ItemAge,
     Rate,
@@ -164,6 +165,8 @@ def entity_of(feature: AnyFeature) -> str:
     request-time retrieval score read none; they go with the user's)."""
     if isinstance(feature, Counter | Rate | Recency | Attribute):
         return feature.entity
+    if isinstance(feature, AttributeRate):
+        return "user"  # the user's events, keyed by the item upserts the block reads too
     return "item" if isinstance(feature, ItemAge | TextEmbedding) else "user"  # last-N: the user's
 
 
@@ -187,7 +190,10 @@ def _materialize_block(
 ) -> pa.Table:
     ids = pc.unique(block.column(f"{entity}_id").drop_null())
     latest = pc.max(block.column("timestamp"))
-    where = pc.field(f"{entity}_id").isin(ids) & (pc.field("timestamp") < latest)
+    mine = pc.field(f"{entity}_id").isin(ids)
+    if any(isinstance(f, AttributeRate) for f in features):  # events are keyed by their item's value
+        mine = mine | (pc.field("kind") == "item")
+    where = mine & (pc.field("timestamp") < latest)
     if before is not None:
         where = where & (pc.field("timestamp") < pa.scalar(before, EVENT_SCHEMA.field("timestamp").type))
     events = read_events(files, where)

@@ -17,7 +17,18 @@ from recstack.config import Settings
 from recstack.data.simulator import RandomPolicy, Simulator, World
 from recstack.errors import RecstackError
 from recstack.events.parquet import ParquetEventLog
-from recstack.features.definitions import Attribute, Context, Counter, LastN, Rate, Recency, TextEmbedding
+from recstack.features.columnar import ColumnarFeatures, FeatureChanges
+from recstack.features.definitions import (
+    US,
+    Attribute,
+    AttributeRate,
+    Context,
+    Counter,
+    LastN,
+    Rate,
+    Recency,
+    TextEmbedding,
+)
 from recstack.features.offline import load_specs, materialize, save_materialized
 from recstack.features.online import OnlineFeatures
 from recstack.features.stores import MemoryStore, SQLiteStore
@@ -245,6 +256,84 @@ def test_specs_are_saved_beside_materialized_rows(tmp_path: Path) -> None:
     }
     with pytest.raises(RecstackError, match="not found"):
         load_specs(tmp_path)
+
+
+def test_attribute_rate_counts_each_event_for_its_items_value_at_the_event() -> None:
+    """i1 is topic A until +30, then B; i2 is A throughout; i7 and i9 were never upserted (their
+    events count for no topic). With prior 0.5 of weight 2 the known answers are:
+    - (u1, i1) at 0: A's events before 0 are the click c1 and the impression p1 -> (1+1)/(1+2);
+    - (u1, i1) at +50, now B: B's events are the impressions at +34 and +36 and the click at +35
+      -> (1+1)/(2+2), the A events on i1 no longer counting;
+    - (u1, i2) at +50, A: c1, the click 'same' at 0 (i1 was A then), p1 and 'row' -> (2+1)/(2+2);
+    - (u2, i2) at +50: u2's clicks on i1 came before i1's first upsert (-1h), so they count for no
+      topic -> the prior 0.5;
+    - (u1, i9) at +50: i9 has no topic -> the prior."""
+    extra = [
+        {
+            "event_id": "up-i2",
+            "kind": "item",
+            "timestamp": at(-60),
+            "item_id": "i2",
+            "attributes": {"topic": "A"},
+        },
+        *(
+            {
+                "event_id": f"b{k}",
+                "kind": "impression",
+                "timestamp": at(m),
+                "request_id": f"rb{k}",
+                "user_id": "u1",
+                "item_id": "i1",
+                "position": 0,
+            }
+            for k, m in enumerate((34, 36))
+        ),
+        {"event_id": "bc", "kind": "click", "timestamp": at(35), "user_id": "u1", "item_id": "i1"},
+    ]
+    events = pa.concat_tables([leaky_log(), events_to_table([parse_event(r) for r in extra])])
+    f = AttributeRate(
+        name="user_topic_ctr",
+        field="topic",
+        numerator=("click",),
+        denominator=("impression",),
+        window="1d",
+        prior=0.5,
+        prior_weight=2.0,
+    )
+    asked = [("u1", "i1", 0), ("u1", "i1", 50), ("u1", "i2", 50), ("u2", "i2", 50), ("u1", "i9", 50)]
+    expected = [2 / 3, 2 / 4, 3 / 4, 0.5, 0.5]
+    rows = pa.table(
+        {
+            "timestamp": pa.array(
+                [T0 + timedelta(minutes=m) for _, _, m in asked], pa.timestamp("us", "UTC")
+            ),
+            "user_id": [u for u, _, _ in asked],
+            "item_id": [i for _, i, _ in asked],
+        }
+    )
+    offline = materialize(events, rows, [f]).column(f.name).to_pylist()
+    np.testing.assert_allclose(offline, expected, rtol=1e-12)
+    ordered = events.sort_by([("timestamp", "ascending"), ("event_id", "ascending")])
+    standalone = OnlineFeatures([f], MemoryStore())
+    standalone.update_table(ordered)
+    columnar, index, changes = ColumnarFeatures([f]), {"i1": 0, "i2": 1, "i7": 2, "i9": 3}, FeatureChanges()
+    columnar.add_items(len(index))
+    times = ordered.column("timestamp").cast(pa.int64()).to_pylist()
+    for row, t in zip(ordered.to_pylist(), times, strict=True):
+        item = index.get(row["item_id"] or "")
+        if row["kind"] == "item" and item is not None:
+            attributes = json.loads(row["attributes"]) if row["attributes"] else {}
+            columnar.upsert_item(item, t, row["creator_id"], attributes, changes)
+        elif item is not None:
+            columnar.observe(row["kind"], t, row["user_id"], item, row["event_id"], changes)
+    for (user, item, minutes), want in zip(asked[1:], expected[1:], strict=True):  # online: after +36
+        now = int((T0 + timedelta(minutes=minutes)).timestamp() * US)
+        assert standalone.read(user, [item], now)[f.name].tolist() == pytest.approx([want], rel=1e-12)
+        got = columnar.read(user, np.array([index[item]]), now)[f.name].tolist()
+        assert got == pytest.approx([want], rel=1e-12)
+    typo = f.model_copy(update={"field": "topc"})
+    with pytest.raises(RecstackError, match=r"'user_topic_ctr' reads attributes\.topc"):
+        materialize(events, rows, [typo])
 
 
 def test_attribute_that_no_upsert_has_is_an_error() -> None:
