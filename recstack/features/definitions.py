@@ -127,12 +127,9 @@ class Counter(_Def, WindowedMixin):
         )
 
 
-class Rate(_Def, WindowedMixin):
-    """(numerator + prior_weight * prior) / (denominator + prior_weight) over the window, 0 when both
-    are zero; e.g. item CTR = clicks / impressions over 7d."""
+class RateMixin(BaseModel):
+    """The shrunk rate's terms, shared by ``rate`` and ``attribute_rate``."""
 
-    type: Literal["rate"] = "rate"
-    entity: Literal["user", "item"] = Field(description="Whose events are counted.")
     numerator: tuple[str, ...] = Field(description="Event kinds counted above the line.")
     denominator: tuple[str, ...] = Field(description="Event kinds counted below the line.")
     prior: float = Field(0.0, ge=0, description="Prior rate the estimate shrinks towards.")
@@ -143,11 +140,19 @@ class Rate(_Def, WindowedMixin):
     def finish(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return shrunk_rate(num, den, self.prior, self.prior_weight)
 
+
+class Rate(_Def, WindowedMixin, RateMixin):
+    """(numerator + prior_weight * prior) / (denominator + prior_weight) over the window, 0 when both
+    are zero; e.g. item CTR = clicks / impressions over 7d."""
+
+    type: Literal["rate"] = "rate"
+    entity: Literal["user", "item"] = Field(description="Whose events are counted.")
+
     def spec(self) -> FeatureSpec:
         return FeatureSpec(self.name, FeatureKind.dense, source=f"{self.entity} rate / {self.window}")
 
 
-class AttributeRate(_Def, WindowedMixin):
+class AttributeRate(_Def, WindowedMixin, RateMixin):
     """The user's rate on items that share the candidate's attribute: (numerator + prior_weight *
     prior) / (denominator + prior_weight) over the user's events in the window on items whose
     ``field`` (``creator_id`` or an attributes key) had the candidate's value, e.g. the user's click
@@ -157,15 +162,6 @@ class AttributeRate(_Def, WindowedMixin):
 
     type: Literal["attribute_rate"] = "attribute_rate"
     field: str = Field(description="The item attribute: 'creator_id' or an attributes key.")
-    numerator: tuple[str, ...] = Field(description="Event kinds counted above the line.")
-    denominator: tuple[str, ...] = Field(description="Event kinds counted below the line.")
-    prior: float = Field(0.0, ge=0, description="Prior rate the estimate shrinks towards.")
-    prior_weight: float = Field(0.0, ge=0, description="Pseudo-count of the prior.")
-
-    _vn = field_validator("numerator", "denominator")(_check_kinds)
-
-    def finish(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        return shrunk_rate(num, den, self.prior, self.prior_weight)
 
     def key(self) -> Attribute:
         """How an item's value of ``field`` is encoded into the key its events are counted under
@@ -300,7 +296,7 @@ class RetrievalScore(_Def):
         return FeatureSpec(self.name, FeatureKind.dense, source="request (two-tower)")
 
 
-FeatureDef = Annotated[
+AnyDef = (
     Counter
     | Rate
     | AttributeRate
@@ -310,9 +306,9 @@ FeatureDef = Annotated[
     | Context
     | TextEmbedding
     | ItemAge
-    | RetrievalScore,
-    Field(discriminator="type"),
-]
+    | RetrievalScore
+)
+FeatureDef = Annotated[AnyDef, Field(discriminator="type")]
 FEATURE_TYPES: dict[str, type[_Def]] = {
     "counter": Counter,
     "rate": Rate,

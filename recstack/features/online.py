@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from recstack.features.definitions import (
     US,
+    AnyDef,
     Attribute,
     AttributeRate,
     Context,
@@ -40,18 +41,7 @@ from recstack.features.stores import KVStore
 from recstack.features.text import shared_encoder
 from recstack.schema import Event, events_to_table
 
-AnyFeature = (
-    Counter
-    | Rate
-    | AttributeRate
-    | Recency
-    | LastN
-    | Attribute
-    | Context
-    | TextEmbedding
-    | ItemAge
-    | RetrievalScore
-)
+AnyFeature = AnyDef
 State = dict[str, Any]
 
 
