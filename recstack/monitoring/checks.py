@@ -237,7 +237,10 @@ def calibration(
         ref_ratio = ref["rate"] / ref["predicted"] if ref.get("rate") and ref.get("predicted") else 1.0
         requests = frame["request_id"].to_numpy()[scored]
         z = _z(y, p, requests)
-        z_ref = _z(y, np.clip(p * ref_ratio, 1e-6, 1 - 1e-6), requests)  # against the reference's ratio
+        # against the reference's ratio: expected positives ref_ratio * p, not clipped to 1 (a head
+        # that predicts a tenth of what is clicked expects more than one click of some impressions;
+        # clipping them would lower the expectation and bias z up)
+        z_ref = _z(y, p * ref_ratio, requests)
         # a rate estimated from a handful of positives says nothing: both tests need min_positives
         # observed or expected (under the reference's ratio)
         enough = max(y.sum(), (p * ref_ratio).sum()) >= cfg.min_positives
@@ -273,17 +276,18 @@ def calibration(
     return out
 
 
-def _z(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float:
-    """(observed - predicted) positives over their standard error. One list's impressions are not
+def _z(y: np.ndarray, expected: np.ndarray, groups: np.ndarray) -> float:
+    """(observed - expected) positives over their standard error. One list's impressions are not
     independent, so the request is the unit: the variance is the spread of the requests' residual
-    sums, and never less than the binomial variance under the prediction (with a few positives the
+    sums, and never less than the binomial variance under the expectation (with a few positives the
     sample's spread alone underestimates it)."""
     _, index = np.unique(groups, return_inverse=True)
-    per_group = np.bincount(index, weights=y - p)
+    per_group = np.bincount(index, weights=y - expected)
     if len(per_group) < 2:
         return 0.0
     clustered = len(per_group) * float(per_group.var(ddof=1))
-    binomial = float((p * (1 - p)).sum())
+    q = np.clip(expected, 0.0, 1.0)
+    binomial = float((q * (1 - q)).sum())
     return float(per_group.sum() / math.sqrt(max(clustered, binomial, 1e-12)))
 
 
