@@ -41,7 +41,7 @@ from recstack.events.base import EventLog
 from recstack.features.definitions import LastN, RetrievalScore, TextEmbedding
 from recstack.features.feed import history_similarity
 from recstack.features.offline import materialize
-from recstack.monitoring.drift import DriftError, DriftStat, compare, one_per_request
+from recstack.monitoring.drift import DriftError, DriftStat, compare, one_per_request, ratio_rse
 from recstack.monitoring.window import Window
 from recstack.servables.bundle import ServingBundle
 
@@ -239,8 +239,13 @@ def calibration(
         z = _z(y, p, requests)
         # against the reference's ratio: expected positives ref_ratio * p, not clipped to 1 (a head
         # that predicts a tenth of what is clicked expects more than one click of some impressions;
-        # clipping them would lower the expectation and bias z up)
+        # clipping them would lower the expectation and bias z up). The reference's ratio is an
+        # estimate too: its standard error (relative, ``ratio_rse``) widens the difference's
         z_ref = _z(y, p * ref_ratio, requests)
+        se_here = ratio_rse(y, p, requests) * ratio
+        se_ref = float(ref.get("ratio_rse") or 0.0) * ref_ratio
+        if math.isfinite(se_here) and se_here > 0:
+            z_ref /= math.sqrt(1.0 + (se_ref / se_here) ** 2)
         # a rate estimated from a handful of positives says nothing: both tests need min_positives
         # observed or expected (under the reference's ratio)
         enough = max(y.sum(), (p * ref_ratio).sum()) >= cfg.min_positives

@@ -17,6 +17,7 @@ with the p-value as a second condition, never on the p-value alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,3 +166,18 @@ def compare(name: str, reference: dict[str, Any], values: np.ndarray) -> DriftSt
         reference_mean=float(reference["mean"]),
         mean=float(cur.mean()),
     )
+
+
+def ratio_rse(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float:
+    """The relative standard error of observed / predicted positives (sum y / sum p), the request
+    the unit (its residual y - ratio * p summed, the delta method), and never less than the binomial
+    spread under ratio * p; inf without a positive."""
+    observed = float(y.sum())
+    if observed <= 0 or float(p.sum()) <= 0:
+        return math.inf
+    expected = p * (observed / float(p.sum()))
+    _, index = np.unique(groups, return_inverse=True)
+    per_group = np.bincount(index, weights=y - expected)
+    clustered = len(per_group) * float(per_group.var(ddof=1)) if len(per_group) > 1 else 0.0
+    q = np.clip(expected, 0.0, 1.0)
+    return math.sqrt(max(clustered, float((q * (1 - q)).sum()), 1e-12)) / observed

@@ -15,6 +15,7 @@ rates of those impressions (click rate, hides and reports per request).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from recstack.eval.metrics import ece
 from recstack.features.definitions import TextEmbedding
 from recstack.features.feed import is_categorical
 from recstack.features.online import AnyFeature
-from recstack.monitoring.drift import DriftError, one_per_request, profile
+from recstack.monitoring.drift import DriftError, one_per_request, profile, ratio_rse
 
 REFERENCE_FILE = "reference.json"
 REFERENCE_FORMAT = 1
@@ -85,6 +86,7 @@ def build_reference(
                 "rate": float(labels.mean()),
                 "predicted": float(calibrated[:, t].mean()),
                 "ece": float(ece(labels, calibrated[:, t])) if len(labels) else None,
+                "ratio_rse": _rse(labels, calibrated[:, t], requests),
             }
     if len(rows):
         requests = max(int(rows["request_id"].nunique()), 1)
@@ -95,6 +97,13 @@ def build_reference(
             "impressions_per_request": float(len(rows) / requests),
         }
     return out
+
+
+def _rse(y: np.ndarray, p: np.ndarray, requests: np.ndarray) -> float | None:
+    """The calibration ratio's relative standard error (``ratio_rse``); None where it has none
+    (no positive), as JSON holds no infinity."""
+    rse = ratio_rse(y, np.clip(p, 1e-6, 1 - 1e-6), requests) if len(y) else math.inf
+    return rse if math.isfinite(rse) else None
 
 
 def save_reference(reference: dict[str, Any], folder: Path) -> Path:
@@ -174,6 +183,7 @@ def window_reference(
                 "rate": float(y.mean()),
                 "predicted": float(p.mean()),
                 "ece": ece(y, p),
+                "ratio_rse": _rse(y, p, settled["request_id"].to_numpy()[scored]),
             }
     out["served"] = True
     out["baseline"] = True
