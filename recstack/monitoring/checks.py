@@ -41,7 +41,7 @@ from recstack.events.base import EventLog
 from recstack.features.definitions import LastN, RetrievalScore, TextEmbedding
 from recstack.features.feed import history_similarity
 from recstack.features.offline import materialize
-from recstack.monitoring.drift import DriftError, DriftStat, compare, one_per_request, ratio_rse
+from recstack.monitoring.drift import DriftError, DriftStat, compare, one_per_request, ratio_rse, residual_sd
 from recstack.monitoring.window import Window
 from recstack.servables.bundle import ServingBundle
 
@@ -282,18 +282,10 @@ def calibration(
 
 
 def _z(y: np.ndarray, expected: np.ndarray, groups: np.ndarray) -> float:
-    """(observed - expected) positives over their standard error. One list's impressions are not
-    independent, so the request is the unit: the variance is the spread of the requests' residual
-    sums, and never less than the binomial variance under the expectation (with a few positives the
-    sample's spread alone underestimates it)."""
-    _, index = np.unique(groups, return_inverse=True)
-    per_group = np.bincount(index, weights=y - expected)
-    if len(per_group) < 2:
-        return 0.0
-    clustered = len(per_group) * float(per_group.var(ddof=1))
-    q = np.clip(expected, 0.0, 1.0)
-    binomial = float((q * (1 - q)).sum())
-    return float(per_group.sum() / math.sqrt(max(clustered, binomial, 1e-12)))
+    """(observed - expected) positives over their standard error (``residual_sd``: the request the
+    unit); 0 with fewer than two requests."""
+    sd, n = residual_sd(y, expected, groups)
+    return float((y - expected).sum() / sd) if n >= 2 else 0.0
 
 
 def skew(

@@ -168,16 +168,22 @@ def compare(name: str, reference: dict[str, Any], values: np.ndarray) -> DriftSt
     )
 
 
-def ratio_rse(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float:
-    """The relative standard error of observed / predicted positives (sum y / sum p), the request
-    the unit (its residual y - ratio * p summed, the delta method), and never less than the binomial
-    spread under ratio * p; inf without a positive."""
-    observed = float(y.sum())
-    if observed <= 0 or float(p.sum()) <= 0:
-        return math.inf
-    expected = p * (observed / float(p.sum()))
+def residual_sd(y: np.ndarray, expected: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
+    """(the standard error of sum(y - expected), the number of groups). One list's impressions are
+    not independent, so the request (``groups``) is the unit: the variance is the spread of the
+    requests' residual sums, and never less than the binomial variance under the expectation (with a
+    few positives the sample's spread alone underestimates it)."""
     _, index = np.unique(groups, return_inverse=True)
     per_group = np.bincount(index, weights=y - expected)
     clustered = len(per_group) * float(per_group.var(ddof=1)) if len(per_group) > 1 else 0.0
     q = np.clip(expected, 0.0, 1.0)
-    return math.sqrt(max(clustered, float((q * (1 - q)).sum()), 1e-12)) / observed
+    return math.sqrt(max(clustered, float((q * (1 - q)).sum()), 1e-12)), len(per_group)
+
+
+def ratio_rse(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float:
+    """The relative standard error of observed / predicted positives (sum y / sum p), by the delta
+    method: the residual y - ratio * p per request (``residual_sd``); inf without a positive."""
+    observed = float(y.sum())
+    if observed <= 0 or float(p.sum()) <= 0:
+        return math.inf
+    return residual_sd(y, p * (observed / float(p.sum())), groups)[0] / observed
