@@ -1021,13 +1021,19 @@ class MonitoringConfig(Section):
         description="Features not drift-checked; default: the calendar ones (context fields hour and "
         "weekday: a window shorter than the reference's span holds another mix of them by design).",
     )
-    psi: float = Field(0.25, gt=0, description="A feature or prediction drifts when its PSI exceeds this...")
+    psi: float = Field(
+        0.25,
+        gt=0,
+        description="A feature or prediction drifts when its PSI, less the PSI two samples of these sizes "
+        "reach with no change ((cells - 1)(1/n1 + 1/n2)), exceeds this...",
+    )
     ks: float = Field(0.25, gt=0, le=1, description="... or (numeric) the KS statistic D exceeds this ...")
     cramers_v: float = Field(
         0.25,
         gt=0,
         le=1,
-        description="... or (categorical) Cramér's V of the chi-squared test exceeds this ...",
+        description="... or (categorical) Cramér's V of the chi-squared test, bias-corrected for the "
+        "window's size (Bergsma), exceeds this ...",
     )
     p_value: float = Field(
         1e-3,

@@ -86,18 +86,21 @@ def drift_finding(
     values["n"] = stat.n
     if stat.n < cfg.min_rows:
         return Finding(check, stat.name, TOO_SMALL, stat.psi, cfg.psi, values, f"{stat.n} values < min_rows")
+    # PSI beyond what two samples of these sizes differ by with no change (drift.psi_noise)
+    psi_beyond = stat.psi - stat.psi_noise
+    psi_how = f"PSI {stat.psi:.3f} less its sampling noise {stat.psi_noise:.3f} (> {cfg.psi})"
     if stat.kind == "numeric":
         effect = stat.ks is not None and stat.ks > cfg.ks
-        how = f"PSI {stat.psi:.3f} (> {cfg.psi}), KS D {stat.ks:.3f} (> {cfg.ks}), p {stat.ks_p:.2g}"
+        how = f"{psi_how}, KS D {stat.ks:.3f} (> {cfg.ks}), p {stat.ks_p:.2g}"
     else:
         effect = (stat.cramers_v or 0.0) > cfg.cramers_v
         how = (
-            f"PSI {stat.psi:.3f} (> {cfg.psi}), Cramér's V {stat.cramers_v:.3f} (> {cfg.cramers_v}), "
-            f"p {stat.chi2_p:.2g}"
+            f"{psi_how}, Cramér's V {stat.cramers_v:.3f} bias-corrected, {stat.cramers_v_raw:.3f} raw "
+            f"(> {cfg.cramers_v}), p {stat.chi2_p:.2g}"
         )
     p_value = stat.ks_p if stat.kind == "numeric" else stat.chi2_p
     significant = 1.0 if p_value is None else p_value
-    drifted = (stat.psi > cfg.psi or effect) and significant < cfg.p_value / max(tests, 1)
+    drifted = (psi_beyond > cfg.psi or effect) and significant < cfg.p_value / max(tests, 1)
     status = (BREACH if served_reference else OFF_POLICY) if drifted else OK
     return Finding(check, stat.name, status, stat.psi, cfg.psi, values, how)
 

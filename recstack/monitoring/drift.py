@@ -13,6 +13,12 @@ empty bins counted as ``EPS`` (as Evidently does); 0.1 is read as a moderate shi
 large one. KS gives the largest gap between the two empirical CDFs (``D``) and its p-value. Large
 windows make every p-value small, so breaches are decided on the effect size (PSI, D, Cramér's V)
 with the p-value as a second condition, never on the p-value alone.
+
+Small windows make the effect sizes large: two samples of one distribution differ by chance, and
+over many cells that adds up. Two samples of sizes n1 and n2 over k cells have an expected PSI of
+(k - 1)(1/n1 + 1/n2) with no change at all (``psi_noise``; 0.125 for 50 categories and two windows
+of 800 requests), and Cramér's V of sqrt((k - 1) / N). Both are reported and the decision reads
+them beyond that noise: PSI minus ``psi_noise``, and Cramér's V bias-corrected (Bergsma 2013).
 """
 
 from __future__ import annotations
@@ -73,6 +79,28 @@ def psi_of_shares(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
+def psi_noise(cells: int, n_reference: float, n_current: float) -> float:
+    """The expected PSI of two samples of one distribution over ``cells`` cells, of sizes
+    ``n_reference`` and ``n_current``: PSI is the symmetric Kullback-Leibler divergence, which for
+    shares this close is sum (p - q)^2 / q, and each term's expectation is (1 - q)(1/n1 + 1/n2)."""
+    if cells < 2 or n_reference <= 0 or n_current <= 0:
+        return 0.0
+    return (cells - 1) * (1.0 / n_reference + 1.0 / n_current)
+
+
+def cramers_v_corrected(chi2: float, n: float, rows: int, columns: int) -> float:
+    """Cramér's V of an r x k table with its small-sample bias removed (Bergsma 2013, J. Korean
+    Stat. Soc. 42): phi^2 less its expectation under independence, (r - 1)(k - 1) / (n - 1), over
+    the corrected min(r, k) - 1; 0 where nothing is left."""
+    if n <= 1:
+        return 0.0
+    phi2 = max(0.0, chi2 / n - (rows - 1) * (columns - 1) / (n - 1))
+    r = rows - (rows - 1) ** 2 / (n - 1)
+    k = columns - (columns - 1) ** 2 / (n - 1)
+    scale = min(r, k) - 1
+    return math.sqrt(phi2 / scale) if scale > 0 else 0.0
+
+
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
     """PSI of two numeric samples over ``bins`` quantile bins of the reference."""
     ref, cur = _finite(reference, "reference"), _finite(current, "current")
@@ -93,7 +121,9 @@ class DriftStat:
     ks: float | None = None
     ks_p: float | None = None
     chi2_p: float | None = None
-    cramers_v: float | None = None
+    cramers_v: float | None = None  # bias-corrected (Bergsma); cramers_v_raw as computed
+    cramers_v_raw: float | None = None
+    psi_noise: float = 0.0  # the PSI two samples of this size reach with no change: (k - 1)(1/n1 + 1/n2)
     reference_mean: float | None = None
     mean: float | None = None
 
@@ -146,14 +176,28 @@ def compare(name: str, reference: dict[str, Any], values: np.ndarray) -> DriftSt
         value = psi_of_shares(expected[keep], current[keep])
         # the two-sample test: the reference's counts (its shares x its size) against the window's
         table = np.vstack([expected[keep] * float(reference["n"]), counts[keep]])
-        if table.shape[1] > 1:
+        cells = int(keep.sum())
+        if cells > 1:
             chi2, p, _, _ = stats.chi2_contingency(table, correction=False)
-            v = float(np.sqrt(chi2 / table.sum()))  # Cramér's V of a 2 x k table
+            raw = float(np.sqrt(chi2 / table.sum()))  # Cramér's V of a 2 x k table
+            v = cramers_v_corrected(float(chi2), float(table.sum()), 2, cells)
         else:  # one category in both: nothing can differ
-            chi2, p, v = 0.0, 1.0, 0.0
-        return DriftStat(name, "categorical", len(cur), value, chi2_p=float(p), cramers_v=v)
+            p, raw, v = 1.0, 0.0, 0.0
+        return DriftStat(
+            name,
+            "categorical",
+            len(cur),
+            value,
+            chi2_p=float(p),
+            cramers_v=v,
+            cramers_v_raw=raw,
+            psi_noise=psi_noise(cells, float(reference["n"]), len(cur)),
+        )
     edges = np.asarray(reference["edges"], dtype=np.float64)
-    value = psi_of_shares(np.asarray(reference["shares"]), bin_shares(cur, edges))
+    reference_shares = np.asarray(reference["shares"], dtype=np.float64)
+    current_shares = bin_shares(cur, edges)
+    value = psi_of_shares(reference_shares, current_shares)
+    cells = int(((reference_shares > 0) | (current_shares > 0)).sum())
     sample = np.asarray(reference["sample"], dtype=np.float64)
     ks = stats.ks_2samp(sample, cur)
     return DriftStat(
@@ -165,6 +209,7 @@ def compare(name: str, reference: dict[str, Any], values: np.ndarray) -> DriftSt
         ks_p=float(ks.pvalue),
         reference_mean=float(reference["mean"]),
         mean=float(cur.mean()),
+        psi_noise=psi_noise(cells, float(reference["n"]), len(cur)),
     )
 
 

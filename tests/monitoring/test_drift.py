@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from recstack.monitoring.drift import EPS, OTHER, DriftError, compare, profile, psi, psi_of_shares, ratio_rse
+from recstack.monitoring.drift import (
+    EPS,
+    OTHER,
+    DriftError,
+    compare,
+    cramers_v_corrected,
+    profile,
+    psi,
+    psi_noise,
+    psi_of_shares,
+    ratio_rse,
+)
 
 
 def test_psi_of_shares_is_the_textbook_sum() -> None:
@@ -52,8 +63,46 @@ def test_categorical_compare_is_the_chi_squared_test_of_the_two_count_rows() -> 
     table = np.array([[np.sum(ref == v) for v in (1, 2, 3)], [np.sum(cur == v) for v in (1, 2, 3)]])
     chi2, p, _, _ = stats.chi2_contingency(table, correction=False)
     assert stat.chi2_p == pytest.approx(p, rel=1e-6, abs=1e-300)
-    assert stat.cramers_v == pytest.approx(math.sqrt(chi2 / table.sum()), rel=1e-9)
-    assert 0 <= stat.cramers_v <= 1
+    n = table.sum()
+    assert stat.cramers_v_raw == pytest.approx(math.sqrt(chi2 / n), rel=1e-9)
+    # Bergsma's correction by hand: phi^2 - (k - 1)(r - 1)/(n - 1) over min(r~, k~) - 1, r~ = 2 - 1/(n - 1)
+    corrected = math.sqrt((chi2 / n - 2 / (n - 1)) / (1 - 1 / (n - 1)))
+    assert stat.cramers_v == pytest.approx(corrected, rel=1e-9)
+    assert 0 <= stat.cramers_v < stat.cramers_v_raw <= 1
+    assert stat.psi_noise == pytest.approx(2 * (1 / 4_000 + 1 / 2_000), rel=1e-12)
+
+
+def test_two_samples_of_one_distribution_differ_by_the_noise_the_correction_removes() -> None:
+    # 50 equally likely categories, a reference and a window of 800 each (a day of requests): with
+    # no change at all PSI averages (k - 1)(1/n1 + 1/n2) = 0.1225 and Cramér's V sqrt(49 / 1600) = 0.175,
+    # on the order of the 0.25 thresholds; less the noise they average 0
+    rng = np.random.default_rng(4)
+    codes = np.arange(50, dtype=np.float64)
+    raw_psi, beyond, raw_v, v = [], [], [], []
+    for _ in range(300):
+        stat = compare("c", profile(rng.choice(codes, 800), categorical=True), rng.choice(codes, 800))
+        raw_psi.append(stat.psi)
+        beyond.append(stat.psi - stat.psi_noise)
+        raw_v.append(stat.cramers_v_raw)
+        v.append(stat.cramers_v)
+    noise = psi_noise(50, 800, 800)
+    assert noise == pytest.approx(0.1225)
+    # the spread of one PSI is about sqrt(2 (k - 1)) / n_eff = 0.025; over 300 draws the mean's 0.0014
+    assert np.mean(raw_psi) == pytest.approx(noise, rel=0.06)
+    assert abs(np.mean(beyond)) < 0.008
+    assert np.mean(raw_v) == pytest.approx(math.sqrt(49 / 1_600), rel=0.05)
+    assert np.mean(v) < 0.06 and max(v) < 0.15  # the clipped corrected V: small, far under 0.25
+    # a real change of the mix (half the mass moved to 10 categories) stays far above the noise
+    weights = np.where(codes < 10, 6.0, 1.0)
+    moved = rng.choice(codes, 800, p=weights / weights.sum())
+    stat = compare("c", profile(rng.choice(codes, 800), categorical=True), moved)
+    assert stat.psi - stat.psi_noise > 0.25 and stat.cramers_v > 0.25
+
+
+def test_cramers_v_corrected_edge_cases() -> None:
+    assert cramers_v_corrected(0.0, 1.0, 2, 5) == 0.0  # one observation: nothing to correct with
+    assert cramers_v_corrected(1.0, 1_000.0, 2, 3) == 0.0  # under its null expectation: 0, not negative
+    assert psi_noise(1, 100, 100) == 0.0  # one cell cannot differ
 
 
 def test_categories_outside_the_profile_count_as_other() -> None:
