@@ -130,7 +130,13 @@ def test_a_calibration_shift_is_caught_and_recalibration_fixes_it(served_feed: S
     before = _findings(monitor.run_once(*served_feed.days[2], act=False), "calibration")["click"]
     rng = np.random.default_rng(0)
 
-    def more_clicks(table: pa.Table) -> pa.Table:  # a tenth of the unclicked impressions get a click
+    # a quarter of the unclicked impressions get a click. The session's one-epoch model predicts a
+    # small share of the clicks (observed / predicted near 13 on served days), so each window's ratio
+    # is a noisy estimate and the slide's two-sample z counts both; a tenth moved the ratio 1.8x at
+    # z 3.6-3.9 on some of its (thread-timing dependent) trainings, under the 4 a breach needs
+    share = 0.25
+
+    def more_clicks(table: pa.Table) -> pa.Table:
         clicked = {
             (r, i)
             for r, i, k in zip(
@@ -147,7 +153,7 @@ def test_a_calibration_shift_is_caught_and_recalibration_fixes_it(served_feed: S
             for n, (r, i) in enumerate(
                 zip(shown["request_id"].to_pylist(), shown["item_id"].to_pylist(), strict=True)
             )
-            if (r, i) not in clicked and rng.random() < 0.1
+            if (r, i) not in clicked and rng.random() < share
         ]
         extra = shown.take(pa.array(pick, pa.int64()))
         extra = extra.set_column(
@@ -171,11 +177,11 @@ def test_a_calibration_shift_is_caught_and_recalibration_fixes_it(served_feed: S
     window = served_feed.copy_day(2, transform=more_clicks)
     run = monitor.run_once(*window, act=True)
     click = _findings(run, "calibration")["click"]
-    assert click.status == "breach" and click.values["slid"]
-    # the same impressions with a tenth of the unclicked ones clicked: rate r -> r + 0.1 (1 - r), up to
-    # the binomial noise of the draw (sd ~ sqrt(0.09 / n), under 0.01 here; 0.03 allowed)
+    assert click.status == "breach" and click.values["slid"], click.detail
+    # the same impressions with a quarter of the unclicked ones clicked: rate r -> r + share (1 - r),
+    # up to the binomial noise of the draw (sd ~ sqrt(0.19 / n), about 0.01 here; 0.03 allowed)
     r = before.values["observed"]
-    assert click.values["observed"] == pytest.approx(r + 0.1 * (1 - r), abs=0.03)
+    assert click.values["observed"] == pytest.approx(r + share * (1 - r), abs=0.03)
     assert click.values["ratio"] / click.values["reference_ratio"] > 1 + settings.monitoring.calibration_ratio
     # only calibration moved: no retraining, a recalibration through the gate
     assert not [f for _, f in run.findings if f.check in DRIFTS and f.breached]

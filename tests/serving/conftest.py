@@ -31,6 +31,9 @@ def feed_settings(state_dir: Path) -> Settings:
             "RECSTACK_TRAIN__PROGRESS": "false",
             "RECSTACK_TRAIN__EPOCHS": "2",
             "RECSTACK_TRAIN__BATCH_SIZE": "1024",
+            # fixed, not the cores free: the session's bundle must not depend on the machine's load
+            # (the monitoring tests' calibration figures moved with it)
+            "RECSTACK_TRAIN__NUM_THREADS": "2",
             "RECSTACK_TWO_TOWER__DIM": "16",
             "RECSTACK_TWO_TOWER__HIDDEN": "[32]",
             "RECSTACK_TWO_TOWER__HISTORY": "10",
