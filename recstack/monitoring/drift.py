@@ -16,7 +16,7 @@ with the p-value as a second condition, never on the p-value alone.
 
 Small windows make the effect sizes large: two samples of one distribution differ by chance, and
 over many cells that adds up. Two samples of sizes n1 and n2 over k cells have an expected PSI of
-(k - 1)(1/n1 + 1/n2) with no change at all (``psi_noise``; 0.125 for 50 categories and two windows
+(k - 1)(1/n1 + 1/n2) with no change at all (``psi_noise``; 0.12 for 50 categories and two windows
 of 800 requests), and Cramér's V of sqrt((k - 1) / N). Both are reported and the decision reads
 them beyond that noise: PSI minus ``psi_noise``, and Cramér's V bias-corrected (Bergsma 2013).
 """
