@@ -176,11 +176,11 @@ def compare(name: str, reference: dict[str, Any], values: np.ndarray) -> DriftSt
         value = psi_of_shares(expected[keep], current[keep])
         # the two-sample test: the reference's counts (its shares x its size) against the window's
         table = np.vstack([expected[keep] * float(reference["n"]), counts[keep]])
-        cells = int(keep.sum())
+        cells, total = int(keep.sum()), float(table.sum())
         if cells > 1:
             chi2, p, _, _ = stats.chi2_contingency(table, correction=False)
-            raw = float(np.sqrt(chi2 / table.sum()))  # Cramér's V of a 2 x k table
-            v = cramers_v_corrected(float(chi2), float(table.sum()), 2, cells)
+            raw = math.sqrt(float(chi2) / total)  # Cramér's V of a 2 x k table
+            v = cramers_v_corrected(float(chi2), total, 2, cells)
         else:  # one category in both: nothing can differ
             p, raw, v = 1.0, 0.0, 0.0
         return DriftStat(
