@@ -516,12 +516,13 @@ class ServingConfig(Section):
     )
     explore_epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: share of random picks.")
     explore_propensity_draws: int = Field(
-        16,
+        4,
         ge=0,
         description="Each exploration pick's probability of being picked is logged with the impression "
         "(propensity, for off-policy evaluation): exact for greedy, ucb1, epsilon_greedy and uniform; "
-        "for thompson estimated from this many posterior draws (about 0.04 ms a draw over a 500-item "
-        "pool, see docs/experiments.md). 0: not logged. Ranked slots are deterministic (propensity 1).",
+        "for thompson estimated from this many joint posterior draws, each giving the exact chance that "
+        "the pick's own draw beats the others' (Rao-Blackwellized: 4 draws are more precise than 64 "
+        "counted; see docs/experiments.md). 0: not logged. Ranked slots are deterministic (propensity 1).",
     )
     rank: bool = Field(
         True,

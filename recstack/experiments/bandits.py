@@ -190,6 +190,57 @@ def pick_probabilities(
     return out
 
 
+def thompson_pick_probabilities(
+    prior: BetaPrior,
+    impressions: np.ndarray,
+    clicks: np.ndarray,
+    m: int,
+    of: np.ndarray,
+    rng: np.random.Generator,
+    draws: int = 4,
+) -> np.ndarray:
+    """(len(of),) the probability that Thompson sampling with ``prior`` puts each item at positions
+    ``of`` among its top ``m`` draws, Rao-Blackwellized: for each of ``draws`` joint draws of every
+    contender, the exact probability that the item's own Beta draw beats the m-th highest draw of
+    the others (its Beta survival function there), averaged.
+
+    Each term is the conditional expectation of the plain estimator's indicator given the others'
+    draws, so the average is unbiased with a smaller variance at every ``draws``
+    (``benchmarks/explore_cost.py``, 500-item pool, 2 slots: over pick probabilities from 0.91 down
+    to 0.002, 4 draws give a relative RMSE of 0.05-1.12 where counting the picks of 64 draws gives
+    0.04-2.57, at a quarter of the draws). As in ``pick_probabilities``, only items within 4 sd of
+    the m-th best mean contend; an item that cannot contend gets 0."""
+    shown = np.asarray(impressions, dtype=np.float64)
+    clicked = np.asarray(clicks, dtype=np.float64)
+    of = np.asarray(of, dtype=np.int64)
+    n = len(shown)
+    m = min(m, n)
+    if m <= 0 or not len(of):
+        return np.zeros(len(of))
+    a = prior.a + clicked
+    b = prior.b + np.maximum(shown - clicked, 0)
+    mean = a / (a + b)
+    sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    floor = np.partition(mean - 4 * sd, n - m)[n - m] if m < n else -np.inf
+    contenders = np.flatnonzero(mean + 4 * sd >= floor)
+    if len(contenders) <= m:
+        return np.isin(of, contenders).astype(np.float64)
+    theta = rng.beta(a[contenders], b[contenders], size=(max(draws, 1), len(contenders)))  # (D, C)
+    top = np.argpartition(-theta, m, axis=1)[:, : m + 1]  # the m + 1 highest of each draw
+    values = np.take_along_axis(theta, top, axis=1)
+    order = np.argsort(-values, axis=1)
+    top, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
+    slot = np.full(n, -1, dtype=np.int64)  # item -> its column among the contenders
+    slot[contenders] = np.arange(len(contenders))
+    column = slot[of]  # (K,)
+    # the m-th highest of the others: the (m+1)-th of the draw when the item is in its top m
+    in_top = (top[:, None, :m] == column[None, :, None]).any(axis=2)  # (D, K)
+    threshold = np.where(in_top, values[:, m, None], values[:, m - 1, None])
+    beats = special.betaincc(a[of][None, :], b[of][None, :], threshold)  # P(own draw > threshold)
+    out: np.ndarray = np.where(column >= 0, beats.mean(axis=0), 0.0)
+    return out
+
+
 def make_policy(kind: Allocator, prior: BetaPrior = BetaPrior(), epsilon: float = 0.1) -> Policy:
     """The allocator ``kind`` names (``[serving] explore_allocator``)."""
     if kind is Allocator.thompson:

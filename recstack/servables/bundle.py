@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,11 @@ class ServingBundle:
                 out[:, t] = self.calibration[task](probs[:, t])
         return out
 
-    @property
-    def features(self) -> list[Any]:
-        """The ``[[features]]`` definitions the rankers read (the validated models)."""
-        return [_FEATURE_ADAPTER.validate_python(d) for d in self.meta["features"]]
+    @cached_property
+    def features(self) -> tuple[Any, ...]:
+        """The ``[[features]]`` definitions the rankers read (the validated models), validated once:
+        every request logs their values by name."""
+        return tuple(_FEATURE_ADAPTER.validate_python(d) for d in self.meta["features"])
 
     @classmethod
     def load(cls, folder: Path) -> ServingBundle:

@@ -1399,8 +1399,10 @@ class RecommendFastPath:
             return None
         if not 1 <= len(surface) <= 64:
             return None
+        # every field given: model_construct would otherwise introspect the default factories
+        # (inspect.signature of dict and list) on each request
         return RecommendBody.model_construct(
-            user_id=user_id, n=int(n) if n is not None else None, surface=surface, context={}
+            user_id=user_id, n=int(n) if n is not None else None, surface=surface, context={}, fields=[]
         )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
