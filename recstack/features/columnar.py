@@ -69,8 +69,9 @@ def feed_features(features: Sequence[AnyFeature]) -> list[AnyFeature]:
     for f in features:
         if isinstance(f, TextEmbedding):
             raise ConfigError(
-                f"feature '{f.name}' (text_embedding) is not kept by the feed's online state yet: "
-                "remove it from [[features]] (the two-tower's text path covers new items)"
+                f"feature '{f.name}' (text_embedding) is not kept by the feed's online state yet, so "
+                "the feed's rankers cannot read it: remove it from [[features]] for the feed (`recstack "
+                "features materialize` does compute it for a training set of your own)"
             )
         out.append(f)
     return out
