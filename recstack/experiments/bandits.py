@@ -158,12 +158,7 @@ def pick_probabilities(
         even: np.ndarray = np.full(n, m / n)
         return even
     if isinstance(policy, Thompson):
-        a = policy.prior.a + clicked
-        b = policy.prior.b + np.maximum(shown - clicked, 0)
-        mean = a / (a + b)
-        sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-        floor = np.partition(mean - 4 * sd, n - m)[n - m] if m < n else -np.inf
-        contenders = np.flatnonzero(mean + 4 * sd >= floor)
+        a, b, contenders = _contenders(policy.prior, shown, clicked, m)
         out: np.ndarray = np.zeros(n)
         if len(contenders) <= m:
             out[contenders] = 1.0
@@ -188,6 +183,21 @@ def pick_probabilities(
         mixed: np.ndarray = (1 - policy.epsilon) * out + policy.epsilon * m / n
         return mixed
     return out
+
+
+def _contenders(
+    prior: BetaPrior, shown: np.ndarray, clicked: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Beta posteriors' (a, b) of every item and the positions of those that can be among the
+    top ``m`` draws: within 4 sd (normal approximation) of the m-th best mean; the others are
+    picked with probability below 1e-4."""
+    n = len(shown)
+    a = prior.a + clicked
+    b = prior.b + np.maximum(shown - clicked, 0)
+    mean = a / (a + b)
+    sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    floor = np.partition(mean - 4 * sd, n - m)[n - m] if m < n else -np.inf
+    return a, b, np.flatnonzero(mean + 4 * sd >= floor)
 
 
 def thompson_pick_probabilities(
@@ -217,12 +227,7 @@ def thompson_pick_probabilities(
     m = min(m, n)
     if m <= 0 or not len(of):
         return np.zeros(len(of))
-    a = prior.a + clicked
-    b = prior.b + np.maximum(shown - clicked, 0)
-    mean = a / (a + b)
-    sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    floor = np.partition(mean - 4 * sd, n - m)[n - m] if m < n else -np.inf
-    contenders = np.flatnonzero(mean + 4 * sd >= floor)
+    a, b, contenders = _contenders(prior, shown, clicked, m)
     if len(contenders) <= m:
         return np.isin(of, contenders).astype(np.float64)
     theta = rng.beta(a[contenders], b[contenders], size=(max(draws, 1), len(contenders)))  # (D, C)
