@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,16 @@ def feed_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, Path, P
         log.append_table(table)
     train_bundle(feed_settings(root / "state"), log, root / "bundle")
     return world, root / "events", root / "bundle"
+
+
+def history_clock(log: ParquetEventLog, after_s: float = 60.0) -> Callable[[], float]:
+    """A serving clock that starts ``after_s`` after the log's last event and runs at the wall
+    clock's pace: a closed loop served on it sees the history's windows as they were just after it,
+    whatever the calendar date the test runs on (the simulated history is dated 2026-11-01; on the
+    wall clock every window of it has expired, later on each day)."""
+    last = log.table().column("timestamp").cast("int64").to_numpy().max() / 1e6
+    started = time.time()
+    return lambda: float(last + after_s + (time.time() - started))
 
 
 KEY = {"X-API-Key": "recstack-local"}
