@@ -11,6 +11,7 @@ process group it joins as it joins torchrun's.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -80,10 +81,20 @@ def init_distributed(backend: str = "gloo") -> tuple[int, int]:
     if not dist.is_initialized():
         if "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ:
             dist.init_process_group(backend)
+            # left to the interpreter's teardown, gloo's process group can abort the process as it
+            # exits (SIGABRT); the group this call joined is left before that
+            atexit.register(leave_distributed)
         else:
             store = dist.HashStore()  # type: ignore[attr-defined]
             dist.init_process_group(backend, store=store, rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size()
+
+
+def leave_distributed() -> None:
+    """Leave the process group this process joined (no barrier: a peer that died must not hang the
+    exit)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

@@ -16,7 +16,7 @@ from recstack.errors import CheckpointError
 from recstack.eval.metrics import full_ranking_eval
 from recstack.train.batch import Batch, BatchLoader, ColumnRoles
 from recstack.train.checkpoint import load_checkpoint, restore_model, save_checkpoint
-from recstack.train.loop import Trainer, init_distributed
+from recstack.train.loop import Trainer, init_distributed, leave_distributed
 from recstack.train.recipes import encode_split, train_mf_bpr
 from recstack.train.tracking import MlflowTracker
 
@@ -50,6 +50,17 @@ def test_loop_fits_a_known_linear_model(tmp_path: Path) -> None:
     assert model.bias.item() == pytest.approx(0.3, abs=0.02)
     assert result.checkpoint is not None and result.checkpoint.exists()
     assert init_distributed() == (0, 1)
+
+
+def test_a_process_group_left_is_joined_again_by_the_next_fit(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    init_distributed()
+    leave_distributed()
+    assert not dist.is_initialized()
+    leave_distributed()  # leaving twice (the exit hook after an explicit leave) is harmless
+    Trainer(config(epochs=2), tmp_path).fit(nn.Linear(3, 1), Regression(), linear_data())
+    assert dist.is_initialized() and dist.get_world_size() == 1
 
 
 def test_early_stopping_restores_the_best_epoch(tmp_path: Path) -> None:
@@ -156,12 +167,22 @@ def test_a_stop_request_ends_the_run_as_killed_at_the_next_batch(tmp_path: Path)
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import traceback
+
+    import torch.distributed as dist
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
-    torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
-    model = nn.Linear(3, 1)
-    # each rank sees half of every epoch: twice the epochs of the single-process test, same steps
-    Trainer(config(epochs=60), Path(out) / f"r{rank}").fit(model, Regression(), linear_data())
-    torch.save(model.state_dict(), Path(out) / f"model{rank}.pt")
+    try:
+        torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
+        model = nn.Linear(3, 1)
+        # each rank sees half of every epoch: twice the epochs of the single-process test, same steps
+        Trainer(config(epochs=60), Path(out) / f"r{rank}").fit(model, Regression(), linear_data())
+        torch.save(model.state_dict(), Path(out) / f"model{rank}.pt")
+        dist.barrier()  # neither rank leaves while the other still talks to it
+        dist.destroy_process_group()
+    except BaseException:
+        (Path(out) / f"error{rank}.txt").write_text(traceback.format_exc())
+        raise
 
 
 @pytest.mark.slow
@@ -171,7 +192,11 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path: Path) -> N
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    try:
+        mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    except mp.ProcessExitedException as e:  # a signal: say what each rank raised, if anything
+        raised = {p.name: p.read_text() for p in tmp_path.glob("error*.txt")}
+        pytest.fail(f"{e}; the ranks raised: {raised or 'nothing (a crash in native code)'}")
     a, b = (torch.load(tmp_path / f"model{r}.pt") for r in range(2))
     assert torch.equal(a["weight"], b["weight"])
     assert a["weight"].numpy().ravel() == pytest.approx([1.0, -2.0, 0.5], abs=0.05)
