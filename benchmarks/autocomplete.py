@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,60 @@ def freshness(folder: Path) -> float:
         return time.perf_counter() - started
     finally:
         runtime.close()
+
+
+def freshness_separate(folder: Path, url: str) -> float:
+    """The same over the separate topology, the processes' own wiring on a live Redis: the events
+    posted to the Redis bus, ``recstack worker``'s loop (``run_worker``, in a thread here) applies
+    and publishes them with its checkpoint, and the API's runtime (``make_runtime``) suggests them
+    after its next sync; the default ``[serving] state_sync_s`` for both."""
+    import threading
+
+    import redis
+
+    from recstack.config import load_settings
+    from recstack.serving.service import make_runtime, run_worker
+
+    client = redis.Redis.from_url(url)
+    stream = f"bench:{uuid.uuid4().hex[:8]}:events"
+
+    def wipe() -> None:  # the state keys have a fixed prefix: this runs in a database of its own
+        client.delete(stream, *(client.keys("recstack:serving:*") or [b"none"]))
+
+    wipe()
+    settings = load_settings(
+        None,
+        {
+            "RECSTACK_PATHS__STATE_DIR": str(folder),
+            "RECSTACK_EVENT_LOG__BACKEND": "redis",
+            "RECSTACK_EVENT_LOG__REDIS_URL": url,
+            "RECSTACK_EVENT_LOG__STREAM": stream,
+            "RECSTACK_MONITORING__ENABLED": "false",
+        },
+    )
+    stop = threading.Event()
+    worker = threading.Thread(target=run_worker, args=(settings, stop), daemon=True)
+    worker.start()
+    runtime = make_runtime(settings)
+    runtime.start_background()
+    try:
+        time.sleep(2.0)  # the worker's first checkpoint, the API's first sync
+        events = [
+            {"event_id": f"fresh{k}", "kind": "query", "timestamp": time.time(), "query": "zq fresh trend"}
+            for k in range(20)
+        ]
+        started = time.perf_counter()
+        runtime.bus.append(events)
+        while not any(s.text == "zq fresh trend" for s in runtime.autocomplete.suggest("zq f")):
+            if time.perf_counter() - started > 60:
+                return float("inf")
+            time.sleep(0.005)
+        return time.perf_counter() - started
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+        runtime.close()
+        wipe()
 
 
 def serve(folder: Path, port: int) -> None:
@@ -303,10 +358,43 @@ def main() -> None:
     )
     figures |= {"mrr_personal": round(with_boost, 4), "mrr_plain": round(without, 4)}
 
+    # the separate topology: the worker's snapshot of every count, and an API process loading it
+    from recstack.autocomplete.sync import decode_counts, encode_counts
+
+    started = time.perf_counter()
+    blob = encode_counts(ac, "bench", 1)
+    encode_s = time.perf_counter() - started
+    started = time.perf_counter()
+    meta, counts, users = decode_counts(blob)
+    follower = Autocomplete(cfg)
+    follower.restore(counts, meta["ref_s"], users, meta["watermark_us"], meta["half_life_s"])
+    restore_s = time.perf_counter() - started
+    print(
+        f"separate topology: the counts' snapshot is {len(blob) / 1e6:.1f} MB "
+        f"({len(blob) / keys:.1f} bytes/key, {len(users):,} users' queries), written in {encode_s:.1f} s, "
+        f"loaded in {restore_s:.1f} s",
+        flush=True,
+    )
+    figures |= {
+        "snapshot_mb": round(len(blob) / 1e6, 1),
+        "snapshot_encode_s": round(encode_s, 2),
+        "snapshot_restore_s": round(restore_s, 2),
+    }
+    del follower, counts, users, blob
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         fresh_s = freshness(folder)
         print(f"freshness: a new query suggested {fresh_s:.3f} s after its events were appended", flush=True)
+        if not args.no_redis:
+            url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/15"
+            separate_s = freshness_separate(folder, url)
+            print(
+                f"freshness, separate topology over Redis: suggested {separate_s:.3f} s after the events "
+                "were posted to the bus",
+                flush=True,
+            )
+            figures["freshness_separate_s"] = round(separate_s, 3)
         from recstack.events.parquet import ParquetEventLog
 
         log = ParquetEventLog(folder / "events")

@@ -295,6 +295,7 @@ def serve(
             return
         prefork.prepare_parent()
         runtime.reload()
+        runtime.sync_autocomplete()  # loaded once here, shared by the processes forked from this one
         console.print(f"serving on {where} with {count} processes; Ctrl-C stops them", highlight=False)
         raise typer.Exit(prefork.serve_processes(runtime, create_app, sock, count, access))
     finally:

@@ -728,6 +728,13 @@ class AutocompleteConfig(Section):
     rebuild_s: float = Field(
         60.0, gt=0, description="How often what arrived is folded into the static index (off the requests)."
     )
+    publish_full_s: float = Field(
+        300.0,
+        gt=0,
+        description="Separate topology (the Redis bus): how often the worker writes all its counts to the "
+        "state store (between, each checkpoint writes the queries it applied); the API processes start "
+        "from the last such snapshot.",
+    )
     max_chars: int = Field(100, ge=1, le=1_000, description="Longest prefix (a longer one is a 422).")
     typo_below: int = Field(
         3,

@@ -3,13 +3,13 @@ boosts, one-edit typo tolerance, a block list and the safety model's check of wh
 
 Counting: the worker hands every batch it applies to ``observe_events`` (the embedded default:
 the worker runs in the API's process), so a query is suggestible as soon as the worker has read
-it. ``load_history(log)`` counts the log's query events when the API starts on a worker that
-resumed a snapshot (a worker starting afresh replays the log through ``observe_events``); the ids
-of the history's last ``late_s`` are remembered, so an event the worker delivers again is counted
-once. ``maybe_rebuild`` folds the counts into the static index every ``rebuild_s``; reads go on
-meanwhile. Whether a search led
-to a click is in the log as a click event with the query's ``request_id``; it does not weigh in the
-counts yet.
+it. A separate worker publishes its counts instead, and the API processes follow them (sync.py).
+``load_history(log)`` counts the log's query events when the API starts on a worker that resumed a
+snapshot (a worker starting afresh replays the log through ``observe_events``); the ids of the
+history's last ``late_s`` are remembered, so an event the worker delivers again is counted once.
+``maybe_rebuild`` folds the counts into the static index every ``rebuild_s``; reads go on
+meanwhile. Whether a search led to a click is in the log as a click event with the query's
+``request_id``; it does not weigh in the counts yet.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from recstack.autocomplete.index import LiveCompletions, one_edit
+from recstack.autocomplete.index import CompletionIndex, LiveCompletions, one_edit
 from recstack.autocomplete.normalize import normalize, normalize_prefix
 from recstack.config import AutocompleteConfig
 from recstack.features.definitions import exact_us
@@ -87,6 +87,13 @@ class Autocomplete:
                 [e.user_id for e in found],
             )
 
+    def count_rows(self, ids: list[str], times: list[int], texts: list[str], users: list[str | None]) -> int:
+        """Count query events given as columns (event ids, times in µs, texts, users)."""
+        if not ids:
+            return 0
+        with self.lock:
+            return self._count(ids, times, texts, users)
+
     def _count(self, ids: list[str], times: list[int], texts: list[str], users: list[str | None]) -> int:
         added = []
         for event_id, t, text, user in zip(ids, times, texts, users, strict=True):
@@ -125,6 +132,9 @@ class Autocomplete:
 
     def rebuild(self) -> None:
         self.live.rebuild(time.time())
+        self._built()
+
+    def _built(self) -> None:
         sample = itertools.islice(self.live.index.trie.iterkeys(), 200_000)  # not all keys as a list
         counts = Counter(c for key in sample for c in key)
         total = sum(counts.values()) or 1
@@ -132,6 +142,40 @@ class Autocomplete:
         self.alphabet = "".join(c for c, k in counts.most_common(40) if k >= total / 1_000)
         self.last_rebuild = time.monotonic()
         self.version += 1
+
+    def counts(self) -> tuple[dict[str, float], float, dict[str, list[str]], int | None]:
+        """(every normalized query's decayed score at the reference time, that time in s, each
+        user's recent queries, the newest event time read in µs): what a follower in another
+        process starts from (sync.py)."""
+        live = self.live
+        with self.lock:
+            with live.lock:  # the index and its delta as one (a rebuild swaps both under it)
+                index, scale, delta, ref_s = live.index, live.index_scale, dict(live.delta), live.ref_s
+            users = {user: list(history) for user, history in self.users.items()}
+            watermark = self.watermark_us
+        scores = {key: float(index.scores[i]) * scale for key, i in index.trie.items()}
+        for query, added in delta.items():
+            scores[query] = scores.get(query, 0.0) + added
+        return scores, ref_s, users, watermark
+
+    def restore(
+        self,
+        scores: dict[str, float],
+        ref_s: float,
+        users: dict[str, list[str]],
+        watermark_us: int | None,
+        half_life_s: float | None = None,
+    ) -> None:
+        """Start again from :meth:`counts` of another process (what was counted here is dropped),
+        decaying with ``half_life_s`` (the one they were counted with) from now on."""
+        half_life = half_life_s or self.cfg.half_life_s
+        live = LiveCompletions(half_life, self.cfg.max_n, self.cfg.scan, ref_s=ref_s)
+        live.index = CompletionIndex(scores, self.cfg.max_n, self.cfg.scan)
+        kept = {u: deque(h, maxlen=self.cfg.history) for u, h in users.items()} if self.cfg.history else {}
+        with self.lock, self.build_lock:
+            self.live, self.users = live, kept
+            self.recent, self.kept, self.watermark_us = {}, 0, watermark_us
+            self._built()
 
     def maybe_rebuild(self) -> bool:
         """Fold the counts into the index when ``rebuild_s`` has passed since the last build."""

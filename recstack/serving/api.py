@@ -59,6 +59,7 @@ from starlette.routing import Match
 
 from recstack.autocomplete.normalize import normalize_prefix
 from recstack.autocomplete.service import Autocomplete
+from recstack.autocomplete.sync import Follower
 from recstack.config import RetrievalConfig, ScoreItems, ServingConfig, Settings
 from recstack.errors import BackendUnavailableError, ConfigError, RecstackError
 from recstack.events.base import EventLog
@@ -211,6 +212,8 @@ class Runtime:
         )
         self.impressions = ImpressionBuffer()
         self.autocomplete = Autocomplete(settings.autocomplete, self.moderate_suggestions)
+        # the embedded worker counts the queries here; a separate one publishes them (autocomplete/sync.py)
+        self.autocomplete_follower = Follower(self.store, self.autocomplete) if self.worker is None else None
         if self.worker is not None:
             self.worker.listeners.append(self.autocomplete.observe_events)
         self.stop = threading.Event()
@@ -508,13 +511,20 @@ class Runtime:
         """Load the champion and start the background work (one process)."""
         self.check_safety()
         self.reload()
-        if self.worker is None:
-            # a separate worker: it would have to publish the counts (not built yet); reading the
-            # Redis stream's whole history in every API process at start is not an answer
-            log.warning("autocomplete is served by the embedded topology only: it answers nothing here")
+        if self.worker is None:  # a separate worker publishes the counts
+            self.sync_autocomplete()
         elif self.synced is not None:  # a resumed worker: the log's history is not replayed
             self.load_autocomplete()
         self.start_background()
+
+    def sync_autocomplete(self) -> None:
+        """Count what the separate worker published since the last sync (autocomplete/sync.py)."""
+        if self.autocomplete_follower is None:
+            return
+        try:
+            self.autocomplete_follower.sync()
+        except Exception as exc:  # the store is down, or a damaged snapshot: the next sync tries again
+            log.error("autocomplete could not follow the worker's counts: %s", exc)
 
     def load_autocomplete(self) -> None:
         """Count the log's query history into autocomplete (then freeze the heap: the counts are
@@ -546,6 +556,7 @@ class Runtime:
         jobs.append((rebuild_every, self.autocomplete.maybe_rebuild))
         if self.worker is None:
             jobs.append((cfg.state_sync_s, self._sync_state))
+            jobs.append((cfg.state_sync_s, self.sync_autocomplete))
         for every, fn in jobs:
             thread = threading.Thread(target=self._loop, args=(every, fn), daemon=True)
             thread.start()

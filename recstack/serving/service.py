@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from recstack.autocomplete.sync import publish_autocomplete
 from recstack.config import EventLogBackend, OnlineBackend, Settings
 from recstack.errors import ConfigError
 from recstack.events.base import EventLog
@@ -65,6 +66,8 @@ def run_worker(settings: Settings, stop: threading.Event, consumer: str = "worke
         resume=resume,
         window=settings.event_log.window(),
     )
+    # the API processes serve autocomplete from the counts this worker publishes
+    publish_autocomplete(worker, settings.autocomplete, resumed=worker.resumed_group)
     if settings.monitoring.enabled:
         from recstack.monitoring.monitor import scheduled
 

@@ -24,6 +24,9 @@ changed that second rather than every user. Store keys, under ``key``:
 - ``key:item:<id>``: each item's latest upsert, written with the snapshot after it was applied
   (``GET /v1/items/{id}`` and the attributes a feed request asks for read it).
 
+A separate worker's checkpoint also writes the query counts it publishes for autocomplete, under
+their own keys (``FeedWorker.parts``; autocomplete/sync.py).
+
 ``sync_state`` reads the chain: the API in another process calls it every ``state_sync_s`` and
 applies the deltas it has not applied yet (in place), crosses to a new chain by its bridge, or loads
 the whole snapshot when it cannot (a worker restart, a new catalog, a missing delta); a restarted
@@ -46,7 +49,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from recstack.config import EventLogBackend, OnlineBackend, Settings
 from recstack.errors import CheckpointError
@@ -203,6 +206,15 @@ def state_version(store: KVStore, key: str = STATE_KEY) -> int | None:
     return int(raw) if raw is not None else None
 
 
+class CheckpointPart(Protocol):
+    """More for a checkpoint to write: ``writes()`` gives the keys, then ``written()`` or
+    ``failed()`` says how that store write went."""
+
+    def writes(self) -> dict[str, bytes]: ...
+    def written(self) -> None: ...
+    def failed(self) -> None: ...
+
+
 class FeedWorker:
     def __init__(
         self,
@@ -224,6 +236,8 @@ class FeedWorker:
         self.items: dict[str, ItemUpsert] = {}  # item records not written yet
         # told every batch applied (autocomplete counts its queries); a listener that raises is logged
         self.listeners: list[Callable[[list[Event]], Any]] = []
+        # what else each checkpoint writes, in the same store write (autocomplete's published counts)
+        self.parts: list[CheckpointPart] = []
         (raw_dead,) = store.get_many([key + ":dead:count"])
         self.dead_count = int(raw_dead) if raw_dead is not None else 0
         self.state = state
@@ -234,9 +248,9 @@ class FeedWorker:
         # a fresh state (nothing applied: the store held no snapshot, or one of other [[features]])
         # reads the log from its beginning, in a new group
         has_state = state_version(store, key) is not None and state.version > 0
-        self.group = (
-            stored.decode() if stored is not None and has_state else f"{group}-{uuid.uuid4().hex[:12]}"
-        )
+        # whether it goes on with the stored group (else it reads the log from its beginning)
+        self.resumed_group = stored is not None and has_state
+        self.group = stored.decode() if self.resumed_group and stored else f"{group}-{uuid.uuid4().hex[:12]}"
         self.consumer = consumer
         self.snapshot_s = snapshot_s
         self.key = key
@@ -378,12 +392,18 @@ class FeedWorker:
             writes[f"{self.key}:dead:{(n - 1) % DEAD_LETTERS_KEPT}"] = json.dumps(record).encode()
         if dead:
             writes[self.key + ":dead:count"] = str(self.dead_count + len(dead)).encode()
+        for part in self.parts:
+            writes |= part.writes()
         try:
             self.store.put_many(writes)  # one transaction (SQLite) / one MSET (Redis)
         except Exception:
             self.lost = True  # the changes captured are lost with this write: next, a whole one
             self.items = items | self.items  # written with the next one
+            for part in self.parts:
+                part.failed()
             raise
+        for part in self.parts:
+            part.written()
         old: list[str] = []  # the chain before the previous one: no bridge leads from it any more
         if whole:
             old = [f"{self.key}:delta:{self.previous[0]}:{i}" for i in range(1, self.previous[1] + 1)]
