@@ -1,6 +1,7 @@
 """The closed-loop playground (``recstack demo``) as a measurement: online CTR per round of the
 served feed against the random feed of the history, the simulator's true expected CTR of what was
-served, and each incremental model's holdout AUC.
+served, each incremental model's holdout AUC, and the users' searches: the MRR of the query each
+searched among autocomplete's suggestions for its first 1-5 characters.
 
     .venv/bin/python benchmarks/playground.py [--quick] [--rounds 3]
 
@@ -48,12 +49,15 @@ def main() -> None:
         figures[f"ctr_round_{r.round}"] = round(r.ctr, 4)
         figures[f"true_ctr_round_{r.round}"] = round(r.true_ctr, 4)
         figures[f"auc_click_round_{r.round}"] = round(r.auc_click or float("nan"), 4)
+        figures[f"search_mrr_round_{r.round}"] = round(r.search_mrr, 4)
     quick = " --quick" if args.quick else ""
     record(
         f"playground{quick}",
         figures,
         f"simulator world ({config.users} users, {config.items} items); rounds of "
-        f"{config.requests_per_round} requests over HTTP on loopback",
+        f"{config.requests_per_round} requests and {config.searches_per_round} searches over HTTP on "
+        f"loopback; searches generated over the simulator's catalog ({config.history_searches:,} in the "
+        "history)",
     )
 
 

@@ -52,6 +52,8 @@ class PlaygroundConfig:
     history_requests: int = 8_000
     rounds: int = 3
     requests_per_round: int = 400
+    history_searches: int = 6_000  # query events in the history (autocomplete's counts)
+    searches_per_round: int = 150  # users who also search in each round
     slate: int = 10
     seed: int = 7
 
@@ -72,6 +74,10 @@ class RoundResult:
     true_value: float = 0.0  # the simulator's expected value per request of what was served
     funnel: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    # searches: the mean reciprocal rank of the query each user went on to search among the
+    # suggestions for its first 1-5 characters (0 when not suggested)
+    searches: int = 0
+    search_mrr: float = 0.0
 
 
 def playground_settings(settings: Settings) -> Settings:
@@ -178,6 +184,19 @@ def run_playground(
         total=-(-cfg.history_requests // 2_000),
     ):
         log.append_table(table)
+    span_days = cfg.history_requests / per_day
+    stream = search_stream(
+        world,
+        data,
+        cfg.history_searches + cfg.rounds * cfg.searches_per_round,
+        start.timestamp(),
+        span_days,
+        cfg.seed,
+    )
+    # the history's searches are those timed in it; the rest are the rounds' (searched now)
+    n_history = stream.table.num_rows - cfg.rounds * cfg.searches_per_round
+    log.append_table(stream.table.slice(0, n_history))
+    round_searches = stream.table.slice(n_history)
     kinds = log.table(kinds=["impression", "click"])["kind"].to_numpy(zero_copy_only=False)
     history_ctr = float((kinds == "click").sum() / max((kinds == "impression").sum(), 1))
     console.print(f"history: {log.count():,} events in the log; the random feed's CTR {history_ctr:.4f}")
@@ -228,7 +247,8 @@ def run_playground(
                 ).raise_for_status()
             revealed += len(new)
             _wait_for(lambda n=revealed: runtime.state.n_items >= n)
-            result = _round(round_, world, sim, client, runtime, cfg, rng)
+            searches = round_searches.slice((round_ - 1) * cfg.searches_per_round, cfg.searches_per_round)
+            result = _round(round_, world, sim, client, runtime, cfg, rng, searches)
             result.history_ctr = history_ctr
             _wait_for(lambda: not runtime.impressions)
             runtime.flush_impressions()
@@ -240,6 +260,7 @@ def run_playground(
             results.append(result)
             console.print(
                 f"round {round_}: CTR {result.ctr:.4f}, true expected CTR {result.true_ctr:.4f}, "
+                f"{result.searches} searches (autocomplete MRR {result.search_mrr:.3f}), "
                 f"challenger v{trained.version} {'promoted' if trained.promoted else 'kept as challenger'}"
             )
     finally:
@@ -256,6 +277,7 @@ def run_playground(
         "hides/request",
         "explore share",
         "holdout AUC",
+        "search MRR",
         "promoted",
         title="online, per round",
     )
@@ -268,9 +290,10 @@ def run_playground(
             f"{r.hides_per_request:.3f}",
             f"{r.explore_share:.3f}",
             f"{r.auc_click:.4f}" if r.auc_click else "",
+            f"{r.search_mrr:.3f}" if r.searches else "",
             "yes" if r.promoted else "no",
         )
-    table.add_row("history", "random feed", f"{history_ctr:.4f}", "", "", "", "", "")
+    table.add_row("history", "random feed", f"{history_ctr:.4f}", "", "", "", "", "", "")
     console.print(table)
     report = write_report(root / "report.html", first.metrics, results, history_ctr)
     console.print(f"report: {report} ({time.perf_counter() - started:.0f} s in all)")
@@ -295,6 +318,52 @@ def _wait_for(condition: Any, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def search_stream(
+    world: World, data: Path | None, n_events: int, start_s: float, days: float, seed: int
+) -> Any:
+    """The simulated users' searches (recstack.data.queries, a generated log and said so): over the
+    MovieLens titles and genres when the world was fitted to MovieLens, else over the simulator's
+    catalog (item ids, most popular first, and topic names)."""
+    from recstack.data.queries import distinct_queries, query_stream, vocabulary
+
+    if data is not None:
+        phrases, words = vocabulary(data, None)
+    else:
+        phrases = [f"topic {t}" for t in range(int(world.item_topic.max()) + 1)]
+        words = [world.item_id(int(i)) for i in np.argsort(-world.item_quality)]
+    queries = distinct_queries(phrases, words, max(200, n_events // 5), seed=seed)
+    return query_stream(queries, n_events, world.n_users, start_s, days=days, seed=seed)
+
+
+def _search(client: httpx.Client, searches: pa.Table) -> tuple[int, float]:
+    """Each user types the first 1-5 characters of their query, reading the suggestions as they
+    type (``GET /v1/autocomplete``), then searches it (``POST /v1/events``, now). Returns
+    (searches, MRR of the query among the suggestions)."""
+    from types import SimpleNamespace
+
+    from recstack.data.queries import mean_reciprocal_rank
+
+    def suggest(prefix: str, user_id: str, n: int) -> list[Any]:
+        response = client.get("/v1/autocomplete", params={"q": prefix, "user_id": user_id, "n": n})
+        response.raise_for_status()
+        return [SimpleNamespace(text=s["text"]) for s in response.json()["suggestions"]]
+
+    mrr = mean_reciprocal_rank(suggest, searches)
+    now = time.time()
+    rows = [
+        {"event_id": f"{e}-{now:.0f}", "kind": "query", "timestamp": now, "user_id": u, "query": q}
+        for e, u, q in zip(
+            searches["event_id"].to_pylist(),
+            searches["user_id"].to_pylist(),
+            searches["query"].to_pylist(),
+            strict=True,
+        )
+    ]
+    for start in range(0, len(rows), 1_000):
+        client.post("/v1/events", json=rows[start : start + 1_000]).raise_for_status()
+    return len(rows), mrr
+
+
 def _round(
     number: int,
     world: World,
@@ -303,6 +372,7 @@ def _round(
     runtime: Runtime,
     cfg: PlaygroundConfig,
     rng: np.random.Generator,
+    searches: pa.Table,
 ) -> RoundResult:
     policy = ApiPolicy(world, client)
     before = _histograms(runtime)
@@ -332,6 +402,7 @@ def _round(
     for start in range(0, len(engaged), 1_000):
         client.post("/v1/events", json=engaged[start : start + 1_000]).raise_for_status()
     after = _histograms(runtime)
+    searched, mrr = _search(client, searches) if searches.num_rows else (0, 0.0)
     n_req = cfg.requests_per_round
     clicks = int((kinds == "click").sum())
     return RoundResult(
@@ -348,6 +419,8 @@ def _round(
         gate="",
         funnel={k: (after["size"][k] - before["size"].get(k, 0)) / n_req for k in after["size"]},
         latency_ms={k: 1e3 * (after["time"][k] - before["time"].get(k, 0)) / n_req for k in after["time"]},
+        searches=searched,
+        search_mrr=mrr,
     )
 
 
