@@ -186,6 +186,9 @@ def main() -> None:
     else:
         config = PlaygroundConfig()
         recipes = ["today", *(f"full_{k}" for k in KINDS), "full_gbdt_exploit", "full_mmoe_exploit"]
+    # the feeds as measured before the playground's users searched: their search clicks would move
+    # the features (clicks without impressions), and this compares the feeds alone
+    config.history_searches = config.searches_per_round = 0
     weights = load_settings(None, {}).serving.value_weights
     figures: dict[str, dict[str, float]] = {}
     for name in ("oracle", "popularity"):

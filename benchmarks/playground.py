@@ -1,7 +1,8 @@
 """The closed-loop playground (``recstack demo``) as a measurement: online CTR per round of the
 served feed against the random feed of the history, the simulator's true expected CTR of what was
-served, each incremental model's holdout AUC, and the users' searches: the MRR of the query each
-searched among autocomplete's suggestions for its first 1-5 characters.
+served, each incremental model's holdout AUC, and the users' searches: the MRR of the item name each
+looked up among autocomplete's suggestions for its first 1-5 characters, with the topic boost and
+without (``topic_boost=false``).
 
     .venv/bin/python benchmarks/playground.py [--quick] [--rounds 3]
 
@@ -28,6 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smaller world, two rounds")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--topic-weight", type=float, help="[autocomplete] topic_weight (default: the config's)"
+    )
     args = parser.parse_args()
     config = (
         PlaygroundConfig(
@@ -41,7 +45,12 @@ def main() -> None:
         {
             "RECSTACK_PATHS__STATE_DIR": tempfile.mkdtemp(prefix="recstack-playground-"),
             "RECSTACK_TRAIN__PROGRESS": "false",
-        },
+        }
+        | (
+            {"RECSTACK_AUTOCOMPLETE__TOPIC_WEIGHT": str(args.topic_weight)}
+            if args.topic_weight is not None
+            else {}
+        ),
     )
     results = run_playground(settings, Console(), config=config)
     figures: dict[str, object] = {"history_ctr": round(results[0].history_ctr, 4)}
@@ -50,14 +59,18 @@ def main() -> None:
         figures[f"true_ctr_round_{r.round}"] = round(r.true_ctr, 4)
         figures[f"auc_click_round_{r.round}"] = round(r.auc_click or float("nan"), 4)
         figures[f"search_mrr_round_{r.round}"] = round(r.search_mrr, 4)
-    quick = " --quick" if args.quick else ""
+        figures[f"search_mrr_plain_round_{r.round}"] = round(r.search_mrr_plain, 4)
+    quick = (" --quick" if args.quick else "") + (
+        f" --topic-weight {args.topic_weight:g}" if args.topic_weight is not None else ""
+    )
+    figures["topic_weight"] = settings.autocomplete.topic_weight
     record(
         f"playground{quick}",
         figures,
         f"simulator world ({config.users} users, {config.items} items); rounds of "
         f"{config.requests_per_round} requests and {config.searches_per_round} searches over HTTP on "
-        f"loopback; searches generated over the simulator's catalog ({config.history_searches:,} in the "
-        "history)",
+        f"loopback; known-item searches by generated item names ({config.history_searches:,} in the "
+        "history, each a query and a click on the item)",
     )
 
 

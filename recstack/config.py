@@ -718,7 +718,19 @@ class AutocompleteConfig(Section):
         description="A user's own past queries: score x (1 + this x the times the user searched it "
         "among their last `history`).",
     )
-    history: int = Field(50, ge=0, description="Recent queries kept per user for the personal boost.")
+    history: int = Field(
+        50, ge=0, description="Recent queries (and engaged topics) kept per user for the personal boosts."
+    )
+    topic_weight: float = Field(
+        4.0,
+        ge=0,
+        description="The user's engaged topics: score x (1 + this x the share of the user's last `history` "
+        "clicks, likes and shares in the topics that the query's results were engaged in); 0 turns it off "
+        "(and what it keeps: every item's topic, the last searches' request ids).",
+    )
+    topic_attribute: str = Field(
+        "topic", description="The item attribute (of its upsert) that names its topic, for topic_weight."
+    )
     late_s: float = Field(
         600.0,
         ge=0,

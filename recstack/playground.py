@@ -52,7 +52,7 @@ class PlaygroundConfig:
     history_requests: int = 8_000
     rounds: int = 3
     requests_per_round: int = 400
-    history_searches: int = 6_000  # query events in the history (autocomplete's counts)
+    history_searches: int = 6_000  # known-item searches in the history (each a query and a click)
     searches_per_round: int = 150  # users who also search in each round
     slate: int = 10
     seed: int = 7
@@ -74,10 +74,11 @@ class RoundResult:
     true_value: float = 0.0  # the simulator's expected value per request of what was served
     funnel: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
-    # searches: the mean reciprocal rank of the query each user went on to search among the
-    # suggestions for its first 1-5 characters (0 when not suggested)
+    # searches: the mean reciprocal rank of the name each user went on to search among the
+    # suggestions for its first 1-5 characters (0 when not suggested), and without the topic boost
     searches: int = 0
     search_mrr: float = 0.0
+    search_mrr_plain: float = 0.0
 
 
 def playground_settings(settings: Settings) -> Settings:
@@ -184,21 +185,17 @@ def run_playground(
         total=-(-cfg.history_requests // 2_000),
     ):
         log.append_table(table)
-    span_days = cfg.history_requests / per_day
-    stream = search_stream(
-        world,
-        data,
-        cfg.history_searches + cfg.rounds * cfg.searches_per_round,
-        start.timestamp(),
-        span_days,
-        cfg.seed,
-    )
-    # the history's searches are those timed in it; the rest are the rounds' (searched now)
-    n_history = stream.table.num_rows - cfg.rounds * cfg.searches_per_round
-    log.append_table(stream.table.slice(0, n_history))
-    round_searches = stream.table.slice(n_history)
     kinds = log.table(kinds=["impression", "click"])["kind"].to_numpy(zero_copy_only=False)
     history_ctr = float((kinds == "click").sum() / max((kinds == "impression").sum(), 1))
+    # the history's searches: users looked up items they wanted by name and clicked them
+    names = item_names(world, data, cfg.seed)
+    search_rng = np.random.default_rng(cfg.seed + 1)
+    if cfg.history_searches:
+        searchers = search_rng.integers(world.n_users, size=cfg.history_searches)
+        wanted = known_item_searches(world, searchers, live, search_rng)
+        span_s = cfg.history_requests / per_day * 86_400
+        times = start.timestamp() + np.sort(search_rng.random(cfg.history_searches)) * span_s
+        log.append(search_rows(world, names, searchers, wanted, times, "hs"))
     console.print(f"history: {log.count():,} events in the log; the random feed's CTR {history_ctr:.4f}")
 
     first = train_and_register(settings, log)
@@ -247,8 +244,11 @@ def run_playground(
                 ).raise_for_status()
             revealed += len(new)
             _wait_for(lambda n=revealed: runtime.state.n_items >= n)
-            searches = round_searches.slice((round_ - 1) * cfg.searches_per_round, cfg.searches_per_round)
-            result = _round(round_, world, sim, client, runtime, cfg, rng, searches)
+            result = _round(round_, world, sim, client, runtime, cfg, rng)
+            if cfg.searches_per_round:
+                result.searches, result.search_mrr, result.search_mrr_plain = _search(
+                    client, world, names, revealed, cfg, round_, search_rng
+                )
             result.history_ctr = history_ctr
             _wait_for(lambda: not runtime.impressions)
             runtime.flush_impressions()
@@ -260,7 +260,8 @@ def run_playground(
             results.append(result)
             console.print(
                 f"round {round_}: CTR {result.ctr:.4f}, true expected CTR {result.true_ctr:.4f}, "
-                f"{result.searches} searches (autocomplete MRR {result.search_mrr:.3f}), "
+                f"{result.searches} searches (autocomplete MRR {result.search_mrr:.3f}, "
+                f"{result.search_mrr_plain:.3f} without the topic boost), "
                 f"challenger v{trained.version} {'promoted' if trained.promoted else 'kept as challenger'}"
             )
     finally:
@@ -318,50 +319,97 @@ def _wait_for(condition: Any, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def search_stream(
-    world: World, data: Path | None, n_events: int, start_s: float, days: float, seed: int
-) -> Any:
-    """The simulated users' searches (recstack.data.queries, a generated log and said so): over the
-    MovieLens titles and genres when the world was fitted to MovieLens, else over the simulator's
-    catalog (item ids, most popular first, and topic names)."""
-    from recstack.data.queries import distinct_queries, query_stream, vocabulary
+SYLLABLES = ["ka", "lo", "mi", "ter", "san", "vo", "ri", "del", "na", "po", "qu", "zen"]
+SYLLABLES += ["ba", "tor", "li", "mer", "sha", "fen", "do", "gri", "sol", "ve", "nu", "pa"]
 
+
+def item_names(world: World, data: Path | None, seed: int) -> list[str]:
+    """What users search an item by: its MovieLens title (the year dropped) when the world was fitted
+    to MovieLens, else a generated name of two pseudo-words (the simulator's items have none)."""
     if data is not None:
-        phrases, words = vocabulary(data, None)
-    else:
-        phrases = [f"topic {t}" for t in range(int(world.item_topic.max()) + 1)]
-        words = [world.item_id(int(i)) for i in np.argsort(-world.item_quality)]
-    queries = distinct_queries(phrases, words, max(200, n_events // 5), seed=seed)
-    return query_stream(queries, n_events, world.n_users, start_s, days=days, seed=seed)
+        import re
+
+        from recstack.data.readers import read_movielens_100k
+
+        movielens = read_movielens_100k(data)
+        titles = dict(zip(movielens.items["item_id"], movielens.items["title"].astype(str), strict=True))
+        rated = np.unique(movielens.ratings["item_id"].to_numpy())  # World.from_ratings's item order
+        return [re.sub(r"\s*\(\d{4}\)\s*$", "", titles.get(i, f"item {i}")).strip().lower() for i in rated]
+    rng = np.random.default_rng(seed)
+    names: dict[str, None] = {}
+    while len(names) < world.n_items:
+        words = [
+            "".join(rng.choice(SYLLABLES, size=int(rng.integers(2, 4))))
+            for _ in range(int(rng.integers(1, 3)))
+        ]
+        names.setdefault(" ".join(words))
+    return list(names)
 
 
-def _search(client: httpx.Client, searches: pa.Table) -> tuple[int, float]:
-    """Each user types the first 1-5 characters of their query, reading the suggestions as they
-    type (``GET /v1/autocomplete``), then searches it (``POST /v1/events``, now). Returns
-    (searches, MRR of the query among the suggestions)."""
-    from types import SimpleNamespace
+def known_item_searches(world: World, users: np.ndarray, items: int, rng: np.random.Generator) -> np.ndarray:
+    """The item each of ``users`` searches for among the first ``items``: drawn with probability
+    proportional to the cube of the simulator's P(click) (users look up what they want most)."""
+    wanted = np.empty(len(users), dtype=np.int64)
+    catalog = np.arange(items)
+    for k, user in enumerate(users):
+        p = world.probabilities(np.array([user]), catalog[None, :])["click"][0] ** 3
+        wanted[k] = rng.choice(items, p=p / p.sum())
+    return wanted
 
-    from recstack.data.queries import mean_reciprocal_rank
 
-    def suggest(prefix: str, user_id: str, n: int) -> list[Any]:
-        response = client.get("/v1/autocomplete", params={"q": prefix, "user_id": user_id, "n": n})
-        response.raise_for_status()
-        return [SimpleNamespace(text=s["text"]) for s in response.json()["suggestions"]]
+def search_rows(
+    world: World, names: list[str], users: np.ndarray, wanted: np.ndarray, times: np.ndarray, tag: str
+) -> list[dict[str, Any]]:
+    """A query for each wanted item by its name, then a click on it among the results (the same
+    request id: what the topic boost learns a query's topics from)."""
+    rows: list[dict[str, Any]] = []
+    for k, (user, item, t) in enumerate(zip(users, wanted, times, strict=True)):
+        request = f"{tag}-{k}"
+        who = world.user_id(int(user))
+        rows.append({"event_id": f"{request}-q", "kind": "query", "timestamp": float(t), "user_id": who,
+                     "query": names[int(item)], "request_id": request, "surface": "search"})  # fmt: skip
+        rows.append({"event_id": f"{request}-c", "kind": "click", "timestamp": float(t) + 5.0,
+                     "user_id": who, "item_id": world.item_id(int(item)), "request_id": request,
+                     "surface": "search"})  # fmt: skip
+    return rows
 
-    mrr = mean_reciprocal_rank(suggest, searches)
-    now = time.time()
-    rows = [
-        {"event_id": f"{e}-{now:.0f}", "kind": "query", "timestamp": now, "user_id": u, "query": q}
-        for e, u, q in zip(
-            searches["event_id"].to_pylist(),
-            searches["user_id"].to_pylist(),
-            searches["query"].to_pylist(),
-            strict=True,
-        )
-    ]
+
+def _search(
+    client: httpx.Client,
+    world: World,
+    names: list[str],
+    live: int,
+    cfg: PlaygroundConfig,
+    number: int,
+    rng: np.random.Generator,
+) -> tuple[int, float, float]:
+    """``searches_per_round`` users each look up an item they want (:func:`known_item_searches`):
+    they type the first 1-5 characters of its name, reading ``GET /v1/autocomplete``'s suggestions
+    for their user id, then search it and click it (``POST /v1/events``, now). Returns (searches,
+    MRR of the name among the suggestions, the same without the topic boost, asked in process)."""
+    from recstack.autocomplete.normalize import normalize
+
+    users = rng.integers(world.n_users, size=cfg.searches_per_round)
+    wanted = known_item_searches(world, users, live, rng)
+    total = plain = 0.0
+    count = 0
+    for user, item in zip(users, wanted, strict=True):
+        query = normalize(names[int(item)])
+        for length in range(1, min(5, len(query)) + 1):
+            params: dict[str, str | int] = {"q": query[:length], "user_id": world.user_id(int(user)), "n": 10}
+            response = client.get("/v1/autocomplete", params=params)
+            response.raise_for_status()
+            texts = [s["text"] for s in response.json()["suggestions"]]
+            total += 1.0 / (texts.index(query) + 1) if query in texts else 0.0
+            unboosted = client.get("/v1/autocomplete", params=params | {"topic_boost": "false"})
+            unboosted.raise_for_status()
+            texts = [s["text"] for s in unboosted.json()["suggestions"]]
+            plain += 1.0 / (texts.index(query) + 1) if query in texts else 0.0
+            count += 1
+    rows = search_rows(world, names, users, wanted, np.full(len(users), time.time()), f"s{number}")
     for start in range(0, len(rows), 1_000):
         client.post("/v1/events", json=rows[start : start + 1_000]).raise_for_status()
-    return len(rows), mrr
+    return len(users), total / max(count, 1), plain / max(count, 1)
 
 
 def _round(
@@ -372,7 +420,6 @@ def _round(
     runtime: Runtime,
     cfg: PlaygroundConfig,
     rng: np.random.Generator,
-    searches: pa.Table,
 ) -> RoundResult:
     policy = ApiPolicy(world, client)
     before = _histograms(runtime)
@@ -402,7 +449,6 @@ def _round(
     for start in range(0, len(engaged), 1_000):
         client.post("/v1/events", json=engaged[start : start + 1_000]).raise_for_status()
     after = _histograms(runtime)
-    searched, mrr = _search(client, searches) if searches.num_rows else (0, 0.0)
     n_req = cfg.requests_per_round
     clicks = int((kinds == "click").sum())
     return RoundResult(
@@ -419,8 +465,6 @@ def _round(
         gate="",
         funnel={k: (after["size"][k] - before["size"].get(k, 0)) / n_req for k in after["size"]},
         latency_ms={k: 1e3 * (after["time"][k] - before["time"].get(k, 0)) / n_req for k in after["time"]},
-        searches=searched,
-        search_mrr=mrr,
     )
 
 

@@ -15,6 +15,7 @@ meanwhile. Whether a search led to a click is in the log as a click event with t
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -26,9 +27,11 @@ from recstack.autocomplete.index import CompletionIndex, LiveCompletions, one_ed
 from recstack.autocomplete.normalize import normalize, normalize_prefix
 from recstack.config import AutocompleteConfig
 from recstack.features.definitions import exact_us
-from recstack.schema import Event, SearchQuery
+from recstack.schema import Engagement, Event, ItemUpsert, SearchQuery, row_to_event
 
 US = 1_000_000
+SEARCHES_KEPT = 100_000  # the last searches whose results' engagements are attributed to them
+TOPIC_KINDS = ("click", "like", "share")  # the engagements that say a user is drawn to a topic
 CORRECTED_WEIGHT = 0.5  # a completion of a one-edit variant counts half (exact completions first)
 
 # texts -> whether each may be suggested; raises when the check cannot be made
@@ -61,48 +64,121 @@ class Autocomplete:
         self.last_rebuild = time.monotonic()
         self.lock = threading.Lock()  # counting (the worker's thread, the history at start)
         self.build_lock = threading.Lock()  # one rebuild at a time, beside the counting
+        # the topic boost (topic_weight > 0): each item's topic, the last searches' request ids, what
+        # the results of each query were engaged in, and each user's last engaged topics
+        self.item_topic: dict[str, str] = {}
+        self.searches: OrderedDict[str, str] = OrderedDict()  # request id -> normalized query
+        self.query_topics: dict[str, Counter[str]] = {}
+        self.user_topics: dict[str, deque[str]] = {}
 
     # ------------------------------------------------------------------ counting
     def observe(self, table: Any) -> int:
-        """Count the query events of an Arrow table (EVENT_SCHEMA); returns how many were new."""
+        """Count the query events of an Arrow table (EVENT_SCHEMA; with the topic boost, its item
+        and engagement rows too); returns how many queries were new."""
         if table.num_rows == 0:
             return 0
+        if set(table.column("kind").unique().to_pylist()) != {"query"}:  # in order, as the worker would
+            return sum(
+                self.observe_events([row_to_event(row) for row in batch.to_pylist()])
+                for batch in table.to_batches(max_chunksize=4096)
+            )
         return self._count(
             table.column("event_id").to_pylist(),
             table.column("timestamp").cast("int64").to_pylist(),
             table.column("query").to_pylist(),
             table.column("user_id").to_pylist(),
+            table.column("request_id").to_pylist(),
         )
 
     def observe_events(self, events: Sequence[Event]) -> int:
-        """Count the query events among ``events`` (a batch the worker applied)."""
+        """Count the query events among ``events`` (a batch the worker applied), and with the topic
+        boost what their results were engaged in; returns how many queries were new."""
         found = [e for e in events if isinstance(e, SearchQuery)]
-        if not found:
-            return 0
-        with self.lock:
-            return self._count(
-                [e.event_id for e in found],
-                [exact_us(e.timestamp) for e in found],
-                [e.query for e in found],
-                [e.user_id for e in found],
-            )
+        counted = 0
+        if found:
+            with self.lock:
+                counted = self._count(
+                    [e.event_id for e in found],
+                    [exact_us(e.timestamp) for e in found],
+                    [e.query for e in found],
+                    [e.user_id for e in found],
+                    [e.request_id for e in found],
+                )
+        if self.cfg.topic_weight:
+            self.apply_engaged(self.engaged(events))
+        return counted
 
-    def count_rows(self, ids: list[str], times: list[int], texts: list[str], users: list[str | None]) -> int:
-        """Count query events given as columns (event ids, times in µs, texts, users)."""
+    def engaged(self, events: Sequence[Event]) -> list[tuple[str, str, str | None]]:
+        """(user, topic, the query searched or None) of each click, like or share among ``events``
+        on an item whose topic is known (``[autocomplete] topic_attribute`` of its upsert)."""
+        rows: list[tuple[str, str, str | None]] = []
+        with self.lock:
+            for event in events:
+                if isinstance(event, ItemUpsert):
+                    topic = event.attributes.get(self.cfg.topic_attribute)
+                    if topic is None:
+                        self.item_topic.pop(event.item_id, None)
+                    else:
+                        self.item_topic[event.item_id] = sys.intern(str(topic))
+                elif isinstance(event, Engagement) and event.kind in TOPIC_KINDS:
+                    if event.event_id in self.recent:  # delivered again after the history was read
+                        continue
+                    self.recent[event.event_id] = exact_us(event.timestamp)
+                    known = self.item_topic.get(event.item_id)
+                    if known is not None:
+                        query = self.searches.get(event.request_id) if event.request_id else None
+                        rows.append((event.user_id, known, query))
+        return rows
+
+    def apply_engaged(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Count (user, topic, query or None) rows of :meth:`engaged` into the topic boost."""
+        if not rows:
+            return
+        with self.lock:
+            for user, topic, query in rows:
+                mine = self.user_topics.get(user)
+                if mine is None:
+                    mine = self.user_topics[user] = deque(maxlen=max(self.cfg.history, 1))
+                mine.append(topic)
+                if query is not None:
+                    self.query_topics.setdefault(query, Counter())[topic] += 1
+            self.version += 1
+
+    def count_rows(
+        self,
+        ids: list[str],
+        times: list[int],
+        texts: list[str],
+        users: list[str | None],
+        requests: list[str | None] | None = None,
+    ) -> int:
+        """Count query events given as columns (event ids, times in µs, texts, users, requests)."""
         if not ids:
             return 0
         with self.lock:
-            return self._count(ids, times, texts, users)
+            return self._count(ids, times, texts, users, requests)
 
-    def _count(self, ids: list[str], times: list[int], texts: list[str], users: list[str | None]) -> int:
+    def _count(
+        self,
+        ids: list[str],
+        times: list[int],
+        texts: list[str],
+        users: list[str | None],
+        requests: list[str | None] | None = None,
+    ) -> int:
         added = []
-        for event_id, t, text, user in zip(ids, times, texts, users, strict=True):
+        requests = requests or [None] * len(ids)
+        for event_id, t, text, user, request in zip(ids, times, texts, users, requests, strict=True):
             if event_id in self.recent:
                 continue
             self.recent[event_id] = t
             query = normalize(text, self.stop_words, self.cfg.max_chars)
             if not query:
                 continue
+            if request is not None and self.cfg.topic_weight:  # the clicks on its results name it
+                self.searches[request] = query
+                if len(self.searches) > SEARCHES_KEPT:
+                    self.searches.popitem(last=False)
             added.append((query, t / US))
             if user is not None and self.cfg.history:
                 history = self.users.get(user)
@@ -123,9 +199,15 @@ class Autocomplete:
         return len(added)
 
     def load_history(self, log: Any) -> int:
-        """Count every query event of the log, then build the index; returns how many."""
-        with self.lock:
-            new = self.observe(log.table(kinds=["query"]))
+        """Count every query event of the log (with the topic boost, the items and engagements
+        too), then build the index; returns how many queries."""
+        kinds = ["query", "item", *TOPIC_KINDS] if self.cfg.topic_weight else ["query"]
+        table = log.table(kinds=kinds)
+        if self.cfg.topic_weight:
+            new = self.observe(table)
+        else:
+            with self.lock:
+                new = self.observe(table)
         with self.build_lock:
             self.rebuild()
         return new
@@ -158,6 +240,23 @@ class Autocomplete:
             scores[query] = scores.get(query, 0.0) + added
         return scores, ref_s, users, watermark
 
+    def topic_counts(self) -> dict[str, Any]:
+        """The topic boost's counts (each user's last engaged topics, each query's results' topics)."""
+        with self.lock:
+            return {
+                "users": {user: list(topics) for user, topics in self.user_topics.items()},
+                "queries": {query: dict(counts) for query, counts in self.query_topics.items()},
+            }
+
+    def restore_topics(self, topics: dict[str, Any]) -> None:
+        """Start again from :meth:`topic_counts` of another process."""
+        size = max(self.cfg.history, 1)
+        users = {user: deque(kept, maxlen=size) for user, kept in topics.get("users", {}).items()}
+        queries = {query: Counter(counts) for query, counts in topics.get("queries", {}).items()}
+        with self.lock:
+            self.user_topics, self.query_topics = users, queries
+            self.version += 1
+
     def restore(
         self,
         scores: dict[str, float],
@@ -186,8 +285,11 @@ class Autocomplete:
         return True
 
     # ------------------------------------------------------------------ suggesting
-    def suggest(self, text: str, user_id: str | None = None, n: int | None = None) -> list[Suggestion]:
-        """The best ``n`` completions of what the user typed, checked (see the module)."""
+    def suggest(
+        self, text: str, user_id: str | None = None, n: int | None = None, topic_boost: bool = True
+    ) -> list[Suggestion]:
+        """The best ``n`` completions of what the user typed, checked (see the module);
+        ``topic_boost=False`` leaves the topic boost out (to measure it)."""
         n = n or self.cfg.default_n
         prefix = normalize_prefix(text, self.cfg.max_chars)
         key = (prefix, n, self.version)
@@ -201,6 +303,16 @@ class Autocomplete:
             for query, times in Counter(q for q in history if q.startswith(prefix)).items():
                 base = found[query].score if query in found else self.live.score(query)
                 found[query] = Suggestion(query, base * (1 + self.cfg.personal_weight * times))
+        topics = self.user_topics.get(user_id) if user_id is not None and topic_boost else None
+        if topics and self.cfg.topic_weight:
+            # the share of the user's engagements in the topics the query's results were engaged in
+            share, total = Counter(topics), len(topics)
+            for query, suggestion in found.items():
+                them = self.query_topics.get(query)
+                if them:
+                    overlap = sum(c * share.get(t, 0) for t, c in them.items())
+                    affinity = overlap / (sum(them.values()) * total)
+                    suggestion.score *= 1 + self.cfg.topic_weight * affinity
         if len(found) < self.cfg.typo_below and len(prefix.strip()) >= 3:
             # an edit after the longest prefix the index knows cannot make the whole one known
             known, unknown = 0, len(prefix) + 1  # prefix[:known] is known, prefix[:unknown] is not

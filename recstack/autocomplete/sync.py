@@ -6,11 +6,12 @@ the queries are counted where the events are read. The worker's :class:`Publishe
 batch it applies (an :class:`Autocomplete` of its own) and writes, in the same store write as the
 feed state's snapshot that acknowledges those deliveries (a ``FeedWorker`` checkpoint part):
 
-- ``key:batch:<chain>:<n>``: the query events of checkpoint n (ids, times, texts, users);
+- ``key:batch:<chain>:<n>``: the query events of checkpoint n (ids, times, texts, users, request
+  ids) and, for the topic boost, its engagements resolved to (user, topic, query searched);
   ``key:seq``: the last n written;
 - ``key:snapshot``, every ``[autocomplete] publish_full_s`` and at a chain's first checkpoint: the
-  counts (every normalized query's decayed score at one reference time) and the users' recent
-  queries, with the n it includes; the batches up to it are then deleted;
+  counts (every normalized query's decayed score at one reference time), the users' recent
+  queries and the topic boost's counts, with the n it includes; the batches up to it are then deleted;
 - ``key:chain``: a new id when the worker starts a new consumer group (it reads the log from its
   beginning again, so the counts start again from nothing).
 
@@ -65,6 +66,7 @@ def encode_counts(autocomplete: Autocomplete, chain: str, seq: int) -> bytes:
         keys=np.frombuffer(keys, dtype=np.uint8),
         scores=np.fromiter(scores.values(), dtype=np.float64, count=len(scores)),
         users=np.frombuffer(json.dumps(users).encode(), dtype=np.uint8),
+        topics=np.frombuffer(json.dumps(autocomplete.topic_counts()).encode(), dtype=np.uint8),
     )
     return out.getvalue()
 
@@ -77,6 +79,7 @@ def decode_counts(blob: bytes) -> tuple[dict[str, Any], dict[str, float], dict[s
             text = z["keys"].tobytes().decode()
             scores = z["scores"]
             users = json.loads(z["users"].tobytes())
+            meta["topics"] = json.loads(z["topics"].tobytes()) if "topics" in z.files else {}
     except Exception as exc:
         raise CheckpointError(f"the autocomplete snapshot cannot be read: {exc}") from exc
     keys = text.split("\n") if text else []
@@ -85,15 +88,21 @@ def decode_counts(blob: bytes) -> tuple[dict[str, Any], dict[str, float], dict[s
     return meta, dict(zip(keys, scores.tolist(), strict=True)), users
 
 
-def encode_batch(rows: list[tuple[str, int, str, str | None]]) -> bytes:
-    ids, times, texts, users = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [])
-    return zlib.compress(json.dumps({"ids": ids, "t": times, "q": texts, "u": users}).encode(), 1)
+QueryRow = tuple[str, int, str, str | None, str | None]  # event id, time (µs), text, user, request
+EngagedRow = tuple[str, str, str | None]  # user, topic, the query searched (Autocomplete.engaged)
 
 
-def decode_batch(blob: bytes) -> tuple[list[str], list[int], list[str], list[str | None]]:
+def encode_batch(rows: list[QueryRow], engaged: list[EngagedRow]) -> bytes:
+    ids, times, texts, users, requests = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 5
+    body = {"ids": ids, "t": times, "q": texts, "u": users, "r": requests, "e": engaged}
+    return zlib.compress(json.dumps(body).encode(), 1)
+
+
+def decode_batch(blob: bytes) -> tuple[tuple[list[Any], ...], list[list[Any]]]:
+    """((ids, times, texts, users, requests), engaged rows) of :func:`encode_batch`."""
     try:
         body = json.loads(zlib.decompress(blob))
-        return body["ids"], body["t"], body["q"], body["u"]
+        return (body["ids"], body["t"], body["q"], body["u"], body["r"]), body["e"]
     except Exception as exc:
         raise CheckpointError(f"an autocomplete batch cannot be read: {exc}") from exc
 
@@ -143,6 +152,7 @@ class Follower:
                 self.autocomplete.cfg.half_life_s,
             )
         self.autocomplete.restore(scores, float(meta["ref_s"]), users, meta.get("watermark_us"), half_life)
+        self.autocomplete.restore_topics(meta["topics"])
         self.chain, self.seq = chain, int(meta["seq"])
         return len(scores)
 
@@ -155,7 +165,9 @@ class Follower:
         for n, blob in enumerate(self.store.get_many(names), start=self.seq + 1):
             if blob is None:
                 return counted, False
-            counted += self.autocomplete.count_rows(*decode_batch(blob))
+            columns, engaged = decode_batch(blob)
+            counted += self.autocomplete.count_rows(*columns)
+            self.autocomplete.apply_engaged(engaged)
             self.seq = n
         return counted, True
 
@@ -174,7 +186,9 @@ class Publisher(Follower):
     ) -> None:
         super().__init__(store, Autocomplete(cfg), key)
         self.cfg = cfg
-        self.rows: list[tuple[str, int, str, str | None]] = []  # counted, not written yet
+        self.rows: list[QueryRow] = []  # counted, not written yet
+        self.engaged_rows: list[EngagedRow] = []  # the same for the topic boost
+        self.writing_engaged = 0
         self.writing = 0  # rows in the write under way
         self.next_seq = 0
         self.folding = False
@@ -193,25 +207,29 @@ class Publisher(Follower):
 
     def observe(self, events: list[Event]) -> None:
         found = [e for e in events if isinstance(e, SearchQuery)]
-        if not found:
-            return
-        rows = [(e.event_id, exact_us(e.timestamp), e.query, e.user_id) for e in found]
-        ids, times, texts, users = (list(c) for c in zip(*rows, strict=True))
-        self.autocomplete.count_rows(ids, times, texts, users)
-        self.rows.extend(rows)
-        self.autocomplete.maybe_rebuild()  # keeps its delta small (the sorted keys' inserts)
+        if found:
+            rows = [(e.event_id, exact_us(e.timestamp), e.query, e.user_id, e.request_id) for e in found]
+            ids, times, texts, users, requests = (list(c) for c in zip(*rows, strict=True))
+            self.autocomplete.count_rows(ids, times, texts, users, requests)
+            self.rows.extend(rows)
+            self.autocomplete.maybe_rebuild()  # keeps its delta small (the sorted keys' inserts)
+        if self.cfg.topic_weight:  # resolved here (the items' topics are kept here only)
+            engaged = self.autocomplete.engaged(events)
+            self.autocomplete.apply_engaged(engaged)
+            self.engaged_rows.extend(engaged)
 
     def writes(self) -> dict[str, bytes]:
         """What the next checkpoint writes: the rows counted since the last one as a batch, or a
         snapshot of every count when one is due (it holds those rows: no batch is written)."""
-        self.writing = len(self.rows)
-        self.next_seq = self.seq + 1 if self.rows else self.seq
+        self.writing, self.writing_engaged = len(self.rows), len(self.engaged_rows)
+        self.next_seq = self.seq + 1 if self.rows or self.engaged_rows else self.seq
         self.folding = self.full_due or time.monotonic() - self.last_full >= self.cfg.publish_full_s
         out: dict[str, bytes] = {}
         if self.folding:
             out[self.key + ":snapshot"] = encode_counts(self.autocomplete, str(self.chain), self.next_seq)
-        elif self.rows:
-            out[f"{self.key}:batch:{self.chain}:{self.next_seq}"] = encode_batch(self.rows)
+        elif self.next_seq > self.seq:
+            batch = encode_batch(self.rows, self.engaged_rows)
+            out[f"{self.key}:batch:{self.chain}:{self.next_seq}"] = batch
         if out:
             out[self.key + ":seq"] = str(self.next_seq).encode()
             out[self.key + ":chain"] = str(self.chain).encode()
@@ -220,6 +238,7 @@ class Publisher(Follower):
     def written(self) -> None:
         """The checkpoint's write went in."""
         self.rows = self.rows[self.writing :]
+        self.engaged_rows = self.engaged_rows[self.writing_engaged :]
         folded_from = self.seq
         self.seq = self.next_seq
         if self.folding:  # the batches before the snapshot are in it
@@ -232,7 +251,7 @@ class Publisher(Follower):
 
     def failed(self) -> None:
         """The checkpoint's write failed: its rows go in the next one."""
-        self.writing = 0
+        self.writing = self.writing_engaged = 0
 
 
 def publish_autocomplete(worker: Any, cfg: AutocompleteConfig, resumed: bool) -> Publisher:

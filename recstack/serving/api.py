@@ -1054,19 +1054,24 @@ def create_app(runtime: Runtime) -> FastAPI:
         q=Annotated[str, Query(max_length=ac.max_chars, description="What the user typed so far.")],
         n=Annotated[int | None, Query(ge=1, le=ac.max_n, description="Completions wanted.")],
         user_id=Annotated[str | None, Query(min_length=1, max_length=256)],
+        topic_boost=Annotated[
+            bool, Query(description="Boost by the user's engaged topics ([autocomplete] topic_weight).")
+        ],
     )
-    async def autocomplete(q: str = "", n: int | None = None, user_id: str | None = None) -> dict[str, Any]:
+    async def autocomplete(
+        q: str = "", n: int | None = None, user_id: str | None = None, topic_boost: bool = True
+    ) -> dict[str, Any]:
         """Complete a search prefix: the most searched queries starting with it (counts decay with
-        [autocomplete] half_life_s), the user's own past queries boosted, one-edit variants where the
-        prefix has few completions; nothing on the block list, nothing the safety model does not
-        allow (503 when a registered model cannot check them). On the event loop: a lookup takes
-        tens of microseconds, less than a hop to the thread pool; a suggestion the safety model has
-        not seen is scored in the thread pool."""
+        [autocomplete] half_life_s), the user's own past queries and engaged topics boosted,
+        one-edit variants where the prefix has few completions; nothing on the block list, nothing
+        the safety model does not allow (503 when a registered model cannot check them). On the
+        event loop: a lookup takes tens of microseconds, less than a hop to the thread pool; a
+        suggestion the safety model has not seen is scored in the thread pool."""
         suggest = runtime.autocomplete.suggest
         if runtime.hold_unscored():  # the safety model checks what it has not seen yet
-            out = await run_in_threadpool(suggest, q, user_id, n)
+            out = await run_in_threadpool(suggest, q, user_id, n, topic_boost)
         else:
-            out = suggest(q, user_id, n)
+            out = suggest(q, user_id, n, topic_boost)
         return {
             "prefix": normalize_prefix(q, ac.max_chars),
             "suggestions": [{"text": s.text, "score": s.score, "corrected": s.corrected} for s in out],

@@ -185,3 +185,67 @@ def test_a_teams_search_log_comes_in_through_recstack_import(tmp_path: Path) -> 
     assert runtime.worker is not None
     runtime.worker.drain()
     assert [s.text for s in runtime.autocomplete.suggest("st")] == ["star wars", "star trek"]
+
+
+def topic_history() -> list[dict[str, object]]:
+    """Two queries searched alike, whose results were clicked in two topics; u9 reads the feed's
+    'drama' items (three clicks), u8 engaged nothing."""
+    rows: list[dict[str, object]] = [
+        {
+            "event_id": f"item-{i}",
+            "kind": "item",
+            "timestamp": NOW - 60,
+            "item_id": i,
+            "attributes": {"topic": t},
+        }
+        for i, t in (("i1", "space"), ("i2", "drama"), ("i3", "drama"))
+    ]
+    for n, (query, item) in enumerate((("star wars", "i1"), ("star trek", "i2")) * 2):
+        request = f"search-{n}"
+        rows.append({"event_id": f"q{n}", "kind": "query", "timestamp": NOW, "query": query,
+                     "user_id": f"s{n}", "request_id": request})  # fmt: skip
+        rows.append({"event_id": f"c{n}", "kind": "click", "timestamp": NOW + 1, "user_id": f"s{n}",
+                     "item_id": item, "request_id": request})  # fmt: skip
+    rows += [
+        {"event_id": f"f{n}", "kind": "click", "timestamp": NOW + 2, "user_id": "u9", "item_id": item}
+        for n, item in enumerate(("i2", "i3", "i3"))
+    ]
+    return rows
+
+
+def test_the_topic_boost_raises_the_queries_whose_results_the_user_engages_with() -> None:
+    ac = Autocomplete(AutocompleteConfig(half_life_s=3_600, typo_below=0, topic_weight=1.0))
+    assert ac.observe(table(topic_history())) == 4
+    plain = {s.text: s.score for s in ac.suggest("star", "u8")}
+    assert plain["star wars"] == pytest.approx(plain["star trek"], rel=1e-9)  # searched alike
+    # u9's last three engagements are all drama, and every click on star trek's results was drama:
+    # affinity 1, so star trek x (1 + 1 x 1); star wars's results were space: unchanged
+    boosted = {s.text: s.score for s in ac.suggest("star", "u9")}
+    assert list(boosted) == ["star trek", "star wars"]
+    assert boosted["star trek"] == pytest.approx(2 * plain["star trek"], rel=1e-9)
+    assert boosted["star wars"] == pytest.approx(plain["star wars"], rel=1e-9)
+    assert {s.text: s.score for s in ac.suggest("star", "u9", topic_boost=False)} == plain
+    # a searcher who clicked one space result and nothing else: star wars x 2
+    assert ac.suggest("star", "s0")[0].text == "star wars"
+    off = Autocomplete(AutocompleteConfig(half_life_s=3_600, typo_below=0, topic_weight=0.0))
+    off.observe(table(topic_history()))
+    assert off.item_topic == {} and off.searches == {}  # nothing kept for a boost that is off
+    assert {s.text: s.score for s in off.suggest("star", "u9")} == pytest.approx(plain, rel=1e-9)
+
+
+def test_the_history_read_at_start_holds_the_topics_and_redeliveries_count_once(tmp_path: Path) -> None:
+    log = ParquetEventLog(tmp_path / "events")
+    log.append(topic_history())
+    ac = Autocomplete(AutocompleteConfig(half_life_s=3_600, typo_below=0, topic_weight=1.0))
+    assert ac.load_history(log) == 4
+    plain = {s.text: s.score for s in ac.suggest("star", "u9", topic_boost=False)}
+    assert next(iter(ac.suggest("star", "u9"))).text == "star trek"
+    # the worker delivers u9's first click again, then a new one on a space item: its topics are
+    # drama x 3 and space (a click counted twice would make it drama x 4 and space)
+    again = [parse_event(r) for r in topic_history() if r["event_id"] == "f0"]
+    ac.observe_events(again)
+    ac.observe_events([parse_event({"event_id": "f9", "kind": "click", "timestamp": NOW + 3,
+                                    "user_id": "u9", "item_id": "i1"})])  # fmt: skip
+    boosted = {s.text: s.score for s in ac.suggest("star", "u9")}
+    assert boosted["star trek"] == pytest.approx(plain["star trek"] * 1.75, rel=1e-9)
+    assert boosted["star wars"] == pytest.approx(plain["star wars"] * 1.25, rel=1e-9)

@@ -219,3 +219,36 @@ def test_recstack_worker_and_serve_over_redis_suggest_a_new_query_within_seconds
         worker_thread.join(timeout=10)
         runtime.close()
         client_redis.delete(f"test:{unique}:events", *(client_redis.keys("recstack:serving:*") or [b"none"]))
+
+
+def test_the_topic_boost_is_published_too(tmp_path: Path) -> None:
+    """The worker resolves each engagement's topic (the items' topics are kept there only) and the
+    API process boosts as one process counting the same events does, after a batch and a snapshot."""
+    from tests.autocomplete.test_service import topic_history
+
+    settings = settings_for(tmp_path)
+    log = ParquetEventLog(tmp_path / "events")
+    history = topic_history()
+    log.append(history[:6])  # the items and the first search: the chain's first snapshot
+    store = MemoryStore()
+    worker, publisher = worker_on(log, store, settings)
+    worker.drain()
+    log.append(history[6:])
+    worker.drain()  # a batch
+    follower = Follower(store, Autocomplete(settings.autocomplete))
+    follower.sync()
+    assert follower.autocomplete.item_topic == {}  # resolved by the worker
+    embedded = Autocomplete(settings.autocomplete)
+    embedded.observe(table(history))
+    for user in ("u9", "u8", "s0"):
+        want = {s.text: s.score for s in embedded.suggest("star", user)}
+        assert {s.text: s.score for s in follower.autocomplete.suggest("star", user)} == pytest.approx(want)
+    assert next(iter(want)) == "star wars" and embedded.suggest("star", "u9")[0].text == "star trek"
+    publisher.full_due = True
+    log.append(queries(("late", "star wars", "u7", NOW + 5)))
+    worker.drain()  # a snapshot: the topic counts are in it
+    fresh = Follower(store, Autocomplete(settings.autocomplete))
+    fresh.sync()
+    embedded.observe(table(queries(("late", "star wars", "u7", NOW + 5))))
+    want = {s.text: s.score for s in embedded.suggest("star", "u9")}
+    assert {s.text: s.score for s in fresh.autocomplete.suggest("star", "u9")} == pytest.approx(want)
