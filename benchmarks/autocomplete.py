@@ -107,6 +107,15 @@ class RedisLayout:
         self.client.delete(*self.client.keys(self.prefix + "*") or [self.prefix + "none"])
 
 
+def until_suggested(autocomplete: Autocomplete, started: float) -> float:
+    """Seconds from ``started`` (perf_counter) until "zq fresh trend" is suggested (inf after 60)."""
+    while not any(s.text == "zq fresh trend" for s in autocomplete.suggest("zq f")):
+        if time.perf_counter() - started > 60:
+            return float("inf")
+        time.sleep(0.005)
+    return time.perf_counter() - started
+
+
 def freshness(folder: Path) -> float:
     """Seconds from appending a new query's events to the embedded log until the API's
     autocomplete (its in-process worker reading the log) suggests it."""
@@ -133,11 +142,7 @@ def freshness(folder: Path) -> float:
         ]
         started = time.perf_counter()
         log.append(events)
-        while not any(s.text == "zq fresh trend" for s in runtime.autocomplete.suggest("zq f")):
-            if time.perf_counter() - started > 60:
-                return float("inf")
-            time.sleep(0.005)
-        return time.perf_counter() - started
+        return until_suggested(runtime.autocomplete, started)
     finally:
         runtime.close()
 
@@ -184,11 +189,7 @@ def freshness_separate(folder: Path, url: str) -> float:
         ]
         started = time.perf_counter()
         runtime.bus.append(events)
-        while not any(s.text == "zq fresh trend" for s in runtime.autocomplete.suggest("zq f")):
-            if time.perf_counter() - started > 60:
-                return float("inf")
-            time.sleep(0.005)
-        return time.perf_counter() - started
+        return until_suggested(runtime.autocomplete, started)
     finally:
         stop.set()
         worker.join(timeout=10)
