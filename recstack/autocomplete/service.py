@@ -241,20 +241,27 @@ class Autocomplete:
         return scores, ref_s, users, watermark
 
     def topic_counts(self) -> dict[str, Any]:
-        """The topic boost's counts (each user's last engaged topics, each query's results' topics)."""
+        """The topic boost's state: each user's last engaged topics, each query's results' topics,
+        and what resolves an engagement (each item's topic, the last searches' request ids)."""
         with self.lock:
             return {
                 "users": {user: list(topics) for user, topics in self.user_topics.items()},
                 "queries": {query: dict(counts) for query, counts in self.query_topics.items()},
+                "items": dict(self.item_topic),
+                "searches": list(self.searches.items()),
             }
 
-    def restore_topics(self, topics: dict[str, Any]) -> None:
-        """Start again from :meth:`topic_counts` of another process."""
+    def restore_topics(self, topics: dict[str, Any], resolves: bool = False) -> None:
+        """Start again from :meth:`topic_counts` of another process; ``resolves``: with what
+        resolves engagements too (the process that reads the events, not one that follows it)."""
         size = max(self.cfg.history, 1)
         users = {user: deque(kept, maxlen=size) for user, kept in topics.get("users", {}).items()}
         queries = {query: Counter(counts) for query, counts in topics.get("queries", {}).items()}
         with self.lock:
             self.user_topics, self.query_topics = users, queries
+            if resolves:
+                self.item_topic = {item: sys.intern(t) for item, t in topics.get("items", {}).items()}
+                self.searches = OrderedDict((r, q) for r, q in topics.get("searches", []))
             self.version += 1
 
     def restore(

@@ -114,6 +114,7 @@ class Follower:
         self.store, self.autocomplete, self.key = store, autocomplete, key
         self.chain: str | None = None
         self.seq = 0
+        self.resolves = False  # keeps what resolves engagements to topics (the worker's publisher)
 
     def sync(self) -> int:
         """Count what was published since the last call; returns the queries counted (a snapshot
@@ -152,7 +153,7 @@ class Follower:
                 self.autocomplete.cfg.half_life_s,
             )
         self.autocomplete.restore(scores, float(meta["ref_s"]), users, meta.get("watermark_us"), half_life)
-        self.autocomplete.restore_topics(meta["topics"])
+        self.autocomplete.restore_topics(meta["topics"], resolves=self.resolves)
         self.chain, self.seq = chain, int(meta["seq"])
         return len(scores)
 
@@ -186,6 +187,7 @@ class Publisher(Follower):
     ) -> None:
         super().__init__(store, Autocomplete(cfg), key)
         self.cfg = cfg
+        self.resolves = True
         self.rows: list[QueryRow] = []  # counted, not written yet
         self.engaged_rows: list[EngagedRow] = []  # the same for the topic boost
         self.writing_engaged = 0

@@ -252,3 +252,32 @@ def test_the_topic_boost_is_published_too(tmp_path: Path) -> None:
     embedded.observe(table(queries(("late", "star wars", "u7", NOW + 5))))
     want = {s.text: s.score for s in embedded.suggest("star", "u9")}
     assert {s.text: s.score for s in fresh.autocomplete.suggest("star", "u9")} == pytest.approx(want)
+
+
+def test_a_restarted_worker_still_resolves_the_topics(tmp_path: Path) -> None:
+    """The items' topics and the last searches are in the worker's snapshot: after a restart, a
+    click on an item upserted before it still counts for the user and for the search it follows."""
+    from tests.autocomplete.test_service import topic_history
+
+    settings = settings_for(tmp_path)
+    log = ParquetEventLog(tmp_path / "events")
+    history = topic_history()
+    log.append(history[:5])  # the items, a search for star wars, its result clicked
+    store = MemoryStore()
+    first, _ = worker_on(log, store, settings)
+    first.drain()  # the chain's first snapshot
+    state, at = sync_state(store) or (None, None)
+    assert state is not None
+    second = FeedWorker(ParquetEventLog(tmp_path / "events"), state, store, resume=at)
+    publisher = publish_autocomplete(second, settings.autocomplete, resumed=True)
+    assert publisher.autocomplete.item_topic == {"i1": "space", "i2": "drama", "i3": "drama"}
+    log.append(history[5:])
+    second.drain()
+    follower = Follower(store, Autocomplete(settings.autocomplete))
+    follower.sync()
+    assert follower.autocomplete.item_topic == {}  # an API process does not keep them
+    embedded = Autocomplete(settings.autocomplete)
+    embedded.observe(table(history))
+    for user in ("u9", "s0", "s1"):
+        want = {s.text: s.score for s in embedded.suggest("star", user)}
+        assert {s.text: s.score for s in follower.autocomplete.suggest("star", user)} == pytest.approx(want)
