@@ -82,7 +82,7 @@ class Autocomplete:
                 self.observe_events([row_to_event(row) for row in batch.to_pylist()])
                 for batch in table.to_batches(max_chunksize=4096)
             )
-        return self._count(
+        return self.count_rows(
             table.column("event_id").to_pylist(),
             table.column("timestamp").cast("int64").to_pylist(),
             table.column("query").to_pylist(),
@@ -96,14 +96,13 @@ class Autocomplete:
         found = [e for e in events if isinstance(e, SearchQuery)]
         counted = 0
         if found:
-            with self.lock:
-                counted = self._count(
-                    [e.event_id for e in found],
-                    [exact_us(e.timestamp) for e in found],
-                    [e.query for e in found],
-                    [e.user_id for e in found],
-                    [e.request_id for e in found],
-                )
+            counted = self.count_rows(
+                [e.event_id for e in found],
+                [exact_us(e.timestamp) for e in found],
+                [e.query for e in found],
+                [e.user_id for e in found],
+                [e.request_id for e in found],
+            )
         if self.cfg.topic_weight:
             self.apply_engaged(self.engaged(events))
         return counted
@@ -152,11 +151,12 @@ class Autocomplete:
         users: list[str | None],
         requests: list[str | None] | None = None,
     ) -> int:
-        """Count query events given as columns (event ids, times in µs, texts, users, requests)."""
+        """Count query events given as columns (event ids, times in µs, texts, users, requests);
+        returns how many were new."""
         if not ids:
             return 0
         with self.lock:
-            return self._count(ids, times, texts, users, requests)
+            return self._count(ids, times, texts, users, requests or [None] * len(ids))
 
     def _count(
         self,
@@ -164,10 +164,9 @@ class Autocomplete:
         times: list[int],
         texts: list[str],
         users: list[str | None],
-        requests: list[str | None] | None = None,
+        requests: list[str | None],
     ) -> int:
         added = []
-        requests = requests or [None] * len(ids)
         for event_id, t, text, user, request in zip(ids, times, texts, users, requests, strict=True):
             if event_id in self.recent:
                 continue
@@ -202,12 +201,7 @@ class Autocomplete:
         """Count every query event of the log (with the topic boost, the items and engagements
         too), then build the index; returns how many queries."""
         kinds = ["query", "item", *TOPIC_KINDS] if self.cfg.topic_weight else ["query"]
-        table = log.table(kinds=kinds)
-        if self.cfg.topic_weight:
-            new = self.observe(table)
-        else:
-            with self.lock:
-                new = self.observe(table)
+        new = self.observe(log.table(kinds=kinds))
         with self.build_lock:
             self.rebuild()
         return new
