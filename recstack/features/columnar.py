@@ -50,9 +50,8 @@ from recstack.features.definitions import (
     RetrievalScore,
     TextEmbedding,
 )
-from recstack.features.online import AnyFeature, attribute_raw, context_values, ring_add
-
-NEVER = -(2**62)  # the latest bucket of a ring that never counted
+from recstack.features.online import AnyFeature, attribute_raw, context_values
+from recstack.features.rings import NEVER, RingLayout, ring_add, ring_totals
 
 
 @dataclass
@@ -75,34 +74,6 @@ def feed_features(features: Sequence[AnyFeature]) -> list[AnyFeature]:
             )
         out.append(f)
     return out
-
-
-def ring_totals(layout: _Layout, rows: np.ndarray, now_us: int) -> np.ndarray:
-    """(R, W) rows -> (R, K): every ring's events in its window ending at ``now_us``, equal to
-    summing each ring's in-window slots one by one (tested), for all rings at once.
-
-    A ring of n buckets whose latest is L holds buckets L-n+1..L, slot j the one of age
-    (L - j) mod n. With s = now // B - L the window holds the ages max(0, -s) <= a < min(n, n - s)
-    (s < 0: events timed after now, not counted). Which slots those are depends only on
-    (L mod n, s clipped to [-n, n]), so each ring's masks are a precomputed table, gathered per row;
-    the masked counts are then summed per ring by one matrix product."""
-    if not len(layout.ring_n):
-        return np.zeros((len(rows), 0), dtype=np.int64)
-    r, size = len(rows), len(layout.slot_col)
-    if layout.scratch.shape[0] < r:  # reused: fresh (R, S) temporaries cost page faults per read
-        layout.scratch = np.empty((r, size))
-        layout.scratch_mask = np.empty((r, size))
-    counts, mask = layout.scratch[:r], layout.scratch_mask[:r]
-    latest = rows[:, layout.ring_latest]  # (R, K)
-    behind = np.clip((now_us // layout.ring_bucket) - latest, -layout.ring_n, layout.ring_n)
-    code = (latest % layout.ring_n) * (2 * layout.ring_n + 1) + behind + layout.ring_n  # (R, K)
-    for k, table in enumerate(layout.mask_tables):
-        start = layout.ring_start[k]
-        mask[:, start : start + table.shape[1]] = table[code[:, k]]
-    counts[:] = rows[:, layout.slot_col]
-    counts *= mask  # (R, S)
-    totals: np.ndarray = np.rint(counts @ layout.ring_sum).astype(np.int64)  # (R, K); exact below 2**53
-    return totals
 
 
 class _Table:
@@ -137,7 +108,7 @@ class _Table:
         self.totals_at = np.full((len(self.rows), self.n_rings), NEVER, dtype=np.int64)
         self.n = len(rows)
 
-    def cached_totals(self, layout: _Layout, rows: np.ndarray, now_us: int) -> np.ndarray:
+    def cached_totals(self, layout: RingLayout, rows: np.ndarray, now_us: int) -> np.ndarray:
         """(R,) row indices -> (R, K) ring totals at ``now_us``, equal to ``ring_totals`` of those
         rows (tested): rows cached for the buckets of ``now_us`` are read, the others summed and
         cached."""
@@ -167,63 +138,13 @@ class _Table:
         self.totals_at[rows] = NEVER
 
 
-class _Layout:
-    """Where each definition's state sits in a row of one entity's table."""
-
-    def __init__(self, features: Sequence[AnyFeature], entity: str) -> None:
-        self.rings: dict[str, tuple[int, int, int]] = {}  # state key -> (offset, n_buckets, bucket_us)
-        self.last: dict[str, int] = {}  # recency name -> offset
-        width = 0
-        for f in features:
-            if isinstance(f, Counter | Rate) and f.entity == entity:
-                keys = [f.name] if isinstance(f, Counter) else [f.name + ":n", f.name + ":d"]
-                for key in keys:
-                    self.rings[key] = (width, f.n_buckets, f.bucket_us)
-                    width += 1 + f.n_buckets
-            elif isinstance(f, Recency) and f.entity == entity:
-                self.last[f.name] = width
-                width += 1
-        self.width = width
-        self.last_col = np.array(list(self.last.values()), dtype=np.int64)  # the recency columns
-        self.last_index = {name: j for j, name in enumerate(self.last)}
-        # every ring's count slots side by side, so that one pass sums every window (ring_totals)
-        keys = list(self.rings)
-        self.ring_index = {key: k for k, key in enumerate(keys)}
-        self.ring_latest = np.array([self.rings[k][0] for k in keys], dtype=np.int64)  # (K,)
-        self.ring_n = np.array([self.rings[k][1] for k in keys], dtype=np.int64)
-        self.ring_bucket = np.array([self.rings[k][2] for k in keys], dtype=np.int64)
-        self.slot_ring = np.repeat(np.arange(len(keys)), self.ring_n)  # (S,)
-        self.slot_col = np.concatenate(
-            [np.arange(o + 1, o + 1 + n) for o, n in zip(self.ring_latest, self.ring_n, strict=True)]
-            or [np.zeros(0, dtype=np.int64)]
-        ).astype(np.int64)
-        self.ring_start = np.concatenate([[0], np.cumsum(self.ring_n)[:-1]]).astype(np.int64)
-        self.ring_sum = np.zeros((len(self.slot_ring), len(keys)))  # (S, K): slot -> its ring
-        self.ring_sum[np.arange(len(self.slot_ring)), self.slot_ring] = 1.0
-        self.scratch = np.empty((0, len(self.slot_col)))
-        self.scratch_mask = np.empty((0, len(self.slot_col)))
-        # per ring: (n * (2n + 1), n) masks of the slots in the window, by (L mod n, s + n)
-        self.mask_tables = []
-        for n in self.ring_n.tolist():
-            lm, behind, j = np.meshgrid(np.arange(n), np.arange(-n, n + 1), np.arange(n), indexing="ij")
-            age = (lm - j) % n
-            inside = (age >= np.maximum(0, -behind)) & (age < np.minimum(n, n - behind))
-            self.mask_tables.append(inside.reshape(n * (2 * n + 1), n).astype(np.float64))
-        empty = np.zeros(width, dtype=np.int64)
-        for offset, _, _ in self.rings.values():
-            empty[offset] = NEVER
-        for offset in self.last.values():
-            empty[offset] = -1
-        self.empty = empty
-
-
 class _UserKeyed:
     """An ``attribute_rate``'s state: rows of its two rings (numerator, denominator) per (user,
     value of the item attribute), in a table laid out as a user Rate's."""
 
     def __init__(self, f: AttributeRate) -> None:
         self.feature = f
-        self.layout = _Layout(
+        self.layout = RingLayout(
             [
                 Rate(
                     name=f.name,
@@ -291,8 +212,8 @@ class ColumnarFeatures:
     def __init__(self, features: Sequence[AnyFeature]) -> None:
         self.features = feed_features(features)
         self.definitions = [f.model_dump(mode="json") for f in self.features]
-        self.item_layout = _Layout(self.features, "item")
-        self.user_layout = _Layout(self.features, "user")
+        self.item_layout = RingLayout(self.features, "item")
+        self.user_layout = RingLayout(self.features, "user")
         # event kind -> [(entity, state key, kind of state)]
         self.ops: dict[str, list[tuple[str, str, str]]] = {}
         for f in self.features:
@@ -641,7 +562,7 @@ def _missing(f: Attribute) -> float:
 
 
 def _value(
-    f: Counter | Rate | Recency, layout: _Layout, last: np.ndarray, totals: np.ndarray, now_us: int
+    f: Counter | Rate | Recency, layout: RingLayout, last: np.ndarray, totals: np.ndarray, now_us: int
 ) -> np.ndarray:
     """One definition's values over R rows of its entity's table: ``last`` (R, recencies) their
     recency columns (``layout.last_col``), ``totals`` (R, K) their ``ring_totals``."""

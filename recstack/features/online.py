@@ -2,7 +2,9 @@
 
 State lives in one record per entity (``user:<id>``, ``item:<id>``) in a :class:`KVStore`, with a
 bounded write-back cache of decoded records in front of it: memory stays flat while ingesting (the
-cache is bounded; the store holds the online state itself, one small record per entity).
+cache is bounded; the store holds the online state itself, one small record per entity). An item's
+record is a fixed-width binary row (:class:`ItemRow`), so a read of 500 candidates decodes them
+with one ``np.frombuffer`` and sums every window with one vectorized pass.
 
 Ordering: events may arrive out of time order. Windowed counts place a late event in its bucket
 (and drop it only when its bucket has already left every window, where offline would not count it
@@ -13,6 +15,7 @@ So the values do not depend on arrival order, and equal the offline ones (the sk
 from __future__ import annotations
 
 import json
+import math
 from bisect import insort
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from recstack.errors import RecstackError
 from recstack.features.definitions import (
     US,
     AnyDef,
@@ -37,6 +41,7 @@ from recstack.features.definitions import (
     TextEmbedding,
     check_unique,
 )
+from recstack.features.rings import RingLayout, counter_read, ring_add, ring_totals
 from recstack.features.stores import KVStore
 from recstack.features.text import shared_encoder
 from recstack.schema import Event, events_to_table
@@ -71,46 +76,58 @@ def context_values(
     )
 
 
-def ring_add(ring: Any, bucket: int, n_buckets: int) -> bool:
-    """Count one event of ``bucket`` in a ring ``[latest bucket, c_0 .. c_{n-1}]`` (a list or an
-    array row, changed in place): a newer bucket clears the slots it passes; an event whose bucket
-    has left every window is not counted (False)."""
-    latest = int(ring[0])
-    if bucket > latest:
-        if bucket - latest >= n_buckets:
-            ring[1:] = [0] * n_buckets
-        else:
-            for x in range(latest + 1, bucket + 1):
-                ring[1 + x % n_buckets] = 0
-        ring[0] = bucket
-    elif bucket <= latest - n_buckets:
-        return False
-    ring[1 + bucket % n_buckets] += 1
-    return True
+class ItemRow:
+    """Where an item's state sits in its fixed-width int64 row, the binary record the store keeps:
+    the item definitions' rings and recencies (laid out as the feed's columnar state lays them out,
+    :class:`~recstack.features.rings.RingLayout`), then per item attribute its code (float64 bits)
+    and upsert time, then ``item_age``'s creation time (float64 bits) and upsert time. So 500
+    candidates are one ``MGET``, one ``np.frombuffer`` and column reads, with no decoding per item."""
+
+    def __init__(self, features: Sequence[AnyFeature], attributes: dict[str, Attribute]) -> None:
+        self.rings = RingLayout(features, "item")
+        width = self.rings.width
+        self.attribute: dict[str, int] = {}  # attribute name -> column of its code (time: +1)
+        for name, attribute in attributes.items():
+            if attribute.entity == "item":
+                self.attribute[name] = width
+                width += 2
+        self.created: dict[str, int] = {}  # item_age name -> column of the creation time (time: +1)
+        for f in features:
+            if isinstance(f, ItemAge):
+                self.created[f.name] = width
+                width += 2
+        self.width = width
+        empty = np.full(width, -1, dtype=np.int64)  # upsert times: none yet
+        empty[: self.rings.width] = self.rings.empty
+        for name, col in self.attribute.items():
+            empty[col] = _bits(attributes[name].encode(None))
+        for col in self.created.values():
+            empty[col] = _bits(math.nan)
+        self.empty = empty
+        self.empty_bytes = empty.tobytes()
+
+    def floats(self, rows: np.ndarray, col: int) -> np.ndarray:
+        """(N, W) rows -> (N,) float64 values held as bits in column ``col``."""
+        out: np.ndarray = np.ascontiguousarray(rows[:, col]).view(np.float64)
+        return out
 
 
-def counter_read(
-    rings: Sequence[list[int] | None], now_us: int, bucket_us: int, n_buckets: int
-) -> np.ndarray:
-    """Events in the buckets (now // B - n, now // B] for each ring [latest bucket, c_0 .. c_n-1].
+def _bits(value: float) -> int:
+    """A float64 as the int64 with the same bits (how floats sit in an item row)."""
+    return int(np.float64(value).view(np.int64))
 
-    Slot j of a ring holds bucket x_j = latest - ((latest - j) mod n); it counts when x_j falls in the
-    window. Vectorized over rings: (R,) int64.
-    """
-    empty = [-(2**62), *([0] * n_buckets)]
-    matrix = np.array([r if r is not None else empty for r in rings], dtype=np.int64).reshape(
-        -1, n_buckets + 1
-    )
-    latest, counts = matrix[:, :1], matrix[:, 1:]  # (R, 1), (R, n)
-    slot_bucket = latest - ((latest - np.arange(n_buckets)) % n_buckets)  # (R, n)
-    now_bucket = now_us // bucket_us
-    in_window = (slot_bucket > now_bucket - n_buckets) & (slot_bucket <= now_bucket)
-    total: np.ndarray = (counts * in_window).sum(axis=1)
-    return total
+
+def _float(bits: Any) -> float:
+    return float(np.int64(bits).view(np.float64))
 
 
 class OnlineFeatures:
-    """Applies events to feature state and reads feature values for (user, candidate items)."""
+    """Applies events to feature state and reads feature values for (user, candidate items).
+
+    Records: ``item:<id>`` an :class:`ItemRow` (binary, fixed width); ``user:<id>`` a JSON object
+    (one user per request: its rings, recencies, attributes, last-N sequences and the per-value rings
+    of each ``attribute_rate``); ``text:<id>`` a JSON object with the item's latest text, only where a
+    ``text_embedding`` is defined."""
 
     def __init__(
         self,
@@ -125,58 +142,94 @@ class OnlineFeatures:
         self.in_process = bool(getattr(store, "holds_objects", False))
         self.cache_size = cache_size
         self.flush_every = flush_every
-        self._cache: OrderedDict[str, State] = OrderedDict()
+        self._cache: OrderedDict[str, Any] = OrderedDict()
         self._dirty: set[str] = set()
         self.late_dropped = 0
         self.applied = 0
-        # kind -> operations; each op: (op, entity, state key, arg1, arg2)
-        self._ops: dict[str, list[tuple[str, str, str, int, int]]] = {}
         self._attributes = {f.name: f for f in self.features if isinstance(f, Attribute)}
         for f in self.features:
-            if isinstance(f, Counter):
-                for kind in f.kinds:
-                    self._add(kind, ("count", f.entity, f.name, f.bucket_us, f.n_buckets))
-            elif isinstance(f, Rate):
-                for kind in f.numerator:
-                    self._add(kind, ("count", f.entity, f.name + ":n", f.bucket_us, f.n_buckets))
-                for kind in f.denominator:
-                    self._add(kind, ("count", f.entity, f.name + ":d", f.bucket_us, f.n_buckets))
+            if isinstance(f, AttributeRate):
+                key_attribute = f.key()
+                self._attributes[key_attribute.name] = key_attribute
+        self.item = ItemRow(self.features, self._attributes)
+        rings, last = self.item.rings.rings, self.item.rings.last
+        # kind -> operations; each op: (op, entity, state key, arg1, arg2, column of an item row)
+        self._ops: dict[str, list[tuple[str, str, str, int, int, int]]] = {}
+        for f in self.features:
+            if isinstance(f, Counter | Rate):
+                ring_keys = (
+                    [(f.name, f.kinds)]
+                    if isinstance(f, Counter)
+                    else [(f.name + ":n", f.numerator), (f.name + ":d", f.denominator)]
+                )
+                for key, kinds in ring_keys:
+                    col = rings[key][0] if f.entity == "item" else -1
+                    for kind in kinds:
+                        self._add(kind, ("count", f.entity, key, f.bucket_us, f.n_buckets, col))
             elif isinstance(f, Recency):
+                col = last[f.name] if f.entity == "item" else -1
                 for kind in f.kinds:
-                    self._add(kind, ("last", f.entity, f.name, 0, 0))
+                    self._add(kind, ("last", f.entity, f.name, 0, 0, col))
             elif isinstance(f, LastN):
                 for kind in f.kinds:
-                    self._add(kind, ("seq", "user", f.name, f.n, 0))
+                    self._add(kind, ("seq", "user", f.name, f.n, 0, -1))
             elif isinstance(f, AttributeRate):  # the item's key value, then the user's ring per value
-                key = f.key()
-                self._attributes[key.name] = key
-                self._add("item", ("attr", "item", key.name, 0, 0))
+                key_name = f.key().name
+                self._add("item", ("attr", "item", key_name, 0, 0, self.item.attribute[key_name]))
                 for kind in f.numerator:
-                    self._add(kind, ("xcount", "user", f.name + ":n", f.bucket_us, f.n_buckets))
+                    self._add(kind, ("xcount", "user", f.name + ":n", f.bucket_us, f.n_buckets, -1))
                 for kind in f.denominator:
-                    self._add(kind, ("xcount", "user", f.name + ":d", f.bucket_us, f.n_buckets))
+                    self._add(kind, ("xcount", "user", f.name + ":d", f.bucket_us, f.n_buckets, -1))
             elif isinstance(f, Attribute):
-                self._add(f.entity, ("attr", f.entity, f.name, 0, 0))
+                col = self.item.attribute[f.name] if f.entity == "item" else -1
+                self._add(f.entity, ("attr", f.entity, f.name, 0, 0, col))
             elif isinstance(f, TextEmbedding):
-                self._add("item", ("text", "item", f.name, 0, 0))
+                self._add("item", ("text", "text", f.name, 0, 0, -1))
             elif isinstance(f, ItemAge):
-                self._add("item", ("created", "item", f.name, 0, 0))
+                self._add("item", ("created", "item", f.name, 0, 0, self.item.created[f.name]))
+        self._texts = any(isinstance(f, TextEmbedding) for f in self.features)
 
-    def _add(self, kind: str, op: tuple[str, str, str, int, int]) -> None:
+    def _add(self, kind: str, op: tuple[str, str, str, int, int, int]) -> None:
         self._ops.setdefault(kind, []).append(op)
 
     # ------------------------------------------------------------------ state cache
-    def _states(self, keys: Sequence[str]) -> list[State]:
+    def _states(self, keys: Sequence[str]) -> list[Any]:
+        """The records of ``keys`` (item rows as (W,) int64 arrays, the others as dicts), read from
+        the store where the cache lacks them."""
         cache = self._cache
-        missing = [k for k in dict.fromkeys(keys) if k not in cache]
+        missing = [k for k in keys if k not in cache]
         if missing:
-            for key, raw in zip(missing, self.store.get_many(missing), strict=True):
-                cache[key] = json.loads(raw) if raw is not None else {}
+            missing = list(dict.fromkeys(missing))
+            raws = self.store.get_many(missing)
+            items = [n for n, k in enumerate(missing) if k.startswith("item:")]
+            if items:
+                rows = self._decode_rows([missing[n] for n in items], [raws[n] for n in items])
+                for n, row in zip(items, rows, strict=True):
+                    cache[missing[n]] = row
+            for key, raw in zip(missing, raws, strict=True):
+                if not key.startswith("item:"):
+                    cache[key] = json.loads(raw) if raw is not None else {}
+        if self.in_process:  # nothing is evicted, so the order of use does not matter
+            return list(map(cache.__getitem__, keys))
         out = []
         for key in keys:
             cache.move_to_end(key)
             out.append(cache[key])
         return out
+
+    def _decode_rows(self, keys: list[str], raws: list[bytes | None]) -> np.ndarray:
+        """Item records -> (N, W) rows (one buffer for all; a missing record is the empty row)."""
+        size = len(self.item.empty_bytes)
+        blobs = [raw if raw is not None else self.item.empty_bytes for raw in raws]
+        for key, blob in zip(keys, blobs, strict=True):
+            if len(blob) != size:
+                raise RecstackError(
+                    f"online record '{key}' is {len(blob)} bytes where the [[features]] lay an item out "
+                    f"in {size}: it was written under other definitions (or is corrupt); clear the "
+                    "store's keys (the [online] prefix) and rebuild the state from the log"
+                )
+        rows: np.ndarray = np.frombuffer(b"".join(blobs), dtype=np.int64).reshape(len(blobs), -1).copy()
+        return rows
 
     def _trim(self) -> None:
         """Flush when enough has changed; keep the cache within its size (only clean records leave)."""
@@ -192,9 +245,7 @@ class OnlineFeatures:
         """Write every changed record to the store (a no-op for an in-process store)."""
         if self._dirty and not self.in_process:
             cache = self._cache
-            self.store.put_many(
-                {k: json.dumps(cache[k], separators=(",", ":")).encode() for k in self._dirty}
-            )
+            self.store.put_many({k: _encode(cache[k]) for k in self._dirty})
             self._dirty.clear()
 
     # ------------------------------------------------------------------ updates
@@ -233,20 +284,27 @@ class OnlineFeatures:
         dirty.update(unique)
         for n, kind in enumerate(kinds):
             t = ts[n]
-            for op, entity, key, a1, a2 in self._ops[kind]:
+            for op, entity, key, a1, a2, col in self._ops[kind]:
                 entity_id = users[n] if entity == "user" else items[n]
                 if entity_id is None:
                     continue
                 state = states[f"{entity}:{entity_id}"]
                 if op == "count":
-                    self._count(state, key, t, a1, a2)
+                    if col >= 0:  # an item row: the ring sits at a fixed column
+                        if not ring_add(state[col : col + 1 + a2], t // a1, a2):
+                            self.late_dropped += 1
+                    else:
+                        self._count(state, key, t, a1, a2)
                 elif op == "xcount":
                     if items[n] is not None:
                         code = self._key_code(key, states[f"item:{items[n]}"])
                         if code:
                             self._count(state, f"{key}@{code}", t, a1, a2)
                 elif op == "last":
-                    if state.get(key, -1) < t:
+                    if col >= 0:
+                        if state[col] < t:
+                            state[col] = t
+                    elif state.get(key, -1) < t:
                         state[key] = t
                 elif op == "seq":
                     seq = state.setdefault(key, [])
@@ -255,9 +313,9 @@ class OnlineFeatures:
                         del seq[: len(seq) - a1]
                 elif op == "created":  # the latest upsert by time wins
                     assert created is not None
-                    if state.get(key + ":t", -1) <= t:
-                        state[key] = created[n] if created[n] is not None else t
-                        state[key + ":t"] = t
+                    if state[col + 1] <= t:
+                        state[col] = _bits(created[n] if created[n] is not None else t)
+                        state[col + 1] = t
                 elif op == "text":  # the latest upsert by time wins; embedded when read
                     assert texts is not None
                     if state.get(key + ":t", -1) <= t:
@@ -265,18 +323,24 @@ class OnlineFeatures:
                         state[key + ":t"] = t
                 else:  # attr: the latest upsert by time wins
                     assert attributes is not None and creators is not None
-                    if state.get(key + ":t", -1) <= t:
+                    last_t = state[col + 1] if col >= 0 else state.get(key + ":t", -1)
+                    if last_t <= t:
                         attrs = json.loads(attributes[n]) if attributes[n] else None
-                        state[key] = attribute_raw(self._attributes[key], creators[n], attrs)
-                        state[key + ":t"] = t
+                        raw = attribute_raw(self._attributes[key], creators[n], attrs)
+                        if col >= 0:  # items keep the code, users the raw value
+                            state[col] = _bits(self._attributes[key].encode(raw))
+                            state[col + 1] = t
+                        else:
+                            state[key] = raw
+                            state[key + ":t"] = t
         self.applied += len(kinds)
         self._trim()
         return len(kinds)
 
-    def _key_code(self, ring_key: str, item_state: State) -> int:
+    def _key_code(self, ring_key: str, item_row: np.ndarray) -> int:
         """The code of an item's value of an attribute_rate's field (0: none), from its ring key."""
         name = ring_key.rsplit(":", 1)[0] + "_key"
-        return int(self._attributes[name].encode(item_state.get(name)))
+        return int(_float(item_row[self.item.attribute[name]]))
 
     def _count(self, state: State, key: str, t: int, bucket_us: int, n_buckets: int) -> None:
         b = t // bucket_us
@@ -299,53 +363,74 @@ class OnlineFeatures:
         features repeated per row; last-N sequences as an object array of lists)."""
         now_us = now if isinstance(now, int) else int(now.timestamp() * US)
         n = len(item_ids)
-        states = self._states([f"user:{user_id}", *(f"item:{i}" for i in item_ids)])
-        user_state, item_states = states[0], states[1:]
+        keys = [f"user:{user_id}", *(f"item:{i}" for i in item_ids)]
+        if self._texts:
+            keys += [f"text:{i}" for i in item_ids]
+        states = self._states(keys)
+        user_state = states[0]
+        rows = np.concatenate(states[1 : 1 + n]).reshape(n, self.item.width) if n else self.item.empty[:0]
         self._trim()
+        layout = self.item.rings
+        totals = ring_totals(layout, rows, now_us)  # (N, K): every item ring's window total
         out: dict[str, np.ndarray] = {}
         for f in self.features:
             if isinstance(f, Context):
                 out[f.name] = np.repeat(context_values(f, np.array([now_us]), [surface], [context]), n)
-                continue
-            if isinstance(f, LastN):
+            elif isinstance(f, LastN):
                 seq = [entry[2] for entry in reversed(user_state.get(f.name, []))]
                 column = np.empty(n, dtype=object)
                 column[:] = [seq] * n
                 out[f.name] = column
-                continue
-            if isinstance(f, TextEmbedding):
-                out[f.name] = shared_encoder().embed([s.get(f.name) for s in item_states])  # (N, 384)
-                continue
-            if isinstance(f, RetrievalScore):  # computed by serving from the towers, not kept here
+            elif isinstance(f, TextEmbedding):
+                texts = [s.get(f.name) for s in states[1 + n :]]
+                out[f.name] = shared_encoder().embed(texts)  # (N, 384)
+            elif isinstance(f, RetrievalScore):  # computed by serving from the towers, not kept here
                 out[f.name] = np.full(n, np.nan)
-                continue
-            if isinstance(f, ItemAge):
-                born = np.array([s.get(f.name, np.nan) for s in item_states], dtype=np.float64)
-                out[f.name] = (now_us - born) / US
-                continue
-            if isinstance(f, AttributeRate):
-                codes = [self._key_code(f.name + ":n", s) for s in item_states]
-                num = counter_read(
-                    [user_state.get(f"{f.name}:n@{c}") for c in codes], now_us, f.bucket_us, f.n_buckets
-                )
-                den = counter_read(
-                    [user_state.get(f"{f.name}:d@{c}") for c in codes], now_us, f.bucket_us, f.n_buckets
-                )
-                out[f.name] = f.finish(num, den)
-                continue
-            targets = [user_state] if f.entity == "user" else item_states
-            if isinstance(f, Counter):
-                rings = [s.get(f.name) for s in targets]
-                values = counter_read(rings, now_us, f.bucket_us, f.n_buckets).astype(np.float64)
-            elif isinstance(f, Rate):
-                bucket_us, n_buckets = f.bucket_us, f.n_buckets
-                num = counter_read([s.get(f.name + ":n") for s in targets], now_us, bucket_us, n_buckets)
-                den = counter_read([s.get(f.name + ":d") for s in targets], now_us, bucket_us, n_buckets)
-                values = f.finish(num, den)
-            elif isinstance(f, Recency):
-                last = np.array([s.get(f.name, -1) for s in targets], dtype=np.int64)
-                values = Recency.finish(np.full(len(targets), now_us, dtype=np.int64), last)
+            elif isinstance(f, ItemAge):
+                out[f.name] = (now_us - self.item.floats(rows, self.item.created[f.name])) / US
+            elif isinstance(f, AttributeRate):
+                codes = self.item.floats(rows, self.item.attribute[f.key().name]).astype(np.int64)
+                unique, inverse = np.unique(codes, return_inverse=True)
+                window = (now_us, f.bucket_us, f.n_buckets)
+                num = counter_read([user_state.get(f"{f.name}:n@{c}") for c in unique.tolist()], *window)
+                den = counter_read([user_state.get(f"{f.name}:d@{c}") for c in unique.tolist()], *window)
+                out[f.name] = f.finish(num, den)[inverse.reshape(-1)]
+            elif f.entity == "item":
+                out[f.name] = self._item_values(f, rows, totals, now_us)
             else:
-                values = np.array([f.encode(s.get(f.name)) for s in targets], dtype=np.float64)
-            out[f.name] = np.repeat(values, n) if f.entity == "user" else values
+                out[f.name] = np.repeat(self._user_value(f, user_state, now_us), n)
         return out
+
+    def _item_values(self, f: AnyFeature, rows: np.ndarray, totals: np.ndarray, now_us: int) -> np.ndarray:
+        index = self.item.rings.ring_index
+        if isinstance(f, Counter):
+            return totals[:, index[f.name]].astype(np.float64)
+        if isinstance(f, Rate):
+            return f.finish(totals[:, index[f.name + ":n"]], totals[:, index[f.name + ":d"]])
+        if isinstance(f, Recency):
+            last = rows[:, self.item.rings.last[f.name]]
+            return Recency.finish(np.full(len(rows), now_us, dtype=np.int64), last)
+        assert isinstance(f, Attribute)
+        return self.item.floats(rows, self.item.attribute[f.name])
+
+    def _user_value(self, f: AnyFeature, state: State, now_us: int) -> np.ndarray:
+        if isinstance(f, Counter):
+            return counter_read([state.get(f.name)], now_us, f.bucket_us, f.n_buckets).astype(np.float64)
+        if isinstance(f, Rate):
+            window = (now_us, f.bucket_us, f.n_buckets)
+            return f.finish(
+                counter_read([state.get(f.name + ":n")], *window),
+                counter_read([state.get(f.name + ":d")], *window),
+            )
+        if isinstance(f, Recency):
+            last = np.array([state.get(f.name, -1)], dtype=np.int64)
+            return Recency.finish(np.array([now_us], dtype=np.int64), last)
+        assert isinstance(f, Attribute)
+        return np.array([f.encode(state.get(f.name))], dtype=np.float64)
+
+
+def _encode(record: Any) -> bytes:
+    """A record as the store keeps it: an item row's bytes, or compact JSON."""
+    if isinstance(record, np.ndarray):
+        return record.tobytes()
+    return json.dumps(record, separators=(",", ":")).encode()

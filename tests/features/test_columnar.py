@@ -147,15 +147,15 @@ def window_sums(rings: np.ndarray, now_us: int, bucket_us: int, n_buckets: int) 
 
 
 def test_ring_totals_equal_window_sums_for_any_ring_and_time() -> None:
-    from recstack.features.columnar import NEVER, _Layout, ring_totals
     from recstack.features.definitions import Counter
+    from recstack.features.rings import NEVER, RingLayout, ring_totals
 
     features = [
         Counter(name="a", entity="item", kinds=("click",), window="1h"),  # 24 buckets of 150 s
         Counter(name="b", entity="item", kinds=("click",), window="7d", bucket="1d"),
         Counter(name="c", entity="item", kinds=("click",), window="2h", bucket="1h"),
     ]
-    layout = _Layout(features, "item")
+    layout = RingLayout(features, "item")
     rng = np.random.default_rng(0)
     now = 1_800_000_000_000_000
     rows = np.tile(layout.empty, (400, 1))
@@ -174,8 +174,8 @@ def test_ring_totals_equal_window_sums_for_any_ring_and_time() -> None:
 def test_cached_totals_equal_fresh_sums_under_interleaved_writes_reads_and_deltas() -> None:
     """The totals cache: reads between events (in time order, late, ahead of the read's clock),
     deltas and a whole load give exactly the window sums of the rows as they are."""
-    from recstack.features.columnar import ring_totals
     from recstack.features.definitions import Counter, Rate
+    from recstack.features.rings import ring_totals
 
     features = [
         Counter(name="a", entity="item", kinds=("click",), window="1h"),

@@ -31,7 +31,7 @@ from recstack.features.definitions import (
 )
 from recstack.features.offline import load_specs, materialize, save_materialized
 from recstack.features.online import OnlineFeatures
-from recstack.features.stores import MemoryStore, SQLiteStore
+from recstack.features.stores import MemoryStore, RedisStore, SQLiteStore
 from recstack.features.stream import Ingestor
 from recstack.schema import events_to_table, parse_event
 
@@ -180,6 +180,36 @@ def test_skew_online_replay_equals_offline_exactly(settings: Settings, tmp_path:
         settings.features, SQLiteStore(tmp_path / "online.sqlite"), cache_size=50, flush_every=100
     )
     assert replay_and_compare(events, rows, settings.features, online) == 0
+
+
+@pytest.mark.services
+def test_skew_replay_equals_offline_with_the_state_in_redis(
+    settings: Settings, redis_url: str, unique: str
+) -> None:
+    """The binary item rows and JSON user records round-trip through Redis: with a cache of 30
+    records every read goes back to the store, and every default feature equals its offline value."""
+    world = World.generate(n_users=40, n_items=100, seed=8)
+    sim = Simulator(world, seed=9, requests_per_day=2_000)
+    events = pa.concat_tables([sim.catalog_events(), *sim.run(RandomPolicy(world.n_items, seed=3), 1_500)])
+    rows = events.filter(pc.equal(events.column("kind"), "impression")).slice(0, 3_000)
+    store = RedisStore(redis_url, prefix=f"recstack-test:{unique}:")
+    try:
+        online = OnlineFeatures(settings.features, store, cache_size=30, flush_every=50)
+        assert replay_and_compare(events, rows, settings.features, online) == 0
+    finally:
+        store.drop()
+        store.close()
+
+
+def test_an_item_record_of_another_layout_is_a_clear_error(tmp_path: Path) -> None:
+    """A record written under other definitions (or corrupt) is refused, naming the key and the fix."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    OnlineFeatures(FEATURES, store, flush_every=1).update_table(leaky_log())
+    store.put_many({"item:i1": b'{"item_clicks_1d": [1, 2]}'})  # a record of the JSON layout
+    fresh = OnlineFeatures(FEATURES, SQLiteStore(tmp_path / "s.sqlite"))
+    with pytest.raises(RecstackError, match=r"'item:i1' is 26 bytes .* rebuild the state"):
+        fresh.read("u1", ["i1", "i2"], int(T0.timestamp() * 1e6))
+    assert fresh.read("u1", ["i2"], int(T0.timestamp() * 1e6))  # the other items still read
 
 
 def test_skew_small_in_memory(settings: Settings) -> None:
