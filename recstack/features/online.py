@@ -368,7 +368,11 @@ class OnlineFeatures:
             keys += [f"text:{i}" for i in item_ids]
         states = self._states(keys)
         user_state = states[0]
-        rows = np.concatenate(states[1 : 1 + n]).reshape(n, self.item.width) if n else self.item.empty[:0]
+        rows = (
+            np.concatenate(states[1 : 1 + n]).reshape(n, self.item.width)
+            if n
+            else self.item.empty[None, :].repeat(0, axis=0)
+        )
         self._trim()
         layout = self.item.rings
         totals = ring_totals(layout, rows, now_us)  # (N, K): every item ring's window total

@@ -212,6 +212,14 @@ def test_an_item_record_of_another_layout_is_a_clear_error(tmp_path: Path) -> No
     assert fresh.read("u1", ["i2"], int(T0.timestamp() * 1e6))  # the other items still read
 
 
+def test_a_read_of_no_candidates_gives_empty_columns(settings: Settings) -> None:
+    online = OnlineFeatures(settings.features, MemoryStore())
+    online.update_table(leaky_log())
+    values = online.read("u1", [], int(T0.timestamp() * 1e6))
+    assert set(values) == {f.name for f in settings.features}
+    assert all(len(v) == 0 for v in values.values())
+
+
 def test_skew_small_in_memory(settings: Settings) -> None:
     events = leaky_log()
     rows = events.filter(pc.equal(events.column("kind"), "impression"))
