@@ -51,7 +51,7 @@ from recstack.features.definitions import (
     TextEmbedding,
 )
 from recstack.features.online import AnyFeature, attribute_raw, context_values
-from recstack.features.rings import NEVER, RingLayout, ring_add, ring_totals
+from recstack.features.rings import NEVER, RingLayout, layout_values, ring_add, ring_totals
 
 
 @dataclass
@@ -382,9 +382,9 @@ class ColumnarFeatures:
         for f in self.features:
             if isinstance(f, Counter | Rate | Recency):
                 if f.entity == "item":
-                    out[f.name] = _value(f, layout, last, item_totals, now_us)
+                    out[f.name] = layout_values(f, layout, last, item_totals, now_us)
                 else:
-                    value = _value(f, self.user_layout, user_last, user_totals, now_us)
+                    value = layout_values(f, self.user_layout, user_last, user_totals, now_us)
                     out[f.name] = np.repeat(value, n)
             elif isinstance(f, AttributeRate):
                 out[f.name] = self.keyed[f.name].read(user_id, self.attr[f.name + "_key"][items], now_us)
@@ -559,24 +559,6 @@ def _grown(values: np.ndarray, size: int, fill: Any) -> np.ndarray:
 
 def _missing(f: Attribute) -> float:
     return 0.0 if f.kind == "categorical" else math.nan
-
-
-def _value(
-    f: Counter | Rate | Recency, layout: RingLayout, last: np.ndarray, totals: np.ndarray, now_us: int
-) -> np.ndarray:
-    """One definition's values over R rows of its entity's table: ``last`` (R, recencies) their
-    recency columns (``layout.last_col``), ``totals`` (R, K) their ``ring_totals``."""
-    if isinstance(f, Recency):
-        column = last[:, layout.last_index[f.name]]
-        return Recency.finish(np.full(len(last), now_us, dtype=np.int64), column)
-
-    def total(key: str) -> np.ndarray:
-        column: np.ndarray = totals[:, layout.ring_index[key]]
-        return column
-
-    if isinstance(f, Counter):
-        return total(f.name).astype(np.float64)
-    return f.finish(total(f.name + ":n"), total(f.name + ":d"))
 
 
 def _encode_record(record: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ from recstack.features.definitions import (
     TextEmbedding,
     check_unique,
 )
-from recstack.features.rings import RingLayout, counter_read, ring_add, ring_totals
+from recstack.features.rings import RingLayout, counter_read, layout_values, ring_add, ring_totals
 from recstack.features.stores import KVStore
 from recstack.features.text import shared_encoder
 from recstack.schema import Event, events_to_table
@@ -406,14 +406,9 @@ class OnlineFeatures:
         return out
 
     def _item_values(self, f: AnyFeature, rows: np.ndarray, totals: np.ndarray, now_us: int) -> np.ndarray:
-        index = self.item.rings.ring_index
-        if isinstance(f, Counter):
-            return totals[:, index[f.name]].astype(np.float64)
-        if isinstance(f, Rate):
-            return f.finish(totals[:, index[f.name + ":n"]], totals[:, index[f.name + ":d"]])
-        if isinstance(f, Recency):
-            last = rows[:, self.item.rings.last[f.name]]
-            return Recency.finish(np.full(len(rows), now_us, dtype=np.int64), last)
+        layout = self.item.rings
+        if isinstance(f, Counter | Rate | Recency):
+            return layout_values(f, layout, rows[:, layout.last_col], totals, now_us)
         assert isinstance(f, Attribute)
         return self.item.floats(rows, self.item.attribute[f.name])
 

@@ -133,3 +133,21 @@ class RingLayout:
         for offset in self.last.values():
             empty[offset] = -1
         self.empty = empty
+
+
+def layout_values(
+    f: Counter | Rate | Recency, layout: RingLayout, last: np.ndarray, totals: np.ndarray, now_us: int
+) -> np.ndarray:
+    """One definition's values over R rows of its entity's table: ``last`` (R, recencies) their
+    recency columns (``layout.last_col``), ``totals`` (R, K) their ``ring_totals``."""
+    if isinstance(f, Recency):
+        column = last[:, layout.last_index[f.name]]
+        return Recency.finish(np.full(len(last), now_us, dtype=np.int64), column)
+
+    def total(key: str) -> np.ndarray:
+        column: np.ndarray = totals[:, layout.ring_index[key]]
+        return column
+
+    if isinstance(f, Counter):
+        return total(f.name).astype(np.float64)
+    return f.finish(total(f.name + ":n"), total(f.name + ":d"))
